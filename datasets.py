@@ -1,0 +1,1 @@
+"""Text-image data sets: not implemented yet."""

@@ -1,0 +1,1 @@
+"""Shared machinery: config, checkpoints, losses, training, sampling, metrics."""

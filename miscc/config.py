@@ -1,0 +1,339 @@
+"""Configuration: defaults in one place, YAML merged on top, ``KEY=VALUE`` overrides.
+
+The defaults below are the values the official SSA-GAN code actually trains with.
+Where the official ``miscc/config.py`` default differs from what its scripts use
+(learning rates and lambda_DA are hard-coded in ``main.py``/``main_finetune.py``),
+the value the scripts use is the default here and the official default is noted.
+Keys that the official YAML files carry but no code reads (``TREE.BRANCH_NUM``,
+``GAN.*``, ``loss``, ...) are accepted so that official configs load unchanged.
+
+Usage::
+
+    cfg = load_config('cfg/bird.yml', ['TRAIN.BATCH_SIZE=8', 'DEVICE=cpu'])
+    cfg.TRAIN.BATCH_SIZE  # -> 8
+
+Every key has the type of its default. An unknown key, a value of the wrong type,
+a missing or malformed YAML file each raise ``ConfigError`` naming the key and the
+file (or ``command line``) it came from.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'default_config', 'load_config', 'parse_overrides']
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (unknown key, wrong type, bad file)."""
+
+
+DEFAULTS: dict = {
+    'DATASET_NAME': 'birds',        # 'birds' (CUB layout), 'coco', or 'synthetic_birds'
+    'CONFIG_NAME': '',
+    'DATA_DIR': '',
+    'OUTPUT_DIR': 'output',         # runs go to OUTPUT_DIR/<dataset>_<config>_<timestamp>/
+    'DEVICE': 'auto',               # 'auto', 'cpu', 'cuda', 'cuda:1', or 'cuda:0,1' (DataParallel)
+    'GPU_ID': 0,                    # official key: GPU used by DEVICE='cuda'/'auto'; -1 forces CPU
+    'CUDA': True,                   # official key: False forces CPU
+    'WORKERS': 6,
+    'SEED': 100,                    # the official scripts seed everything with 100
+    'RNN_TYPE': 'LSTM',             # 'LSTM' or 'GRU'
+    'B_VALIDATION': False,          # True: generate evaluation images instead of training
+    'RESTORE': False,               # True: continue from the last training state of TRAIN.NET_G's run
+    'USE_SN': False,                # official key, unused
+    'loss': 'hinge',                # official key; hinge is the only loss
+    'TREE': {
+        'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
+        'BASE_SIZE': 64,            # image size: 64, 128 or 256
+    },
+    'TRAIN': {
+        'FLAG': True,
+        'BATCH_SIZE': 64,
+        'MAX_EPOCH': 600,
+        'SNAPSHOT_INTERVAL': 2000,
+        'DISCRIMINATOR_LR': 4e-4,   # official main.py hard-codes 4e-4 (config default 2e-4 is unused)
+        'GENERATOR_LR': 1e-4,       # official main.py hard-codes 1e-4
+        'ENCODER_LR': 2e-4,         # DAMSM pretraining learning rate
+        'BETA1': 0.0,
+        'BETA2': 0.9,
+        'RNN_GRAD_CLIP': 0.25,
+        'NET_E': '',                # DAMSM text encoder to resume pretraining from
+        'NET_G': '',                # generator checkpoint (generation, fine-tuning, resume)
+        'B_NET_D': True,
+        'NF': 32,                   # channel base of NetG/NetD (official configs use 64)
+        'WARMUP_EPOCHS': 200,       # no checkpoints before this epoch
+        'GSAVE_INTERVAL': 10,
+        'DSAVE_INTERVAL': 10,
+        'LAMBDA_DA': 0.05,          # DAMSM weight in the G loss of main.py
+        'MAGP_P': 6.0,              # MA-GP exponent
+        'MAGP_K': 2.0,              # MA-GP weight
+        'FAST': False,              # fast training path (see README: Performance)
+        'SMOOTH': {
+            'GAMMA1': 5.0,
+            'GAMMA2': 5.0,
+            'GAMMA3': 10.0,
+            'LAMBDA': 1.0,
+        },
+        'FINETUNE': {               # used by main_finetune.py only
+            'LAMBDA_DA': 0.1,
+            'ENCODER_LR': 4e-5,
+        },
+    },
+    'GAN': {                        # official keys; only Z_DIM is read
+        'DF_DIM': 64,
+        'GF_DIM': 128,
+        'Z_DIM': 100,
+        'CONDITION_DIM': 100,
+        'R_NUM': 2,
+        'B_ATTENTION': True,
+        'B_DCGAN': True,
+    },
+    'TEXT': {
+        'CAPTIONS_PER_IMAGE': 10,
+        'EMBEDDING_DIM': 256,
+        'WORDS_NUM': 18,
+        'DAMSM_NAME': 'DAMSMencoders/bird/text_encoder200.pth',
+    },
+    'PRETRAINED': {
+        # ImageNet Inception-v3 for the DAMSM image encoder trunk. '' looks in the
+        # torch hub cache ($TORCH_HOME/hub/checkpoints/inception_v3_google-*.pth).
+        'INCEPTION': '',
+    },
+}
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Return ``value`` converted to the type of ``default`` or raise ConfigError."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: config key '{key}' expects {expected}, "
+                           f"got {_type_name(value)} {value!r}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise bad('a bool (True/False)')
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad('an int')
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads '1e-4' (no dot) as a string; accept numeric strings for floats.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad('a float')
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise bad('a string')
+    if isinstance(default, list):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise bad('a list')
+    raise bad(_type_name(default))  # pragma: no cover - schema only holds the types above
+
+
+def _unknown_key(key: str, known: Iterable[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ''
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _flat_keys(tree: Mapping, prefix: str = '') -> list:
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + k)
+        if isinstance(v, Mapping):
+            keys.extend(_flat_keys(v, prefix + k + '.'))
+    return keys
+
+
+class Config:
+    """A nested, typed set of options with attribute access (``cfg.TRAIN.NF``).
+
+    The set of keys and their types is fixed by ``DEFAULTS``; assigning an unknown
+    key or a value of another type raises ``ConfigError``. ``freeze()`` makes the
+    whole tree read-only, which the entry points do once loading is done.
+    """
+
+    def __init__(self, tree: Mapping, path: str = ''):
+        object.__setattr__(self, '_path', path)
+        object.__setattr__(self, '_frozen', False)
+        data = {}
+        for k, v in tree.items():
+            data[k] = Config(v, f'{path}{k}.') if isinstance(v, Mapping) else copy.deepcopy(v)
+        object.__setattr__(self, '_data', data)
+
+    # --- access -----------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        data = object.__getattribute__(self, '_data')
+        if name in data:
+            return data[name]
+        raise AttributeError(f"config has no key '{self._path}{name}'")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__getattr__(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.set(name, value, source='code')
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set(name, value, source='code')
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None).rstrip()
+
+    def keys(self):
+        return self._data.keys()
+
+    def get(self, dotted: str) -> Any:
+        """Value of a dotted key such as ``'TRAIN.SMOOTH.GAMMA1'``."""
+        node: Any = self
+        for part in dotted.split('.'):
+            if not isinstance(node, Config) or part not in node._data:
+                raise _unknown_key(dotted, _flat_keys(self.to_dict()), 'lookup')
+            node = node._data[part]
+        return node
+
+    # --- mutation -----------------------------------------------------------------
+    def set(self, name: str, value: Any, source: str = 'code') -> None:
+        """Set one key of this level, checking that it exists and the value's type."""
+        if self._frozen:
+            raise ConfigError(f"config is frozen; cannot set '{self._path}{name}'")
+        key = self._path + name
+        if name not in self._data:
+            raise _unknown_key(key, [self._path + k for k in self._data], source)
+        current = self._data[name]
+        if isinstance(current, Config):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: config key '{key}' is a section; expects a mapping, "
+                                  f"got {_type_name(value)} {value!r}")
+            current.merge(value, source)
+            return
+        self._data[name] = _coerce(value, current, key, source)
+
+    def merge(self, tree: Mapping, source: str = 'code') -> 'Config':
+        """Merge a nested mapping (e.g. parsed YAML) into this config."""
+        for k, v in tree.items():
+            self.set(str(k), v, source)
+        return self
+
+    def set_dotted(self, dotted: str, value: Any, source: str = 'code') -> None:
+        """Set ``'TRAIN.BATCH_SIZE'``-style keys."""
+        parts = dotted.split('.')
+        node: Config = self
+        for i, part in enumerate(parts[:-1]):
+            child = node._data.get(part)
+            if not isinstance(child, Config):
+                raise _unknown_key(dotted, _flat_keys(self.to_dict()), source)
+            node = child
+        if parts[-1] not in node._data:
+            raise _unknown_key(dotted, _flat_keys(self.to_dict()), source)
+        node.set(parts[-1], value, source)
+
+    def freeze(self) -> 'Config':
+        object.__setattr__(self, '_frozen', True)
+        for v in self._data.values():
+            if isinstance(v, Config):
+                v.freeze()
+        return self
+
+    def clone(self) -> 'Config':
+        """An unfrozen deep copy."""
+        return Config(self.to_dict(), self._path)
+
+    def to_dict(self) -> dict:
+        return {k: (v.to_dict() if isinstance(v, Config) else copy.deepcopy(v))
+                for k, v in self._data.items()}
+
+
+def default_config() -> Config:
+    """A fresh, unfrozen config holding the defaults."""
+    return Config(DEFAULTS)
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found (pass an existing YAML file with --cfg, "
+                          f"for example cfg/bird.yml)")
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            tree = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {_type_name(tree)}")
+    return tree
+
+
+def _parse_value(text: str, default: Any, key: str) -> Any:
+    """Parse the VALUE of a command-line ``KEY=VALUE`` for a key whose default is ``default``."""
+    if isinstance(default, str):
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
+            return text[1:-1]
+        return text
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ('true', 'yes', '1', 'on'):
+            return True
+        if lowered in ('false', 'no', '0', 'off'):
+            return False
+        return text  # rejected by _coerce with the key in the message
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Apply ``KEY=VALUE`` strings (nested keys with dots) to ``cfg`` in order."""
+    for item in overrides:
+        if '=' not in item:
+            raise ConfigError(f"command line: expected KEY=VALUE, got '{item}' "
+                              f"(for example TRAIN.BATCH_SIZE=8)")
+        key, text = item.split('=', 1)
+        key = key.strip()
+        try:
+            default = cfg.get(key)
+        except ConfigError:
+            raise _unknown_key(key, _flat_keys(cfg.to_dict()), 'command line') from None
+        if isinstance(default, Config):
+            raise ConfigError(f"command line: config key '{key}' is a section; set one of its keys, "
+                              f"e.g. {key}.{next(iter(default.keys()))}=...")
+        cfg.set_dotted(key, _parse_value(text, default, key), source='command line')
+    return cfg
+
+
+def load_config(cfg_file: str | None = None, overrides: Iterable[str] = (),
+                base: Mapping | None = None) -> Config:
+    """Defaults, then ``base`` (a script's own defaults), then ``cfg_file``, then overrides."""
+    cfg = default_config()
+    if base:
+        cfg.merge(base, source='script defaults')
+    if cfg_file:
+        cfg.merge(_read_yaml(cfg_file), source=cfg_file)
+        if not cfg.CONFIG_NAME:
+            cfg.CONFIG_NAME = os.path.splitext(os.path.basename(cfg_file))[0]
+    parse_overrides(cfg, overrides)
+    return cfg

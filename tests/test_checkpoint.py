@@ -1,0 +1,117 @@
+"""Checkpoint I/O: strict official-format loading, prefix stripping, clear errors, atomic saves."""
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+from miscc.checkpoint import (CheckpointError, load_file, load_model_state, model_state_dict,
+                              save_atomic, strip_prefixes)
+from models import NetD, NetG, RNN_ENCODER
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+OFFICIAL = json.loads((FIXTURES / 'official_state_dict_keys.json').read_text())['models']
+
+
+def official_style_checkpoint(name, prefix='module.'):
+    """A state dict with exactly the released keys and shapes (DataParallel prefix included)."""
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in OFFICIAL[name]:
+        if key.endswith('num_batches_tracked'):
+            state[prefix + key] = torch.tensor(7)
+        else:
+            state[prefix + key] = torch.randn(shape, generator=gen)
+    return state
+
+
+@pytest.mark.parametrize('name, build', [('NetG', lambda: NetG(64, 100)), ('NetD', lambda: NetD(64)),
+                                         ('RNN_ENCODER', lambda: RNN_ENCODER(5450))])
+def test_official_checkpoint_loads_strictly(tmp_path, name, build):
+    state = official_style_checkpoint(name)
+    path = tmp_path / f'{name}.pth'
+    torch.save(state, path)
+    model = build()
+    load_model_state(model, str(path))
+    loaded = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key[len('module.'):]], value), key
+
+
+def test_saved_state_dict_has_official_keys_without_prefix(tmp_path):
+    g = NetG(8, 100, img_size=64)
+    wrapped = nn.DataParallel(g)
+    assert next(iter(wrapped.state_dict())).startswith('module.')
+    path = tmp_path / 'netG_001.pth'
+    save_atomic(model_state_dict(wrapped), str(path))
+    state = torch.load(path, weights_only=True)
+    assert list(state) == list(g.state_dict())
+    fresh = NetG(8, 100, img_size=64)
+    fresh.load_state_dict(state, strict=True)  # what the official code's NetG does
+
+
+def test_strip_prefixes():
+    state = {'module.a': 1, '_orig_mod.module.b': 2, 'c': 3}
+    assert strip_prefixes(state) == {'a': 1, 'b': 2, 'c': 3}
+
+
+def test_mismatch_error_lists_missing_unexpected_wrong_shape_and_file(tmp_path):
+    model = NetG(8, 100, img_size=64)
+    state = model.state_dict()
+    state['fc.weight'] = torch.zeros(3, 3)
+    del state['block0.gamma']
+    state['block9.gamma'] = torch.zeros(1)
+    path = tmp_path / 'bad.pth'
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model_state(NetG(8, 100, img_size=64), str(path))
+    msg = str(e.value)
+    assert str(path) in msg
+    assert 'missing keys (1): block0.gamma' in msg
+    assert 'unexpected keys (1): block9.gamma' in msg
+    assert 'fc.weight: checkpoint (3, 3) vs model (1024, 100)' in msg
+
+
+def test_wrong_nf_gives_one_error_listing_first_few():
+    small = NetD(4, img_size=64).state_dict()
+    with pytest.raises(CheckpointError, match=r'wrong shapes \(\d+\):.*\(\+\d+ more\)'):
+        load_model_state(NetD(8, img_size=64), small)
+
+
+class Payload:
+    """Any non-tensor object: unpickling it could run code, so it is refused."""
+
+
+def test_unsafe_missing_and_truncated_files(tmp_path):
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save({'x': Payload()}, unsafe)
+    with pytest.raises(CheckpointError, match='weights_only'):
+        load_file(str(unsafe))
+    with pytest.raises(CheckpointError, match="'.*nothere.pth' not found"):
+        load_file(str(tmp_path / 'nothere.pth'))
+    good = tmp_path / 'good.pth'
+    torch.save(NetD(2, img_size=64).state_dict(), good)
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='truncated.pth'):
+        load_file(str(truncated))
+    with pytest.raises(CheckpointError, match='not a state dict'):
+        torch.save([1, 2], tmp_path / 'list.pth')
+        load_model_state(NetD(2, img_size=64), str(tmp_path / 'list.pth'))
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / 'netG_010.pth'
+    save_atomic({'w': torch.ones(2)}, str(path))
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        save_atomic({'w': torch.zeros(2)}, str(path))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['netG_010.pth']  # no temporary file left behind

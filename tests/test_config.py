@@ -1,0 +1,178 @@
+"""Config: defaults, YAML merge, KEY=VALUE overrides and their errors."""
+import os
+import pathlib
+import re
+
+import pytest
+
+from miscc.config import ConfigError, default_config, load_config, parse_overrides
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The official release's cfg/bird.yml, verbatim (keys and values), which must load unchanged.
+OFFICIAL_BIRD_YML = """\
+CONFIG_NAME: 'bird_sloss01'
+
+DATASET_NAME: 'birds'
+DATA_DIR: 'data/birds'
+GPU_ID: 0
+WORKERS: 1
+
+
+B_VALIDATION: True # True  # False
+RESTORE: False
+loss: 'hinge'
+
+TREE:
+    BRANCH_NUM: 1
+    BASE_SIZE: 256
+
+
+TRAIN:
+    NF: 64 # default 64
+    BATCH_SIZE: 24 #24
+    MAX_EPOCH: 600
+    NET_G: '' # when validation, put the path of the trained model here
+    WARMUP_EPOCHS: 100
+    GSAVE_INTERVAL: 10
+    DSAVE_INTERVAL: 10
+
+
+TEXT:
+    EMBEDDING_DIM: 256
+    CAPTIONS_PER_IMAGE: 10
+    DAMSM_NAME: 'DAMSMencoders/bird/text_encoder200.pth'
+"""
+
+
+def write(tmp_path, text, name='c.yml'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_are_the_official_training_values():
+    cfg = default_config()
+    assert cfg.TRAIN.SMOOTH.GAMMA1 == 5.0 and cfg.TRAIN.SMOOTH.GAMMA2 == 5.0
+    assert cfg.TRAIN.SMOOTH.GAMMA3 == 10.0 and cfg.TRAIN.SMOOTH.LAMBDA == 1.0
+    assert cfg.TRAIN.GENERATOR_LR == 1e-4 and cfg.TRAIN.DISCRIMINATOR_LR == 4e-4
+    assert (cfg.TRAIN.BETA1, cfg.TRAIN.BETA2) == (0.0, 0.9)
+    assert (cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K) == (6.0, 2.0)
+    assert cfg.TRAIN.LAMBDA_DA == 0.05 and cfg.TRAIN.FINETUNE.LAMBDA_DA == 0.1
+    assert cfg.TRAIN.FINETUNE.ENCODER_LR == 4e-5
+    assert cfg.TEXT.WORDS_NUM == 18 and cfg.TEXT.EMBEDDING_DIM == 256
+    assert cfg.TEXT.CAPTIONS_PER_IMAGE == 10 and cfg.GAN.Z_DIM == 100
+    assert cfg.RNN_TYPE == 'LSTM' and cfg.SEED == 100
+    assert cfg.TRAIN.RNN_GRAD_CLIP == 0.25
+
+
+def test_bird_and_coco_configs_carry_the_official_values():
+    bird = load_config(str(ROOT / 'cfg/bird.yml'))
+    assert (bird.TRAIN.NF, bird.TRAIN.BATCH_SIZE, bird.TRAIN.MAX_EPOCH) == (64, 24, 600)
+    assert (bird.TRAIN.WARMUP_EPOCHS, bird.TRAIN.GSAVE_INTERVAL, bird.TRAIN.DSAVE_INTERVAL) == (100, 10, 10)
+    assert bird.TEXT.CAPTIONS_PER_IMAGE == 10 and bird.TREE.BASE_SIZE == 256
+    assert bird.TEXT.DAMSM_NAME == 'DAMSMencoders/bird/text_encoder200.pth'
+    assert bird.B_VALIDATION is False and bird.DATA_DIR == 'data/birds'
+    coco = load_config(str(ROOT / 'cfg/coco.yml'))
+    assert (coco.TRAIN.NF, coco.TRAIN.BATCH_SIZE, coco.TRAIN.MAX_EPOCH) == (64, 24, 120)
+    assert (coco.TRAIN.WARMUP_EPOCHS, coco.TRAIN.GSAVE_INTERVAL, coco.TRAIN.DSAVE_INTERVAL) == (0, 5, 10)
+    assert coco.TEXT.CAPTIONS_PER_IMAGE == 5
+    assert coco.TEXT.DAMSM_NAME == 'DAMSMencoders/coco/text_encoder100.pth'
+
+
+def test_every_shipped_config_loads():
+    files = sorted(str(p) for p in (ROOT / 'cfg').rglob('*.yml'))
+    assert len(files) >= 2
+    for path in files:
+        load_config(path)
+
+
+def test_official_yaml_loads_unchanged(tmp_path):
+    cfg = load_config(write(tmp_path, OFFICIAL_BIRD_YML))
+    assert cfg.CONFIG_NAME == 'bird_sloss01' and cfg.B_VALIDATION is True
+    assert cfg.TREE.BRANCH_NUM == 1 and cfg.WORKERS == 1 and cfg.loss == 'hinge'
+
+
+def test_yaml_merges_on_top_of_defaults_and_overrides_on_top_of_yaml(tmp_path):
+    path = write(tmp_path, 'TRAIN:\n  BATCH_SIZE: 12\n  NF: 16\n')
+    cfg = load_config(path, ['TRAIN.BATCH_SIZE=8', 'TRAIN.SMOOTH.GAMMA1=4', 'DEVICE=cpu',
+                             'TRAIN.NET_G=out/models/netG_120.pth', 'RESTORE=True',
+                             'TRAIN.GENERATOR_LR=2e-4'])
+    assert cfg.TRAIN.BATCH_SIZE == 8 and cfg.TRAIN.NF == 16          # override beats yaml
+    assert cfg.TRAIN.MAX_EPOCH == 600                                # default kept
+    assert cfg.TRAIN.SMOOTH.GAMMA1 == 4.0 and isinstance(cfg.TRAIN.SMOOTH.GAMMA1, float)
+    assert cfg.TRAIN.GENERATOR_LR == 2e-4
+    assert cfg.DEVICE == 'cpu' and cfg.RESTORE is True
+    assert cfg.TRAIN.NET_G == 'out/models/netG_120.pth'
+    assert cfg.CONFIG_NAME == 'c'                                    # from the file name
+
+
+def test_yaml_float_without_dot_is_accepted(tmp_path):
+    # PyYAML reads 1e-4 as a string; a float key accepts it.
+    cfg = load_config(write(tmp_path, 'TRAIN:\n  GENERATOR_LR: 1e-4\n'))
+    assert cfg.TRAIN.GENERATOR_LR == 1e-4
+
+
+def test_unknown_yaml_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, 'TRAIN:\n  BATCH_SZ: 8\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert 'TRAIN.BATCH_SZ' in msg and path in msg and 'TRAIN.BATCH_SIZE' in msg
+
+
+def test_wrong_type_in_yaml_names_key_and_file(tmp_path):
+    path = write(tmp_path, 'TRAIN:\n  BATCH_SIZE: lots\n')
+    with pytest.raises(ConfigError, match=re.escape(path) + r".*'TRAIN\.BATCH_SIZE' expects an int"):
+        load_config(path)
+    path = write(tmp_path, 'B_VALIDATION: 1\n', 'b.yml')
+    with pytest.raises(ConfigError, match=r"'B_VALIDATION' expects a bool"):
+        load_config(path)
+    path = write(tmp_path, 'TRAIN: 3\n', 's.yml')
+    with pytest.raises(ConfigError, match=r"'TRAIN' is a section"):
+        load_config(path)
+
+
+def test_bad_overrides():
+    cfg = default_config()
+    with pytest.raises(ConfigError, match=r"command line: unknown config key 'TRAIN.NFF'.*TRAIN.NF"):
+        parse_overrides(cfg, ['TRAIN.NFF=3'])
+    with pytest.raises(ConfigError, match=r"command line: config key 'TRAIN.NF' expects an int, got str 'x'"):
+        parse_overrides(cfg, ['TRAIN.NF=x'])
+    with pytest.raises(ConfigError, match=r"'B_VALIDATION' expects a bool"):
+        parse_overrides(cfg, ['B_VALIDATION=maybe'])
+    with pytest.raises(ConfigError, match='expected KEY=VALUE'):
+        parse_overrides(cfg, ['TRAIN.NF'])
+    with pytest.raises(ConfigError, match=r"'TRAIN' is a section"):
+        parse_overrides(cfg, ['TRAIN=3'])
+    assert cfg.TRAIN.NF == 32  # nothing applied by the failed overrides
+
+
+def test_missing_and_malformed_yaml(tmp_path):
+    missing = str(tmp_path / 'nope.yml')
+    with pytest.raises(ConfigError, match=re.escape(missing) + "' not found"):
+        load_config(missing)
+    bad = write(tmp_path, 'TRAIN: [1, 2\n')
+    with pytest.raises(ConfigError, match='is not valid YAML'):
+        load_config(bad)
+    listing = write(tmp_path, '- 1\n- 2\n', 'l.yml')
+    with pytest.raises(ConfigError, match='must hold a mapping'):
+        load_config(listing)
+
+
+def test_frozen_config_refuses_changes_and_clone_is_independent():
+    cfg = default_config().freeze()
+    with pytest.raises(ConfigError, match='frozen'):
+        cfg.TRAIN.NF = 8
+    copy = cfg.clone()
+    copy.TRAIN.NF = 8
+    assert cfg.TRAIN.NF == 32 and copy.TRAIN.NF == 8
+    with pytest.raises(ConfigError, match="unknown config key 'TRAIN.NOPE'"):
+        copy.TRAIN.NOPE = 1
+
+
+def test_models_do_not_read_global_config():
+    # Models receive what they need as arguments; none of them imports the config.
+    for path in (ROOT / 'models').glob('*.py'):
+        text = path.read_text()
+        assert 'miscc.config' not in text and 'cfg.' not in text, path.name
