@@ -73,6 +73,8 @@ DEFAULTS: dict = {
         'MAGP_P': 6.0,              # MA-GP exponent
         'MAGP_K': 2.0,              # MA-GP weight
         'FAST': False,              # fast training path (see README: Performance)
+        'MAX_STEPS': 0,             # stop (saving the training state) after this many steps; 0: no limit
+        'LOG_INTERVAL': 50,         # steps between progress-bar/TensorBoard loss updates
         'SMOOTH': {
             'GAMMA1': 5.0,
             'GAMMA2': 5.0,
@@ -82,6 +84,9 @@ DEFAULTS: dict = {
         'FINETUNE': {               # used by main_finetune.py only
             'LAMBDA_DA': 0.1,
             'ENCODER_LR': 4e-5,
+            # the official fine-tuning leaves both encoders in train mode (RNN dropout and
+            # Inception batch statistics active); False puts them in eval mode
+            'ENCODERS_TRAIN_MODE': True,
         },
     },
     'GAN': {                        # official keys; only Z_DIM is read
@@ -98,6 +103,13 @@ DEFAULTS: dict = {
         'EMBEDDING_DIM': 256,
         'WORDS_NUM': 18,
         'DAMSM_NAME': 'DAMSMencoders/bird/text_encoder200.pth',
+    },
+    'SAMPLE': {                     # generation with B_VALIDATION=True
+        'NUM': 30000,               # images from the test captions
+        'BATCH_SIZE': 0,            # 0: TRAIN.BATCH_SIZE
+        'SEED': 0,                  # noise and caption subsampling
+        'OUT_DIR': '',              # '': <TRAIN.NET_G without .pth>/valid (the official place)
+        'PER_CAPTION': 4,           # images per user caption (--caption/--captions)
     },
     'PRETRAINED': {
         # ImageNet Inception-v3 for the DAMSM image encoder trunk. '' looks in the

@@ -1,0 +1,142 @@
+"""Run-time plumbing: device choice, distributed set-up, seeding, RNG state, run folders."""
+from __future__ import annotations
+
+import datetime
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ['DeviceSetup', 'select_device', 'DistEnv', 'init_distributed', 'seed_everything',
+           'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
+
+
+@dataclass
+class DeviceSetup:
+    """Where the models run: ``device`` for tensors, ``device_ids`` > 1 means DataParallel."""
+    device: torch.device
+    device_ids: list = field(default_factory=list)
+
+    @property
+    def data_parallel(self) -> bool:
+        return len(self.device_ids) > 1
+
+
+@dataclass
+class DistEnv:
+    """torchrun's environment: rank/world size; a world of one is a plain single process."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def select_device(device: str = 'auto', gpu_id: int = 0, cuda: bool = True,
+                  local_rank: int | None = None) -> DeviceSetup:
+    """Resolve the ``DEVICE``/``GPU_ID``/``CUDA`` config keys.
+
+    ``'auto'``: GPU ``gpu_id`` if CUDA is available (and ``cuda`` and ``gpu_id >= 0``), else CPU;
+    ``'cpu'``; ``'cuda'`` or ``'cuda:N'``: one GPU; ``'cuda:0,1'``: DataParallel over those GPUs.
+    Under torchrun, ``local_rank`` picks each process's GPU.
+    """
+    text = device.strip().lower()
+    want_cpu = text == 'cpu' or (text == 'auto' and (not cuda or gpu_id < 0 or not torch.cuda.is_available()))
+    if want_cpu:
+        return DeviceSetup(torch.device('cpu'))
+    if text not in ('auto', 'cuda') and not text.startswith('cuda:'):
+        raise ValueError(f"DEVICE must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cuda:N,M,...', got {device!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE={device!r} asks for a GPU, but CUDA is not available here; "
+                           f"use DEVICE=cpu (or DEVICE=auto)")
+    if local_rank is not None:
+        ids = [local_rank]
+    elif text in ('auto', 'cuda'):
+        ids = [gpu_id]
+    else:
+        try:
+            ids = [int(part) for part in text[len('cuda:'):].split(',')]
+        except ValueError:
+            raise ValueError(f"DEVICE={device!r}: GPU ids must be integers, e.g. cuda:0,1") from None
+    count = torch.cuda.device_count()
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise ValueError(f'DEVICE={device!r}: GPU {bad[0]} does not exist ({count} visible)')
+    return DeviceSetup(torch.device('cuda', ids[0]), ids)
+
+
+def init_distributed(backend: str | None = None) -> DistEnv:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return DistEnv()
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if not dist.is_initialized():
+        if backend is None:
+            backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        if backend == 'nccl':
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices), as the official scripts do."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states of python, numpy and torch (CPU and CUDA), as plain tensors/ints so the
+    training state loads with ``weights_only=True``."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        'python': {'version': version, 'internal': list(internal), 'gauss': gauss},
+        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` captured."""
+    py = state['python']
+    random.setstate((py['version'], tuple(py['internal']), py['gauss']))
+    npy = state['numpy']
+    np.random.set_state((npy['kind'], npy['keys'].numpy().astype(np.uint32), npy['pos'],
+                         npy['has_gauss'], npy['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def sample_seeds(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """``count`` per-sample seeds for one epoch, a pure function of (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randint(0, 2 ** 62, (count,), generator=gen)
+
+
+def make_run_dir(output_dir: str, dataset: str, config_name: str, now: datetime.datetime | None = None) -> str:
+    """``output_dir/<dataset>_<config>_<timestamp>/`` with ``models/``, ``log/``, ``samples/``."""
+    stamp = (now or datetime.datetime.now()).strftime('%Y_%m_%d_%H_%M_%S')
+    run = os.path.join(output_dir, f'{dataset}_{config_name or "run"}_{stamp}')
+    suffix, base = 1, run
+    while os.path.exists(run):  # two runs started in the same second
+        run, suffix = f'{base}_{suffix}', suffix + 1
+    for sub in ('models', 'log', 'samples'):
+        os.makedirs(os.path.join(run, sub))
+    return run

@@ -1,0 +1,205 @@
+"""Training machinery: data order, per-sample seeding, states, sync BN, sampling helpers."""
+import copy
+import json
+import random
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from miscc.checkpoint import CheckpointError
+from miscc.engine import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
+                          find_latest_state, load_training_state, read_progress, save_training_state)
+from miscc.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
+from miscc.sampling import caption_plan, mask_grid, noise_for, resume_point
+from miscc.utils import make_run_dir, rng_state, select_device, set_rng_state
+
+
+def test_epoch_sampler_is_a_permutation_per_epoch_and_resumes_mid_epoch():
+    sampler = EpochBatchSampler(23, batch_size=4, seed=5)
+    assert len(sampler) == 5  # last incomplete batch dropped
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    indices = [i for batch in epoch1 for i, _ in batch]
+    assert len(indices) == 20 and len(set(indices)) == 20 and all(len(b) == 4 for b in epoch1)
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    assert [i for b in epoch2 for i, _ in b] != indices          # reshuffled
+    sampler.set_epoch(1)
+    assert list(sampler) == epoch1                               # a function of (seed, epoch)
+    sampler.set_epoch(1, start_batch=3)
+    assert list(sampler) == epoch1[3:]                           # resume skips done batches
+    seeds = [s for b in epoch1 for _, s in b]
+    assert len(set(seeds)) == 20
+
+
+def test_epoch_sampler_shards_over_ranks_without_overlap():
+    ranks = [EpochBatchSampler(50, batch_size=3, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert [len(s) for s in ranks] == [8, 8]
+    seen = [[i for b in s for i, _ in b] for s in ranks]
+    assert not set(seen[0]) & set(seen[1]) and len(seen[0]) == len(seen[1]) == 24
+    single = EpochBatchSampler(50, batch_size=6, seed=1)
+    # the two ranks together see exactly what one process with the global batch sees
+    assert sorted(seen[0] + seen[1]) == sorted(i for b in single for i, _ in b)
+    with pytest.raises(ValueError, match='no complete batch'):
+        EpochBatchSampler(5, batch_size=3, seed=0, world_size=2)
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item draws from all three global generators, like augmentation code does."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return (i, random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+
+def test_seeded_samples_are_reproducible_and_leave_global_rng_alone():
+    data = SeededSamples(RandomItems())
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = data[(3, 1234)]
+    after = torch.rand(1)
+    assert torch.equal(before, after)            # the caller's stream is untouched
+    assert data[(3, 1234)] == a                  # same (index, seed) -> same draw
+    assert data[(3, 999)] != a
+    loader = torch.utils.data.DataLoader(data, batch_sampler=[[(1, 7), (2, 8)]], num_workers=2)
+    assert [tuple(x.tolist()) for x in next(iter(loader))] == [tuple(v) for v in zip(data[(1, 7)], data[(2, 8)])]
+
+
+def test_rng_state_round_trip_through_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    models = tmp_path / 'models'
+    models.mkdir()
+    path = save_training_state(str(models), {'w': torch.ones(2)},
+                               {'epoch': 3, 'next_epoch': 4, 'next_step': 0, 'global_step': 30})
+    expected = (random.random(), np.random.randn(), torch.rand(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    state = load_training_state(path)             # restores all generators
+    assert (random.random(), np.random.randn()) == expected[:2] and torch.equal(torch.rand(2), expected[2])
+    assert torch.equal(state['w'], torch.ones(2))
+    assert read_progress(path)['next_epoch'] == 4
+    assert json.loads((models / 'state_last.json').read_text())['global_step'] == 30
+    assert find_latest_state(str(tmp_path / '..'), 'nothing_') is None
+    torch.save({'netG': {}}, tmp_path / 'other.pth')
+    with pytest.raises(CheckpointError, match='not a training state'):
+        load_training_state(str(tmp_path / 'other.pth'))
+
+
+def test_find_latest_state(tmp_path):
+    import datetime
+    old = make_run_dir(str(tmp_path), 'birds', 'bird', datetime.datetime(2024, 1, 1))
+    new = make_run_dir(str(tmp_path), 'birds', 'bird', datetime.datetime(2024, 1, 2))
+    for run in (old, new):
+        save_training_state(f'{run}/models', {}, {'epoch': 1, 'next_epoch': 2, 'next_step': 0, 'global_step': 1})
+    assert find_latest_state(str(tmp_path), 'birds_bird_') == f'{new}/models/state_last.pth'
+    assert sorted(p.name for p in (tmp_path / old.split('/')[-1]).iterdir()) == ['log', 'models', 'samples']
+
+
+def test_non_finite_losses_raise_with_step_and_values():
+    check_finite({'errD': 1.0, 'errG': -2.0}, 1, 5, 5)
+    with pytest.raises(NonFiniteLossError, match=r'epoch 2, step 7 \(global step 17\): errD=nan, errG=-2'):
+        check_finite({'errD': float('nan'), 'errG': -2.0}, 2, 7, 17)
+
+
+def test_select_device_on_cpu_machine():
+    assert select_device('cpu').device.type == 'cpu'
+    assert select_device('auto', cuda=False).device.type == 'cpu'
+    assert select_device('auto', gpu_id=-1).device.type == 'cpu'
+    if not torch.cuda.is_available():
+        assert select_device('auto').device.type == 'cpu'
+        with pytest.raises(RuntimeError, match='CUDA is not available'):
+            select_device('cuda:0,1')
+    with pytest.raises(ValueError, match="DEVICE must be"):
+        select_device('tpu')
+
+
+def test_dataparallel_batchnorm_equals_full_batch_batchnorm():
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(4)
+    nn.init.normal_(reference.weight), nn.init.normal_(reference.bias)
+    net = convert_batchnorm(nn.Sequential(nn.Identity(), copy.deepcopy(reference)), DataParallelBatchNorm2d)
+    layer = net[1]
+    assert isinstance(layer, DataParallelBatchNorm2d) and list(net.state_dict()) == ['1.weight', '1.bias',
+                                                                                     '1.running_mean', '1.running_var',
+                                                                                     '1.num_batches_tracked']
+    # Two replicas sharing parameters, each with its own buffers, as DataParallel makes them.
+    replica = copy.copy(layer)
+    replica.__dict__ = dict(layer.__dict__)
+    replica._buffers = {k: v.clone() for k, v in layer._buffers.items()}
+    link_replicas([layer, replica])
+    x = torch.randn(7, 4, 3, 3) * 2 + 1
+    parts = [x[:4].clone().requires_grad_(), x[4:].clone().requires_grad_()]
+    outs = [None, None]
+    threads = [threading.Thread(target=lambda i=i, m=m: outs.__setitem__(i, m(parts[i])))
+               for i, m in enumerate([layer, replica])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    full = x.clone().requires_grad_()
+    expected = reference(full)
+    assert torch.allclose(torch.cat(outs), expected, atol=1e-5)
+    grad = torch.randn_like(expected)
+    torch.autograd.backward(outs, [grad[:4], grad[4:]])
+    expected.backward(grad)
+    assert torch.allclose(torch.cat([p.grad for p in parts]), full.grad, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-5)
+    assert torch.allclose(layer.running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(layer.running_var, reference.running_var, atol=1e-5)
+    # outside DataParallel it is an ordinary BatchNorm2d
+    plain = DataParallelBatchNorm2d(4)
+    plain.load_state_dict(reference.state_dict())
+    assert torch.allclose(plain.eval()(x), reference.eval()(x))
+
+
+def test_caption_plan_cycles_keys_then_captions():
+    plan = caption_plan(num_keys=3, captions_per_image=2, num=8)
+    assert plan.tolist() == [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1], [0, 0], [1, 0]]
+    assert caption_plan(3, 2, 8, start=5).tolist() == plan[5:].tolist()
+
+
+def test_noise_depends_only_on_seed_and_image_number():
+    a = noise_for(range(6), 10, seed=3)
+    assert torch.equal(noise_for([4, 5], 10, seed=3), a[4:])
+    assert not torch.equal(noise_for(range(6), 10, seed=4), a)
+
+
+def test_mask_grid_layout():
+    images = torch.full((2, 3, 8, 8), -1.0)
+    images[1] = 1.0
+    masks = [torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 8, 8)]
+    grid = mask_grid(images, masks)
+    assert grid.shape == (3, 16, 24)
+    assert grid[:, :8, :8].max() == 0 and grid[:, 8:, :8].min() == 1     # images in column 0
+    assert grid[:, :, 8:16].max() == 0 and grid[:, :, 16:].min() == 1   # then each mask
+
+
+class FakeTestSet:
+    filenames = ['a', 'b', 'c']
+    embeddings_num = 2
+
+
+def test_resume_point_checks_the_manifest(tmp_path):
+    assert resume_point(str(tmp_path / 'new'), FakeTestSet(), 10) == 0
+    lines = [{'file': f'img_s{n}.png', 'mask': f'fm_{n}.png', 'key': FakeTestSet.filenames[n % 3],
+              'caption_index': (n // 3) % 2, 'caption': 'x'} for n in range(4)]
+    (tmp_path / 'manifest.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in lines) + '{"file": "img_s4')
+    assert resume_point(str(tmp_path), FakeTestSet(), 10) == 4
+    assert len((tmp_path / 'manifest.jsonl').read_text().splitlines()) == 4  # cut line removed
+    with pytest.raises(FileExistsError, match='more than SAMPLE.NUM=3'):
+        resume_point(str(tmp_path), FakeTestSet(), 3)
+    lines[2]['key'] = 'zzz'
+    (tmp_path / 'manifest.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in lines))
+    with pytest.raises(FileExistsError, match='other settings \\(line 3\\)'):
+        resume_point(str(tmp_path), FakeTestSet(), 10)
+    stray = tmp_path / 'stray'
+    stray.mkdir()
+    (stray / 'x.png').write_bytes(b'')
+    with pytest.raises(FileExistsError, match='no manifest.jsonl'):
+        resume_point(str(stray), FakeTestSet(), 10)
