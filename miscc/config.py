@@ -72,7 +72,14 @@ DEFAULTS: dict = {
         'LAMBDA_DA': 0.05,          # DAMSM weight in the G loss of main.py
         'MAGP_P': 6.0,              # MA-GP exponent
         'MAGP_K': 2.0,              # MA-GP weight
-        'FAST': False,              # fast training path (see README: Performance)
+        'FAST': False,              # fast training path: turns on the FAST_OPTIONS below
+        'FAST_OPTIONS': {           # each applies only with TRAIN.FAST=True (see README: Performance)
+            'FUSED_MAGP': True,     # MA-GP on the real pass, summed into one D step (DF-GAN 2022)
+            'LEAN_SSCBN': True,     # SSCBN as x + m * (gamma * x + beta): fewer full-size temporaries
+            'BF16': True,           # GPU: bfloat16 autocast for forward passes
+            'CHANNELS_LAST': True,  # GPU: channels-last memory format for G, D and images
+            'COMPILE': False,       # torch.compile the generator (D needs double backward for MA-GP)
+        },
         'MAX_STEPS': 0,             # stop (saving the training state) after this many steps; 0: no limit
         'LOG_INTERVAL': 50,         # steps between progress-bar/TensorBoard loss updates
         'SMOOTH': {

@@ -30,7 +30,7 @@ from .parallel import wrap_for_devices
 from .sampling import decode_caption, mask_grid, noise_for, save_grid
 from .utils import init_distributed, make_run_dir, seed_everything, select_device
 
-__all__ = ['GANTrainer', 'resolve_resume']
+__all__ = ['GANTrainer', 'GANUpdate', 'make_optimizers', 'apply_fast_model_options', 'resolve_resume']
 
 
 @contextlib.contextmanager
@@ -82,6 +82,171 @@ def resolve_resume(cfg, finetune: bool):
     return 'weights', target
 
 
+class GANUpdate:
+    """The networks, their optimisers and one training iteration (``__call__``).
+
+    ``G``/``D``/``T``/``I`` are the device-wrapped modules (DataParallel/DDP) used for forward
+    passes; ``netG``/``netD``/``text_encoder``/``image_encoder`` the bare ones. With ``optE``
+    the encoders are fine-tuned (``T`` gets gradients); without it they are frozen.
+
+    Faithful by default. ``fused_magp`` computes MA-GP on the real pass of the D step and
+    takes one D optimiser step for hinge + MA-GP (DF-GAN 2022); ``bf16`` runs forward passes
+    under bfloat16 autocast (CUDA); ``channels_last`` feeds images in that memory format.
+    """
+
+    def __init__(self, netG, netD, text_encoder, image_encoder, optG, optD, optE=None, *,
+                 G=None, D=None, T=None, I=None, distributed: bool = False, lambda_da: float = 0.05,
+                 smooth: dict | None = None, magp_p: float = 6.0, magp_k: float = 2.0, z_dim: int = 100,
+                 fused_magp: bool = False, bf16: bool = False, channels_last: bool = False):
+        self.netG, self.netD = netG, netD
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.G, self.D = G or netG, D or netD
+        self.T, self.I = T or text_encoder, I or image_encoder
+        self.optG, self.optD, self.optE = optG, optD, optE
+        self.finetune = optE is not None
+        self.distributed = distributed
+        self.lambda_da = lambda_da
+        self.smooth = smooth or dict(gamma1=5.0, gamma2=5.0, gamma3=10.0, lam=1.0)
+        self.magp_p, self.magp_k, self.z_dim = magp_p, magp_k, z_dim
+        self.fused_magp, self.channels_last = fused_magp, channels_last
+        self.bf16 = bf16
+        self.last_real = self.last_fake = None
+
+    @classmethod
+    def from_config(cls, cfg, netG, netD, text_encoder, image_encoder, optG, optD, optE=None, **wrapped):
+        """The update with the loss weights and fast options of ``cfg`` (fine-tuning when
+        ``optE`` is given). GPU-only options are off on other devices."""
+        train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
+        on_gpu = next(netG.parameters()).device.type == 'cuda'
+        smooth = dict(gamma1=train.SMOOTH.GAMMA1, gamma2=train.SMOOTH.GAMMA2,
+                      gamma3=train.SMOOTH.GAMMA3, lam=train.SMOOTH.LAMBDA)
+        return cls(netG, netD, text_encoder, image_encoder, optG, optD, optE,
+                   lambda_da=train.FINETUNE.LAMBDA_DA if optE is not None else train.LAMBDA_DA,
+                   smooth=smooth, magp_p=train.MAGP_P, magp_k=train.MAGP_K, z_dim=cfg.GAN.Z_DIM,
+                   fused_magp=train.FAST and fast.FUSED_MAGP,
+                   bf16=train.FAST and fast.BF16 and on_gpu,
+                   channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu, **wrapped)
+
+    def _autocast(self):
+        return torch.autocast('cuda', dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def __call__(self, images, captions, cap_lens, class_ids) -> dict:
+        """images B x 3 x S x S in [-1, 1]; captions B x T; cap_lens B; class_ids B.
+        Returns the losses of this iteration as floats."""
+        dev = next(self.netG.parameters()).device
+        imgs = images.to(dev, non_blocking=True)
+        if self.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        captions = captions.to(dev, non_blocking=True)
+        cond = self.netD.COND_DNET
+        bsz = imgs.size(0)
+        magp = dict(p=self.magp_p, k=self.magp_k)
+        losses = {}
+
+        with self._autocast():
+            if self.finetune:
+                words, sent = self.T(captions, cap_lens)
+                words_de, sent_de = words.detach(), sent.detach()
+            else:
+                with torch.no_grad():
+                    words_de, sent_de = self.T(captions, cap_lens)
+            sent_de = sent_de.float()
+
+            if self.fused_magp:
+                imgs_gp = imgs.detach().requires_grad_()
+                sent_gp = sent_de.detach().requires_grad_()
+                real_features = self.D(imgs_gp)
+                real_logits = cond(real_features, sent_gp)
+            else:
+                real_features = self.D(imgs)
+            noise = torch.randn(bsz, self.z_dim, device=dev)
+            fake, _ = self.G(noise, sent_de)
+
+        if self.finetune:
+            with self._autocast():
+                damsm_real = damsm_loss(self.I, imgs, words, sent, cap_lens, class_ids, **self.smooth)
+            self.optE.zero_grad(set_to_none=True)
+            damsm_real.backward()
+            self.optE.step()
+            losses['DAMSM_D'] = damsm_real.detach()
+
+        with self._autocast():
+            fake_features = self.D(fake.detach())
+            err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, fake_features,
+                                                                          sent_de)
+            if self.fused_magp:
+                # the real/matching term comes from the same logits the penalty differentiates
+                err_real = torch.relu(1.0 - real_logits).mean()
+                err_d = err_real + (err_fake + err_mis) / 2.0
+                gp = matching_aware_gp(real_logits.float(), imgs_gp, sent_gp, **magp)
+                err_d_total = err_d + gp
+        if self.fused_magp:
+            self.optD.zero_grad(set_to_none=True)
+            err_d_total.backward()
+            self.optD.step()
+        else:
+            self.optD.zero_grad(set_to_none=True)
+            err_d.backward()
+            self.optD.step()
+            imgs_gp = imgs.detach().requires_grad_()
+            sent_gp = sent_de.detach().requires_grad_()
+            with self._autocast():
+                gp = matching_aware_gp(cond(self.D(imgs_gp), sent_gp).float(), imgs_gp, sent_gp, **magp)
+            self.optD.zero_grad(set_to_none=True)
+            gp.backward()
+            self.optD.step()
+
+        # Under DDP the G step's pass through D must not take part in D's gradient sync.
+        d_for_g = self.netD if self.distributed else self.D
+        with frozen(self.netD), frozen(self.image_encoder):
+            with self._autocast():
+                err_g = generator_adversarial_loss(cond(d_for_g(fake), sent_de).float())
+                damsm_fake = self.lambda_da * damsm_loss(self.image_encoder, fake, words_de, sent_de, cap_lens,
+                                                         class_ids, **self.smooth)
+                err_g_total = err_g + damsm_fake
+            self.optG.zero_grad(set_to_none=True)
+            err_g_total.backward()
+        self.optG.step()
+
+        losses.update(errD=err_d.detach(), errD_real=err_real.detach(), errD_fake=err_fake.detach(),
+                      errD_mismatch=err_mis.detach(), MAGP=gp.detach(), errG=err_g.detach(),
+                      DAMSM=damsm_fake.detach())
+        names = list(losses)
+        values = torch.stack([losses[k].float() for k in names]).tolist()  # one device sync
+        self.last_real, self.last_fake = imgs, fake.detach()
+        return dict(zip(names, values))
+
+
+def apply_fast_model_options(cfg, netG: nn.Module, netD: nn.Module):
+    """Model-side fast options (TRAIN.FAST): lean SSCBN; on GPU channels-last G/D and a
+    compiled G. Returns the generator module to call (compiled or not)."""
+    train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
+    if not train.FAST:
+        return netG
+    if fast.LEAN_SSCBN:
+        netG.set_lean_sscbn(True)
+    on_gpu = next(netG.parameters()).device.type == 'cuda'
+    if on_gpu and fast.CHANNELS_LAST:
+        netG.to(memory_format=torch.channels_last)
+        netD.to(memory_format=torch.channels_last)
+    if fast.COMPILE:
+        return torch.compile(netG)
+    return netG
+
+
+def make_optimizers(cfg, netG, netD, text_encoder=None, image_encoder=None, finetune: bool = False):
+    """Adam for G and D (and the encoders when fine-tuning) with the configured rates and betas."""
+    train = cfg.TRAIN
+    betas = (train.BETA1, train.BETA2)
+    optG = torch.optim.Adam(netG.parameters(), lr=train.GENERATOR_LR, betas=betas)
+    optD = torch.optim.Adam(netD.parameters(), lr=train.DISCRIMINATOR_LR, betas=betas)
+    optE = None
+    if finetune:
+        params = list(text_encoder.parameters()) + [p for p in image_encoder.parameters() if p.requires_grad]
+        optE = torch.optim.Adam(params, lr=train.FINETUNE.ENCODER_LR, betas=betas)
+    return optG, optD, optE
+
+
 class GANTrainer:
     """Builds data, models and optimisers from a config and trains (``fit``)."""
 
@@ -99,9 +264,6 @@ class GANTrainer:
             torch.backends.cudnn.benchmark = True
 
         train = cfg.TRAIN
-        self.lambda_da = train.FINETUNE.LAMBDA_DA if finetune else train.LAMBDA_DA
-        self.smooth = dict(gamma1=train.SMOOTH.GAMMA1, gamma2=train.SMOOTH.GAMMA2,
-                           gamma3=train.SMOOTH.GAMMA3, lam=train.SMOOTH.LAMBDA)
         self.resume_kind, self.resume_path = resolve_resume(cfg, finetune)
 
         # Encoders: the DAMSM files, or when fine-tuning from an epoch's files, those of that epoch.
@@ -122,14 +284,9 @@ class GANTrainer:
         self.netG = build_generator(cfg).to(self.device)
         self.netD = build_discriminator(cfg).to(self.device)
 
-        betas = (train.BETA1, train.BETA2)
-        self.optG = torch.optim.Adam(self.netG.parameters(), lr=train.GENERATOR_LR, betas=betas)
-        self.optD = torch.optim.Adam(self.netD.parameters(), lr=train.DISCRIMINATOR_LR, betas=betas)
-        self.optE = None
+        self.optG, self.optD, self.optE = make_optimizers(cfg, self.netG, self.netD, self.text_encoder,
+                                                          self.image_encoder, finetune)
         if finetune:
-            encoder_params = list(self.text_encoder.parameters()) + [
-                p for p in self.image_encoder.parameters() if p.requires_grad]
-            self.optE = torch.optim.Adam(encoder_params, lr=train.FINETUNE.ENCODER_LR, betas=betas)
             # The official fine-tuning never calls eval() on the encoders: dropout and
             # Inception batch statistics are active; ENCODERS_TRAIN_MODE=False turns that off.
             self.text_encoder.train(train.FINETUNE.ENCODERS_TRAIN_MODE)
@@ -154,13 +311,17 @@ class GANTrainer:
         self.fixed = self._fixed_samples(state)
 
         # Wrap for several devices last, so states load into the bare modules.
-        self.G = wrap_for_devices(self.netG, self.setup, self.dist, sync_bn=True)
+        generator = apply_fast_model_options(cfg, self.netG, self.netD)
+        self.G = wrap_for_devices(generator, self.setup, self.dist, sync_bn=True)
         self.D = wrap_for_devices(self.netD, self.setup, self.dist, sync_bn=False)
         if finetune:
             self.T = wrap_for_devices(self.text_encoder, self.setup, self.dist, sync_bn=False)
             self.I = wrap_for_devices(self.image_encoder, self.setup, self.dist, sync_bn=True)
         else:
             self.T, self.I = self.text_encoder, self.image_encoder
+        self.update = GANUpdate.from_config(cfg, self.netG, self.netD, self.text_encoder, self.image_encoder,
+                                            self.optG, self.optD, self.optE, G=self.G, D=self.D, T=self.T,
+                                            I=self.I, distributed=self.dist.distributed)
 
     # ------------------------------------------------------------------ start / resume
     def _load_start(self):
@@ -208,66 +369,10 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def train_step(self, batch) -> dict:
-        """One official iteration on ``batch`` (a ``datasets.Batch``); returns the losses as floats."""
-        dev = self.device
-        imgs = batch.images.to(dev, non_blocking=True)
-        captions = batch.captions.to(dev, non_blocking=True)
-        cap_lens, class_ids = batch.cap_lens, batch.class_ids
-        cond = unwrap_model(self.netD).COND_DNET
-        bsz = imgs.size(0)
-
-        text_encoder = self.T
-        if self.finetune:
-            words, sent = text_encoder(captions, cap_lens)
-            words_de, sent_de = words.detach(), sent.detach()
-        else:
-            with torch.no_grad():
-                words_de, sent_de = text_encoder(captions, cap_lens)
-
-        real_features = self.D(imgs)
-        noise = torch.randn(bsz, self.cfg.GAN.Z_DIM, device=dev)
-        fake, _ = self.G(noise, sent_de)
-
-        losses = {}
-        if self.finetune:
-            damsm_real = damsm_loss(self.I, imgs, words, sent, cap_lens, class_ids, **self.smooth)
-            self.optE.zero_grad(set_to_none=True)
-            damsm_real.backward()
-            self.optE.step()
-            losses['DAMSM_D'] = damsm_real.detach()
-
-        fake_features = self.D(fake.detach())
-        err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, fake_features, sent_de)
-        self.optD.zero_grad(set_to_none=True)
-        err_d.backward()
-        self.optD.step()
-
-        imgs_gp = imgs.detach().requires_grad_()
-        sent_gp = sent_de.detach().requires_grad_()
-        gp = matching_aware_gp(cond(self.D(imgs_gp), sent_gp), imgs_gp, sent_gp,
-                               p=self.cfg.TRAIN.MAGP_P, k=self.cfg.TRAIN.MAGP_K)
-        self.optD.zero_grad(set_to_none=True)
-        gp.backward()
-        self.optD.step()
-
-        image_encoder = unwrap_model(self.I)
-        with frozen(self.netD), frozen(image_encoder):
-            err_g = generator_adversarial_loss(cond(unwrap_model(self.D)(fake) if self.dist.distributed
-                                                    else self.D(fake), sent_de))
-            damsm_fake = self.lambda_da * damsm_loss(image_encoder, fake, words_de, sent_de, cap_lens,
-                                                     class_ids, **self.smooth)
-            err_g_total = err_g + damsm_fake
-            self.optG.zero_grad(set_to_none=True)
-            err_g_total.backward()
-        self.optG.step()
-
-        losses.update(errD=err_d.detach(), errD_real=err_real.detach(), errD_fake=err_fake.detach(),
-                      errD_mismatch=err_mis.detach(), MAGP=gp.detach(), errG=err_g.detach(),
-                      DAMSM=damsm_fake.detach())
-        names = list(losses)
-        values = torch.stack([losses[k].float() for k in names]).tolist()  # one device sync
-        self.last_batch = (imgs, fake.detach(), batch)
-        return dict(zip(names, values))
+        """One iteration on ``batch`` (a ``datasets.Batch``); returns the losses as floats."""
+        losses = self.update(batch.images, batch.captions, batch.cap_lens, batch.class_ids)
+        self.last_batch = (self.update.last_real, self.update.last_fake, batch)
+        return losses
 
     # ------------------------------------------------------------------ outputs
     def _state(self) -> dict:

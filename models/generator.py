@@ -61,6 +61,9 @@ class SemanticSpatialBN(nn.Module):
 
     def __init__(self, num_features: int, cond_dim: int = 256):
         super().__init__()
+        # lean=True computes the same affine map as x + m * (gamma * x + beta), with fewer
+        # full-size temporaries (faster, not bit-identical); see NetG.set_lean_sscbn.
+        self.lean = False
         self.batch_norm2d = nn.BatchNorm2d(num_features, affine=False)
         self.fc_gamma = _mlp(cond_dim, num_features)
         self.fc_beta = _mlp(cond_dim, num_features)
@@ -72,6 +75,8 @@ class SemanticSpatialBN(nn.Module):
         x = self.batch_norm2d(x)
         weight = self.fc_gamma(sent).view(-1, x.size(1), 1, 1)
         bias = self.fc_beta(sent).view(-1, x.size(1), 1, 1)
+        if self.lean:
+            return x + mask * torch.addcmul(bias, weight, x)
         return (weight * mask + 1) * x + bias * mask
 
 
@@ -140,6 +145,13 @@ class NetG(nn.Module):
     @property
     def blocks(self) -> list:
         return [getattr(self, f'block{i}') for i in range(self.num_blocks)]
+
+    def set_lean_sscbn(self, lean: bool = True) -> 'NetG':
+        """Switch every SSCBN to the lean formulation (same map, fewer temporaries)."""
+        for m in self.modules():
+            if isinstance(m, SemanticSpatialBN):
+                m.lean = lean
+        return self
 
     def forward(self, noise: torch.Tensor, sent: torch.Tensor):
         out = self.fc(noise).view(noise.size(0), 8 * self.ngf, 4, 4)

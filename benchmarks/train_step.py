@@ -1,0 +1,234 @@
+"""Time full SSA-GAN training iterations on random data; print one JSON line.
+
+    python benchmarks/train_step.py --nf 32 --batch 2 --size 256 --iters 3 --mode faithful
+    python benchmarks/train_step.py --nf 32 --batch 2 --mode fast
+    python benchmarks/train_step.py --nf 32 --batch 2 --mode official --official-repo ../text2image
+
+Data: random images in [-1, 1], random captions over a 5,450-word vocabulary (CUB's) with
+lengths 5..18 sorted longest first, random class ids. Models are randomly initialised
+(the frozen Inception trunk too), which costs the same time as trained weights.
+
+``--mode official`` times the official implementation (model.py, DAMSM.py, miscc/losses.py of
+a local clone of the official repository, given by --official-repo) with the official update
+order, on the same inputs, for a side-by-side comparison. ``--check`` runs one iteration of
+``faithful`` and ``official`` from identical weights and inputs and reports the loss differences.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+import types
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from miscc.config import load_config  # noqa: E402
+from miscc.trainer import GANUpdate, apply_fast_model_options, make_optimizers  # noqa: E402
+from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER  # noqa: E402
+
+VOCAB = 5450
+
+
+def random_batch(batch: int, size: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    lengths = torch.randint(5, 19, (batch,), generator=gen).sort(descending=True).values
+    captions = torch.randint(1, VOCAB, (batch, 18), generator=gen)
+    captions[torch.arange(18)[None, :] >= lengths[:, None]] = 0
+    class_ids = torch.randint(0, 200, (batch,), generator=gen)
+    return images, captions, lengths, class_ids
+
+
+def build_ours(args, device, overrides=()):
+    cfg = load_config(None, [f'TRAIN.NF={args.nf}', f'TREE.BASE_SIZE={args.size}',
+                             f'TRAIN.FAST={args.mode == "fast"}', *overrides])
+    torch.manual_seed(0)
+    netG = NetG(args.nf, 100, args.size).to(device)
+    netD = NetD(args.nf, args.size).to(device)
+    text_encoder = RNN_ENCODER(VOCAB).to(device).eval().requires_grad_(False)
+    image_encoder = CNN_ENCODER(256).to(device).eval().requires_grad_(False)
+    optG, optD, _ = make_optimizers(cfg, netG, netD)
+    generator = apply_fast_model_options(cfg, netG, netD)
+    update = GANUpdate.from_config(cfg, netG, netD, text_encoder, image_encoder, optG, optD, G=generator)
+    return update, (netG, netD, text_encoder, image_encoder)
+
+
+def load_official(repo: str):
+    """Import the official model.py, DAMSM.py and miscc/losses.py from a local clone."""
+    if not os.path.isfile(os.path.join(repo, 'model.py')):
+        sys.exit(f"--official-repo '{repo}' has no model.py: give the path of a clone of the "
+                 f"official SSA-GAN repository")
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == 'miscc' or k.startswith('miscc.')}
+    sys.path.insert(0, repo)
+    try:
+        pkg = types.ModuleType('miscc')
+        pkg.__path__ = [os.path.join(repo, 'miscc')]
+        sys.modules['miscc'] = pkg
+        spec = importlib.util.spec_from_file_location('miscc.config', os.path.join(repo, 'miscc', 'config.py'))
+        config = importlib.util.module_from_spec(spec)
+        sys.modules['miscc.config'] = config
+        spec.loader.exec_module(config)
+        config.cfg.CUDA = torch.cuda.is_available()
+        modules = {}
+        for name, rel in (('model', 'model.py'), ('DAMSM', 'DAMSM.py'), ('miscc.losses', 'miscc/losses.py')):
+            spec = importlib.util.spec_from_file_location(name, os.path.join(repo, rel))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            modules[name] = mod
+        return modules, config.cfg
+    finally:
+        sys.path.remove(repo)
+        for k in [k for k in sys.modules if k == 'miscc' or k.startswith('miscc.')]:
+            sys.modules.pop(k)
+        sys.modules.update(saved)
+
+
+@contextlib.contextmanager
+def offline_inception():
+    """The official image encoder downloads ImageNet weights; build it with random ones."""
+    import torchvision.models as tvm
+    real = tvm.inception_v3
+    tvm.inception_v3 = lambda pretrained=True, transform_input=False: real(
+        weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    try:
+        yield
+    finally:
+        tvm.inception_v3 = real
+
+
+class OfficialUpdate:
+    """The official main.py iteration (D hinge step, MA-GP step, G step) with the official
+    modules and loss functions, for timing and for checking our update against it."""
+
+    def __init__(self, args, device, modules, cfg):
+        self.device, self.modules, self.cfg = device, modules, cfg
+        torch.manual_seed(0)
+        model, damsm = modules['model'], modules['DAMSM']
+        self.netG = model.NetG(args.nf, 100).to(device)
+        self.netD = model.NetD(args.nf).to(device)
+        self.text_encoder = damsm.RNN_ENCODER(VOCAB, nhidden=256).to(device).eval()
+        with offline_inception():
+            self.image_encoder = damsm.CNN_ENCODER(256).to(device).eval()
+        for p in list(self.text_encoder.parameters()) + list(self.image_encoder.parameters()):
+            p.requires_grad = False
+        self.optG = torch.optim.Adam(self.netG.parameters(), lr=0.0001, betas=(0.0, 0.9))
+        self.optD = torch.optim.Adam(self.netD.parameters(), lr=0.0004, betas=(0.0, 0.9))
+
+    def __call__(self, images, captions, cap_lens, class_ids):
+        dev, netG, netD = self.device, self.netG, self.netD
+        bsz = images.size(0)
+        imgs, captions, cap_lens = images.to(dev), captions.to(dev), cap_lens.to(dev)
+        hidden = self.text_encoder.init_hidden(bsz)
+        words_embs, sent_emb = self.text_encoder(captions, cap_lens, hidden)
+        words_embs, sent_emb = words_embs.detach(), sent_emb.detach()
+        real_features = netD(imgs)
+        err_real = torch.relu(1.0 - netD.COND_DNET(real_features, sent_emb)).mean()
+        err_mis = torch.relu(1.0 + netD.COND_DNET(real_features[:bsz - 1], sent_emb[1:bsz])).mean()
+        noise = torch.randn(bsz, 100, device=dev)
+        fake, _ = netG(noise, sent_emb)
+        err_fake = torch.relu(1.0 + netD.COND_DNET(netD(fake.detach()), sent_emb)).mean()
+        err_d = err_real + (err_fake + err_mis) / 2.0
+        self.optD.zero_grad()
+        err_d.backward()
+        self.optD.step()
+        interpolated = imgs.data.requires_grad_()
+        sent_inter = sent_emb.data.requires_grad_()
+        out = netD.COND_DNET(netD(interpolated), sent_inter)
+        grads = torch.autograd.grad(outputs=out, inputs=(interpolated, sent_inter),
+                                    grad_outputs=torch.ones(out.size(), device=dev),
+                                    retain_graph=True, create_graph=True, only_inputs=True)
+        grad = torch.cat((grads[0].view(bsz, -1), grads[1].view(bsz, -1)), dim=1)
+        d_loss = 2.0 * torch.mean(torch.sqrt(torch.sum(grad ** 2, dim=1)) ** 6)
+        self.optD.zero_grad()
+        d_loss.backward()
+        self.optD.step()
+        err_g = -netD.COND_DNET(netD(fake), sent_emb).mean()
+        real_labels = torch.ones(bsz, device=dev)
+        match_labels = torch.arange(bsz, device=dev)
+        damsm = 0.05 * self.modules['miscc.losses'].DAMSM_loss(
+            self.image_encoder, fake, real_labels, words_embs, sent_emb, match_labels, cap_lens,
+            class_ids.numpy())
+        self.optG.zero_grad()
+        (err_g + damsm).backward()
+        self.optG.step()
+        return {'errD': err_d.item(), 'MAGP': d_loss.item(), 'errG': err_g.item(), 'DAMSM': damsm.item()}
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--nf', type=int, default=32)
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--size', type=int, default=256)
+    parser.add_argument('--iters', type=int, default=3)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--mode', choices=['faithful', 'fast', 'official'], default='faithful')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--official-repo', default='', help='local clone of the official repository')
+    parser.add_argument('--check', action='store_true',
+                        help='compare one faithful iteration with the official one (needs --official-repo)')
+    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='config overrides')
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    batches = [random_batch(args.batch, args.size, seed) for seed in range(args.warmup + args.iters)]
+
+    if args.check:
+        modules, cfg = load_official(args.official_repo)
+        official = OfficialUpdate(args, device, modules, cfg)
+        ours, nets = build_ours(args, device, args.set)
+        for mine, theirs in zip(nets, (official.netG, official.netD, official.text_encoder, official.image_encoder)):
+            mine.load_state_dict(theirs.state_dict())
+        torch.manual_seed(1)
+        a = official(*batches[0])
+        torch.manual_seed(1)
+        b = ours(*batches[0])
+        print(json.dumps({'official': a, 'ours': {k: b[k] for k in a},
+                          'max_abs_diff': max(abs(a[k] - b[k]) for k in a)}))
+        return
+
+    if args.mode == 'official':
+        modules, cfg = load_official(args.official_repo)
+        update = OfficialUpdate(args, device, modules, cfg)
+    else:
+        update, _ = build_ours(args, device, args.set)
+    for images, captions, lens, class_ids in batches[:args.warmup]:
+        update(images, captions, lens, class_ids)
+    sync(device)
+    start = time.perf_counter()
+    for images, captions, lens, class_ids in batches[args.warmup:]:
+        update(images, captions, lens, class_ids)
+    sync(device)
+    ms = (time.perf_counter() - start) / args.iters * 1000
+    print(json.dumps({'ms_per_iter': round(ms, 1), 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
+                      'size': args.size,
+                      'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      **({'peak_gpu_mb': round(peak_memory_mb(device), 1)} if device.type == 'cuda' else {}),
+                      'device': str(device),
+                      'threads': torch.get_num_threads(), 'images_per_s': round(args.batch * 1000 / ms, 2),
+                      'iters': args.iters}))
+
+
+if __name__ == '__main__':
+    with contextlib.suppress(BrokenPipeError):
+        main()
