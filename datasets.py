@@ -669,14 +669,16 @@ class Batch(NamedTuple):
 def collate_sorted(batch: Sequence[tuple]) -> Batch:
     """Stack ``TextDataset`` items and sort them by caption length, longest first
     (ties keep their order), ready for ``pack_padded_sequence``."""
-    images, captions, lens, class_ids, keys = zip(*batch)
-    cap_lens = torch.as_tensor(lens, dtype=torch.long)
-    order = torch.sort(cap_lens, descending=True, stable=True).indices
-    return Batch(images=torch.stack(images)[order],
-                 captions=torch.stack(captions)[order],
-                 cap_lens=cap_lens[order],
-                 class_ids=torch.as_tensor([int(c) for c in class_ids], dtype=torch.long)[order],
-                 keys=[keys[i] for i in order.tolist()])
+    lens = torch.as_tensor([item[2] for item in batch], dtype=torch.long)
+    order = torch.sort(lens, descending=True, stable=True).indices.tolist()
+    items = [batch[i] for i in order]
+    # default_collate stacks straight into shared memory inside a DataLoader worker,
+    # saving a copy of the images on their way to the main process.
+    return Batch(images=data.default_collate([it[0] for it in items]),
+                 captions=data.default_collate([it[1] for it in items]),
+                 cap_lens=torch.as_tensor([int(it[2]) for it in items], dtype=torch.long),
+                 class_ids=torch.as_tensor([int(it[3]) for it in items], dtype=torch.long),
+                 keys=[it[4] for it in items])
 
 
 # --------------------------------------------------------------------------- from a config
