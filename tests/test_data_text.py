@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import make_birds_layout, real_keys
-from datasets import (Batch, TextDataset, build_vocabulary, collate_sorted, encode_caption,
-                      pad_caption, read_caption_file, tokenize)
+from datasets import (Batch, TextDataset, build_dataset, build_vocabulary, collate_sorted,
+                      encode_caption, pad_caption, read_caption_file, tokenize)
+from miscc.config import default_config
 
 
 def test_tokenize_like_the_official_code():
@@ -169,3 +170,53 @@ def test_encode_caption_drops_and_reports_unknown_words():
     assert cap.tolist() == [4] * 5 and n == 5 and unknown == []
     cap, n, unknown = encode_caption('<end> qq', wordtoix, 3)  # '<end>' is not a word
     assert n == 0 and cap.tolist() == [0, 0, 0] and unknown == ['end', 'qq']
+
+
+def _coco_layout(root, image_folder):
+    """A COCO-style folder: 5 captions per image, no boxes, no class ids."""
+    from conftest import write_jpeg
+    keys = {'train': ['COCO_train2014_000000000009', 'COCO_train2014_000000000025'],
+            'test': ['COCO_val2014_000000000042']}
+    for split, names in keys.items():
+        (root / split).mkdir(parents=True)
+        with open(root / split / 'filenames.pickle', 'wb') as f:
+            pickle.dump(names, f, protocol=2)
+        folder = image_folder(split)
+        for i, k in enumerate(names):
+            (root / 'text').mkdir(exist_ok=True)
+            (root / 'text' / (k + '.txt')).write_text(
+                ''.join(f'A plate of food number {j}.\n' for j in range(5 + i)))
+            write_jpeg(folder / (k + '.jpg'), (64, 48), (0, 0, 32, 48))
+    return keys
+
+
+def test_coco_layout_images_folder_no_box_five_captions(tmp_path):
+    root = tmp_path / 'coco'
+    keys = _coco_layout(root, lambda split: root / 'images')
+    ds = TextDataset(str(root), 'train', image_size=16, captions_per_image=5,
+                     dataset_name='coco', augment=False)
+    assert ds.bbox is None and ds.filenames == keys['train'] and ds.class_id == [0, 1]
+    # 'a plate of food number 0..4'; the sixth line of the second file is not read
+    assert len(ds.captions) == 10 and ds.n_words == 11
+    assert ds.caption_tensor(9)[0][:7].tolist() == [1, 2, 3, 4, 5, 10, 0]
+    img = ds[0][0]
+    # no crop: the red left half and the blue right half of the 64 x 48 picture both remain
+    assert img[0, :, :6].mean() > 0.6 and img[2, :, -6:].mean() > 0.6
+
+
+def test_coco_official_folders_and_configured_folders(tmp_path):
+    root = tmp_path / 'coco'
+    _coco_layout(root, lambda split: root / ('train2014' if split == 'train' else 'val2014'))
+    test = TextDataset(str(root), 'test', image_size=16, captions_per_image=5, dataset_name='coco')
+    assert test.image_dir == str(root / 'val2014') and test[0][4] == 'COCO_val2014_000000000042'
+    cfg = default_config()
+    cfg.merge({'DATASET_NAME': 'coco',
+               'TEXT': {'CAPTIONS_PER_IMAGE': 5}, 'TREE': {'BASE_SIZE': 16}})
+    import shutil
+    shutil.move(str(root / 'train2014'), str(tmp_path / 'train_images'))
+    shutil.move(str(root), str(root.parent / 'elsewhere'))
+    cfg.DATA_DIR = str(tmp_path / 'elsewhere')
+    cfg.DATA.TRAIN_IMAGE_DIR = str(tmp_path / 'train_images')
+    train = build_dataset(cfg, 'train')
+    assert train.image_dir == str(tmp_path / 'train_images') and len(train) == 2
+    assert train[1][0].shape == (3, 16, 16)
