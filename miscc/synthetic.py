@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ['PALETTE', 'BACKGROUNDS', 'SIZES', 'FACINGS', 'ATTRIBUTE_KEYS', 'GRADIENT_MAX',
-           'NOISE_MAX', 'CAPTIONS_PER_IMAGE', 'class_pairs', 'class_folder',
+           'NOISE_MAX', 'CAPTIONS_PER_IMAGE', 'LABELS', 'class_pairs', 'class_folder',
            'sample_attributes', 'render_bird', 'make_captions', 'make_synthetic_birds',
            'ensure_synthetic_birds', 'is_complete', 'main']
 
