@@ -118,6 +118,22 @@ DEFAULTS: dict = {
         'OUT_DIR': '',              # '': <TRAIN.NET_G without .pth>/valid (the official place)
         'PER_CAPTION': 4,           # images per user caption (--caption/--captions)
     },
+    'DATA': {
+        # Image folders ('' = the layout's own: CUB_200_2011/images for the birds;
+        # images/, else train2014/ and val2014/, under DATA_DIR for COCO).
+        'TRAIN_IMAGE_DIR': '',
+        'TEST_IMAGE_DIR': '',
+        # Store the cropped, resized training images once as raw uint8 (about 277 KB per
+        # image at 256 px) and read them memory-mapped: several times faster per worker.
+        'CACHE': False,
+        'CACHE_DIR': '',            # '' = DATA_DIR/cache
+    },
+    'SYNTHETIC': {                  # the built-in synthetic birds (DATASET_NAME 'synthetic_birds')
+        'NUM_TRAIN': 2000,
+        'NUM_TEST': 500,
+        'IMAGE_SIZE': 256,          # stored image side in pixels (>= 128)
+        'SEED': 0,
+    },
     'PRETRAINED': {
         # ImageNet Inception-v3 for the DAMSM image encoder trunk. '' looks in the
         # torch hub cache ($TORCH_HOME/hub/checkpoints/inception_v3_google-*.pth).
