@@ -9,15 +9,21 @@ import warnings
 import torch
 from tqdm import tqdm
 
+from datasets import DataError
+
 from .build import (damsm_paths, load_generator, load_text_encoder, sibling_checkpoint,
                     text_encoder_vocab_size)
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
-from .sampling import (encode_texts, generate_test_images, mask_grid, noise_for, resume_point,
+from .sampling import (CaptionError, encode_texts, generate_test_images, mask_grid, noise_for, resume_point,
                        save_grid, save_test_images)
 from .utils import seed_everything, select_device
 
-__all__ = ['parse_args', 'config_from_args', 'gan_main', 'generate']
+__all__ = ['parse_args', 'config_from_args', 'gan_main', 'generate', 'USER_ERRORS']
+
+# Errors caused by the command's input (config, files, data, captions): printed as one
+# line, without a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, CheckpointError, DataError, CaptionError, FileNotFoundError, FileExistsError)
 
 
 def parse_args(argv, description: str, default_cfg: str = 'cfg/bird.yml'):
@@ -128,7 +134,7 @@ def gan_main(finetune: bool, argv=None) -> int:
         else:
             from .trainer import GANTrainer
             GANTrainer(cfg, finetune=finetune).fit()
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f'{name}: error: {e}', file=sys.stderr)
         return 2
     return 0

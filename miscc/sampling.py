@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ['to_uint8_image', 'to_uint8_mask', 'caption_plan', 'noise_for', 'encode_texts',
+__all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'caption_plan', 'noise_for', 'encode_texts',
            'generate_test_images', 'save_test_images', 'resume_point', 'mask_grid', 'save_grid',
            'GeneratedBatch', 'decode_caption']
 
@@ -48,6 +48,10 @@ def noise_for(indices, nz: int, seed: int) -> torch.Tensor:
 
 def decode_caption(indices, ixtoword) -> str:
     return ' '.join(ixtoword[int(i)] for i in indices if int(i) != 0)
+
+
+class CaptionError(ValueError):
+    """A user caption cannot be encoded (no word of the vocabulary)."""
 
 
 @dataclass
@@ -184,7 +188,7 @@ def encode_texts(texts, wordtoix, words_num: int, encode_caption):
         if unknown:
             warnings.warn(f'caption {text!r}: unknown words dropped: {", ".join(unknown)}')
         if length == 0:
-            raise ValueError(f'caption {text!r} has no word of the vocabulary; nothing to generate from')
+            raise CaptionError(f'caption {text!r} has no word of the vocabulary; nothing to generate from')
         total = length + len(unknown)
         if total > words_num and length == words_num:
             warnings.warn(f'caption {text!r} has more than {words_num} known words; truncated to the first '
