@@ -77,7 +77,10 @@ def resolve_resume(cfg, finetune: bool):
         return 'state', target
     state_path = os.path.join(os.path.dirname(target), STATE_NAME)
     progress = read_progress(state_path) if os.path.isfile(state_path) else None
-    if progress and progress.get('epoch') == checkpoint_epoch(target) and progress.get('next_step') == 0:
+    # A state of the other entry point (main.py vs main_finetune.py) has other optimisers:
+    # continue from the weights of that epoch instead.
+    if (progress and progress.get('epoch') == checkpoint_epoch(target) and progress.get('next_step') == 0
+            and bool(progress.get('finetune')) == finetune):
         return 'state', state_path
     return 'weights', target
 

@@ -1,0 +1,254 @@
+"""Training end to end on tiny synthetic data: both entry points, checkpoints in the official
+format, generation with a manifest, exact resume, non-finite losses, DDP with gloo."""
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from miscc.build import build_discriminator, build_generator
+from miscc.checkpoint import load_model_state
+from miscc.cli import gan_main
+from miscc.config import load_config
+from miscc.engine import NonFiniteLossError
+from miscc.trainer import resolve_resume
+from models import CNN_ENCODER, RNN_ENCODER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tiny_setup(tmp_path_factory):
+    """8 train / 4 test synthetic birds and random DAMSM encoders for their vocabulary."""
+    from datasets import TextDataset
+    from miscc.synthetic import make_synthetic_birds
+    root = tmp_path_factory.mktemp('train')
+    data = root / 'synthetic_birds'
+    make_synthetic_birds(str(data), num_train=8, num_test=4, image_size=128, seed=3, workers=1)
+    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
+    torch.manual_seed(0)
+    (root / 'enc').mkdir()
+    torch.save(RNN_ENCODER(n_words).state_dict(), root / 'enc' / 'text_encoder5.pth')
+    torch.save(CNN_ENCODER(256).state_dict(), root / 'enc' / 'image_encoder5.pth')
+    return root
+
+
+def overrides(root, out='out', **extra):
+    base = {'DATASET_NAME': 'synthetic_birds', 'DATA_DIR': root / 'synthetic_birds', 'OUTPUT_DIR': root / out,
+            'TEXT.DAMSM_NAME': root / 'enc' / 'text_encoder5.pth', 'TREE.BASE_SIZE': 64, 'TRAIN.NF': 2,
+            'TRAIN.BATCH_SIZE': 4, 'TRAIN.MAX_EPOCH': 2, 'TRAIN.WARMUP_EPOCHS': 0,
+            'TRAIN.GSAVE_INTERVAL': 1, 'TRAIN.DSAVE_INTERVAL': 1, 'WORKERS': 0, 'DEVICE': 'cpu',
+            'SYNTHETIC.NUM_TRAIN': 8, 'SYNTHETIC.NUM_TEST': 4, 'SYNTHETIC.IMAGE_SIZE': 128, 'SYNTHETIC.SEED': 3}
+    base.update(extra)
+    return ['--cfg', str(ROOT / 'cfg' / 'bird.yml')] + [f'{k}={v}' for k, v in base.items()]
+
+
+def run_dirs(root, out='out'):
+    return sorted((root / out).iterdir())
+
+
+@pytest.fixture(scope='module')
+def main_run(tiny_setup):
+    """Two epochs of main.py (2 steps each)."""
+    assert gan_main(False, overrides(tiny_setup)) == 0
+    (run,) = run_dirs(tiny_setup)
+    return run
+
+
+def test_main_writes_official_checkpoints_state_samples_and_log(tiny_setup, main_run):
+    names = sorted(p.name for p in (main_run / 'models').iterdir())
+    assert names == ['netD_001.pth', 'netD_002.pth', 'netG_001.pth', 'netG_002.pth',
+                     'state_last.json', 'state_last.pth']
+    cfg = load_config(*_split(overrides(tiny_setup)))
+    for name, build in (('netG_002.pth', build_generator), ('netD_002.pth', build_discriminator)):
+        state = torch.load(main_run / 'models' / name, weights_only=True)
+        assert not any(k.startswith('module.') for k in state)
+        fresh = build(cfg)
+        fresh.load_state_dict(state, strict=True)       # as the official code loads it
+        load_model_state(build(cfg), str(main_run / 'models' / name))
+    progress = json.loads((main_run / 'models' / 'state_last.json').read_text())
+    assert progress == {'epoch': 2, 'next_epoch': 3, 'next_step': 0, 'global_step': 4, 'finetune': False}
+    grid = Image.open(main_run / 'samples' / 'epoch_002.png')
+    assert grid.size == (64 * 6, 64 * 4)   # image + 5 masks per row, 4 fixed test captions
+    assert len((main_run / 'samples' / 'captions.txt').read_text().splitlines()) == 4
+    assert any(p.name.startswith('events.out.tfevents') for p in (main_run / 'log').iterdir())
+
+
+def _split(argv):
+    return argv[1], argv[2:]
+
+
+def test_generation_writes_images_masks_and_manifest(tiny_setup, main_run):
+    netg = main_run / 'models' / 'netG_002.pth'
+    argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.NUM': 6,
+                                    'SAMPLE.BATCH_SIZE': 4})
+    assert gan_main(False, argv) == 0
+    out = main_run / 'models' / 'netG_002' / 'valid'
+    lines = [json.loads(x) for x in (out / 'manifest.jsonl').read_text().splitlines()]
+    from datasets import TextDataset
+    test = TextDataset(str(tiny_setup / 'synthetic_birds'), 'test', image_size=64, dataset_name='synthetic_birds')
+    assert [e['file'] for e in lines] == [f'img_s{n}.png' for n in range(6)]
+    # cycles through the 4 test keys, then their next caption
+    assert [(e['key'], e['caption_index']) for e in lines] == [(test.filenames[n % 4], n // 4) for n in range(6)]
+    for e in lines:
+        img, mask = Image.open(out / e['file']), Image.open(out / e['mask'])
+        assert img.size == (64, 64) and img.mode == 'RGB' and mask.size == (64, 64) and mask.mode == 'L'
+        words = e['caption'].split()
+        assert words and all(w in test.wordtoix for w in words)
+    first = (out / 'img_s0.png').read_bytes()
+    # running again with a larger SAMPLE.NUM continues after the existing images
+    argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.NUM': 9})
+    assert gan_main(False, argv) == 0
+    assert len((out / 'manifest.jsonl').read_text().splitlines()) == 9
+    assert (out / 'img_s0.png').read_bytes() == first
+
+
+def test_generation_from_user_captions(tiny_setup, main_run, capsys):
+    netg = main_run / 'models' / 'netG_002.pth'
+    argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.PER_CAPTION': 2})
+    with pytest.warns(UserWarning, match='unknown words dropped: zebra'):
+        assert gan_main(False, argv + ['--caption', 'a red bird with zebra wings', '--caption', 'blue bird']) == 0
+    grid = Image.open(main_run / 'models' / 'netG_002' / 'captions' / 'captions_grid.png')
+    assert grid.size == (64 * 6, 64 * 4)
+    assert gan_main(False, argv + ['--caption', 'qwerty zxcv']) == 2
+    assert "caption 'qwerty zxcv' has no word of the vocabulary" in capsys.readouterr().err
+
+
+def test_finetune_trains_encoders_and_saves_them(tiny_setup, main_run):
+    netg = main_run / 'models' / 'netG_002.pth'
+    argv = overrides(tiny_setup, out='ft', **{'TRAIN.NET_G': netg, 'TRAIN.MAX_EPOCH': 3})
+    assert gan_main(True, argv) == 0
+    (run,) = run_dirs(tiny_setup, 'ft')
+    names = sorted(p.name for p in (run / 'models').iterdir())
+    # continues from epoch 2: epoch 3 only
+    assert names == ['image_encoder_003.pth', 'netD_003.pth', 'netG_003.pth', 'state_last.json',
+                     'state_last.pth', 'text_encoder_003.pth']
+    start_text = torch.load(tiny_setup / 'enc' / 'text_encoder5.pth', weights_only=True)
+    tuned_text = torch.load(run / 'models' / 'text_encoder_003.pth', weights_only=True)
+    assert list(tuned_text) == list(start_text)
+    assert not torch.equal(tuned_text['rnn.weight_hh_l0'], start_text['rnn.weight_hh_l0'])
+    start_img = torch.load(tiny_setup / 'enc' / 'image_encoder5.pth', weights_only=True)
+    tuned_img = torch.load(run / 'models' / 'image_encoder_003.pth', weights_only=True)
+    assert not torch.equal(tuned_img['emb_cnn_code.weight'], start_img['emb_cnn_code.weight'])
+    assert torch.equal(tuned_img['Mixed_7c.branch1x1.conv.weight'], start_img['Mixed_7c.branch1x1.conv.weight'])
+    start_g = torch.load(netg, weights_only=True)
+    tuned_g = torch.load(run / 'models' / 'netG_003.pth', weights_only=True)
+    assert not torch.equal(tuned_g['fc.weight'], start_g['fc.weight'])
+    # generation from a fine-tuned generator uses its own text encoder
+    argv = overrides(tiny_setup, out='ft', **{'B_VALIDATION': True, 'SAMPLE.NUM': 2,
+                                              'TRAIN.NET_G': run / 'models' / 'netG_003.pth'})
+    assert gan_main(True, argv) == 0
+
+
+def final_weights(run):
+    state = torch.load(run / 'models' / 'state_last.pth', weights_only=True)
+    return state
+
+
+def test_exact_resume_gives_bit_identical_weights(tiny_setup):
+    assert gan_main(False, overrides(tiny_setup, out='straight')) == 0
+    # stop after 3 steps (in the middle of epoch 2), then resume
+    assert gan_main(False, overrides(tiny_setup, out='split', **{'TRAIN.MAX_STEPS': 3})) == 0
+    (split,) = run_dirs(tiny_setup, 'split')
+    assert json.loads((split / 'models' / 'state_last.json').read_text())['next_step'] == 1
+    assert gan_main(False, overrides(tiny_setup, out='split', **{'RESTORE': True})) == 0
+    assert len(run_dirs(tiny_setup, 'split')) == 1          # continued in the same run folder
+    (straight,) = run_dirs(tiny_setup, 'straight')
+    a, b = final_weights(straight), final_weights(split)
+    for part in ('netG', 'netD'):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f'{part}.{k}'
+    for opt in ('optimizerG', 'optimizerD'):
+        for i, s in a[opt]['state'].items():
+            for k in ('exp_avg', 'exp_avg_sq'):
+                assert torch.equal(s[k], b[opt]['state'][i][k])
+    assert (split / 'models' / 'netG_002.pth').read_bytes() != b''
+
+
+def test_non_finite_loss_stops_without_overwriting(tiny_setup, main_run, monkeypatch):
+    import miscc.trainer
+    out = tiny_setup / 'nan'
+    assert gan_main(False, overrides(tiny_setup, out='nan', **{'TRAIN.MAX_EPOCH': 1})) == 0
+    (run,) = run_dirs(tiny_setup, 'nan')
+    before = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
+
+    def exploding(logits):
+        return logits.mean() * float('nan')
+    monkeypatch.setattr(miscc.trainer, 'generator_adversarial_loss', exploding)
+    with pytest.raises(NonFiniteLossError, match=r'epoch 2, step 1 \(global step 3\): .*errG=nan'):
+        gan_main(False, overrides(tiny_setup, out='nan', **{'RESTORE': True}))
+    after = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
+    assert after == before
+    assert out.exists()
+
+
+def test_resolve_resume_rules(tiny_setup, main_run):
+    cfg = load_config(*_split(overrides(tiny_setup))).clone()
+    assert resolve_resume(cfg, False) == ('none', '')
+    cfg.RESTORE = True
+    assert resolve_resume(cfg, False) == ('state', str(main_run / 'models' / 'state_last.pth'))
+    cfg.TRAIN.NET_G = str(main_run)
+    assert resolve_resume(cfg, False)[0] == 'state'
+    cfg.TRAIN.NET_G = str(main_run / 'models' / 'netG_002.pth')   # the state ended at epoch 2
+    assert resolve_resume(cfg, False) == ('state', str(main_run / 'models' / 'state_last.pth'))
+    cfg.TRAIN.NET_G = str(main_run / 'models' / 'netG_001.pth')   # older epoch: weights only
+    assert resolve_resume(cfg, False) == ('weights', str(main_run / 'models' / 'netG_001.pth'))
+    cfg.TRAIN.NET_G = str(tiny_setup / 'missing.pth')
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        resolve_resume(cfg, False)
+    cfg.TRAIN.NET_G = ''
+    cfg.OUTPUT_DIR = str(tiny_setup / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='RESTORE=True but no training state'):
+        resolve_resume(cfg, False)
+
+
+def test_missing_damsm_encoder_is_a_clear_error(tiny_setup, capsys):
+    argv = overrides(tiny_setup, **{'TEXT.DAMSM_NAME': tiny_setup / 'nope' / 'text_encoder200.pth'})
+    assert gan_main(False, argv) == 2
+    err = capsys.readouterr().err
+    assert 'nope/text_encoder200.pth' in err and 'DAMSMencoders/README.md' in err
+    (tiny_setup / 'enc2').mkdir(exist_ok=True)
+    torch.save(RNN_ENCODER(5).state_dict(), tiny_setup / 'enc2' / 'text_encoder1.pth')
+    argv = overrides(tiny_setup, **{'TEXT.DAMSM_NAME': tiny_setup / 'enc2' / 'text_encoder1.pth'})
+    assert gan_main(False, argv) == 2
+    assert re.search(r'vocabulary of \d+ words but the text encoder expects 5', capsys.readouterr().err)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, argv, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from miscc.cli import config_from_args, parse_args
+    from miscc.trainer import GANTrainer
+    trainer = GANTrainer(config_from_args(parse_args(argv, 'test')))
+    run_dir = trainer.fit()
+    torch.save({'netG': trainer.netG.state_dict(), 'netD': trainer.netD.state_dict(), 'run_dir': run_dir,
+                'steps': trainer.global_step}, os.path.join(out, f'rank{rank}.pth'))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gloo_two_processes_keep_replicas_identical(tiny_setup, tmp_path):
+    argv = overrides(tiny_setup, out='ddp')
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, start_method='spawn')
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2))
+    assert r0['steps'] == r1['steps'] == 2 * 2 * 2 // 2  # 8 images, 2 per rank: 2 steps x 2 epochs
+    for net in ('netG', 'netD'):
+        for k, v in r0[net].items():
+            if 'running' not in k and 'num_batches' not in k:  # parameters (buffers sync at each forward)
+                assert torch.equal(v, r1[net][k]), f'{net}.{k}'
+    assert r1['run_dir'] is None and r0['run_dir'] is not None
+    (run,) = run_dirs(tiny_setup, 'ddp')                    # rank 0 alone writes
+    assert str(run) == r0['run_dir']
+    assert sorted(p.name for p in (run / 'models').iterdir())[:2] == ['netD_001.pth', 'netD_002.pth']
