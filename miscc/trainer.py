@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .build import (build_discriminator, build_generator, checkpoint_epoch, damsm_paths,
                     load_image_encoder, load_text_encoder, sibling_checkpoint, text_encoder_vocab_size)
 from .checkpoint import load_model_state, model_state_dict, save_atomic, unwrap_model
+from .config import ConfigError
 from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite,
                      find_latest_state, load_training_state, make_loader, read_progress,
                      save_training_state)
@@ -277,8 +278,8 @@ class GANTrainer:
                 text_path, image_path = own_text, sibling_checkpoint(self.resume_path, 'image_encoder')
         n_words = text_encoder_vocab_size(text_path)
         if train.BATCH_SIZE % self.dist.world_size:
-            raise ValueError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE} must be divisible by the '
-                             f'{self.dist.world_size} processes')
+            raise ConfigError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE} is the total batch and must be '
+                              f'divisible by the {self.dist.world_size} processes')
         self.batch_size = train.BATCH_SIZE // self.dist.world_size
         self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words)
         self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
@@ -333,7 +334,7 @@ class GANTrainer:
         if self.resume_kind == 'state':
             state = load_training_state(self.resume_path)
             if state.get('finetune', False) != self.finetune:
-                raise ValueError(f"'{self.resume_path}' is a {'fine-tuning' if state.get('finetune') else 'main.py'} "
+                raise ConfigError(f"'{self.resume_path}' is a {'fine-tuning' if state.get('finetune') else 'main.py'} "
                                  f"training state; resume it with the matching script")
             load_model_state(self.netG, state['netG'])
             load_model_state(self.netD, state['netD'])
