@@ -54,7 +54,7 @@ def build_ours(args, device, overrides=()):
     netG = NetG(args.nf, 100, args.size).to(device)
     netD = NetD(args.nf, args.size).to(device)
     text_encoder = RNN_ENCODER(VOCAB).to(device).eval().requires_grad_(False)
-    image_encoder = CNN_ENCODER(256).to(device).eval().requires_grad_(False)
+    image_encoder = CNN_ENCODER(256, input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(device).eval().requires_grad_(False)
     optG, optD, _ = make_optimizers(cfg, netG, netD)
     generator = apply_fast_model_options(cfg, netG, netD)
     update = GANUpdate.from_config(cfg, netG, netD, text_encoder, image_encoder, optG, optD, G=generator)

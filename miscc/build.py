@@ -60,7 +60,7 @@ def load_text_encoder(cfg, path: str, n_words: int, device, key: str = 'TEXT.DAM
 def load_image_encoder(cfg, path: str, device, key: str = 'TEXT.DAMSM_NAME') -> CNN_ENCODER:
     """CNN_ENCODER loaded from ``path`` (the file holds the Inception trunk too), on ``device``."""
     _require(path, 'DAMSM image encoder', key + " with 'text_encoder' replaced by 'image_encoder'")
-    encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM)
+    encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, input_size=cfg.TEXT.IMAGE_ENCODER_INPUT)
     return load_model_state(encoder, path).to(device)
 
 

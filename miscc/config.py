@@ -110,6 +110,7 @@ DEFAULTS: dict = {
         'EMBEDDING_DIM': 256,
         'WORDS_NUM': 18,
         'DAMSM_NAME': 'DAMSMencoders/bird/text_encoder200.pth',
+        'IMAGE_ENCODER_INPUT': 299,  # image encoder's input size; smaller only for small-scale runs
     },
     'SAMPLE': {                     # generation with B_VALIDATION=True
         'NUM': 30000,               # images from the test captions

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 __all__ = ['PALETTE', 'BACKGROUNDS', 'SIZES', 'FACINGS', 'ATTRIBUTE_KEYS', 'GRADIENT_MAX',
            'NOISE_MAX', 'CAPTIONS_PER_IMAGE', 'LABELS', 'class_pairs', 'class_folder',
            'sample_attributes', 'render_bird', 'make_captions', 'make_synthetic_birds',
-           'ensure_synthetic_birds', 'is_complete', 'main']
+           'ensure_synthetic_birds', 'is_complete', 'judge_body_colour', 'main']
 
 # Colour names -> RGB; an evaluation judges generated colours against these.
 PALETTE = {
@@ -195,6 +195,32 @@ def render_bird(attrs: dict, rng: np.random.Generator, image_size: int):
 
 # --------------------------------------------------------------------------- captions
 _SIZE_WORDS = {'small': ('small', 'tiny', 'little'), 'large': ('large', 'big')}
+
+
+def judge_body_colour(images, max_distance: float = 70.0) -> list:
+    """Body colour of each bird judged from its pixels: ``images`` N x H x W x 3 uint8 (numpy
+    or torch) -> N colour names from ``PALETTE`` (``None`` where no pixel qualifies).
+
+    Every pixel takes the nearest of the palette and background colours (RGB distance);
+    background pixels and pixels farther than ``max_distance`` from every colour (blends at
+    part edges, artefacts) are ignored, and the most frequent remaining palette colour wins.
+    The renderer guarantees that the body covers at least half of the bird, so on real images
+    this is the body colour; on generated ones it asks whether the bird is mostly that colour.
+    """
+    pixels = np.asarray(images, dtype=np.float32)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f'judge_body_colour expects N x H x W x 3 images, got shape {pixels.shape}')
+    names = list(PALETTE)
+    centres = np.array(list(PALETTE.values()) + list(BACKGROUNDS.values()), dtype=np.float32)
+    flat = pixels.reshape(len(pixels), -1, 1, 3)
+    dist = np.sqrt(((flat - centres) ** 2).sum(-1))              # N x HW x 13
+    nearest, nearest_dist = dist.argmin(-1), dist.min(-1)
+    counted = (nearest < len(names)) & (nearest_dist <= max_distance)
+    result = []
+    for n in range(len(pixels)):
+        votes = np.bincount(nearest[n][counted[n]], minlength=len(names))
+        result.append(names[int(votes.argmax())] if votes.sum() else None)
+    return result
 
 
 def _an(word: str) -> str:

@@ -118,6 +118,8 @@ class CNN_ENCODER(nn.Module):
 
     ``forward(images B x 3 x H x W in [-1, 1]) -> (region features B x nef x 17 x 17,
     global code B x nef)``; inputs of any size are resized bilinearly to 299 x 299.
+    ``input_size`` (>= 75) changes that size for small-scale runs; the region grid follows
+    (for example 6 x 6 at 128). Checkpoints do not depend on it.
     The trunk (up to Mixed_7c) is frozen; only ``emb_features`` (1x1 conv on Mixed_6e)
     and ``emb_cnn_code`` (Linear on pooled Mixed_7c) train.
 
@@ -126,9 +128,12 @@ class CNN_ENCODER(nn.Module):
     torch hub cache; any other string is a path to those weights.
     """
 
-    def __init__(self, nef: int = 256, inception_weights: str | None = None):
+    def __init__(self, nef: int = 256, inception_weights: str | None = None, input_size: int = 299):
         super().__init__()
+        if input_size < 75:
+            raise ValueError(f'CNN_ENCODER input_size={input_size}: Inception-v3 needs at least 75 pixels')
         self.nef = nef
+        self.input_size = input_size
         trunk = _inception_trunk()
         if inception_weights is not None:
             state = inception_imagenet_state('' if inception_weights == 'hub' else inception_weights)
@@ -148,7 +153,7 @@ class CNN_ENCODER(nn.Module):
         nn.init.uniform_(self.emb_cnn_code.weight, -0.1, 0.1)
 
     def forward(self, x: torch.Tensor):
-        x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode='bilinear', align_corners=False)
         x = self.Conv2d_1a_3x3(x)
         x = self.Conv2d_2a_3x3(x)
         x = self.Conv2d_2b_3x3(x)
@@ -167,5 +172,5 @@ class CNN_ENCODER(nn.Module):
         x = self.Mixed_7a(features)
         x = self.Mixed_7b(x)
         x = self.Mixed_7c(x)                    # B x 2048 x 8 x 8
-        x = F.avg_pool2d(x, kernel_size=8).flatten(1)
+        x = F.avg_pool2d(x, kernel_size=x.shape[-2:]).flatten(1)   # 8 x 8 at 299, as the official
         return self.emb_features(features), self.emb_cnn_code(x)

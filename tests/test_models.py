@@ -234,6 +234,22 @@ def test_cnn_encoder_contract_any_input_size():
     assert trainable == {'emb_features', 'emb_cnn_code'}
 
 
+def test_cnn_encoder_smaller_input_size_same_weights():
+    torch.manual_seed(0)
+    cnn = CNN_ENCODER(32).eval()
+    small = CNN_ENCODER(32, input_size=128).eval()
+    small.load_state_dict(cnn.state_dict(), strict=True)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        regions, code = small(x)
+        # the same network on the image resized to 128 by hand
+        ref_regions, ref_code = cnn.forward.__func__(small, F.interpolate(x, size=(128, 128), mode='bilinear'))
+    assert regions.shape == (2, 32, 6, 6) and code.shape == (2, 32)
+    assert torch.equal(regions, ref_regions) and torch.equal(code, ref_code)
+    with pytest.raises(ValueError, match='at least 75'):
+        CNN_ENCODER(32, input_size=64)
+
+
 def test_cnn_encoder_never_downloads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('attempted a download')

@@ -12,7 +12,7 @@ from miscc.config import default_config
 from miscc.safe_pickle import safe_load
 from miscc.synthetic import (BACKGROUNDS, LABELS, PALETTE, class_folder, class_pairs,
                              ensure_synthetic_birds, main, make_captions, make_synthetic_birds,
-                             render_bird, sample_attributes)
+                             judge_body_colour, render_bird, sample_attributes)
 
 PART_WORDS = {'wing': {'wings', 'wing'}, 'head': {'crown', 'head'}, 'beak': {'beak', 'bill'},
               'body': {'belly', 'breast', 'body'}}
@@ -202,3 +202,22 @@ def test_command_line(tmp_path, capsys):
     assert main(['--out', str(out), '--train', '3', '--test', '2', '--size', '128', '--seed', '5']) == 2
     assert 'already holds' in capsys.readouterr().err
     assert main(['--out', str(tmp_path / 'x'), '--size', '64']) == 2
+
+
+def test_body_colour_judge_on_hand_made_and_real_images(synthetic_small):
+    from datasets import RealImageDataset
+    sky = np.zeros((3, 20, 20, 3), np.uint8) + np.array(BACKGROUNDS['sky'], np.uint8)
+    sky[0, 2:14, 2:14] = PALETTE['green']       # 144 green pixels beat 36 red ones
+    sky[0, 14:20, 14:20] = PALETTE['red']
+    sky[1, 5:8, 5:8] = (PALETTE['purple'][0] + 20, PALETTE['purple'][1] - 10, PALETTE['purple'][2])
+    sky[2, :10] = (255, 0, 255)                  # far from every colour: ignored
+    assert judge_body_colour(sky) == ['green', 'purple', None]
+    with pytest.raises(ValueError, match='N x H x W x 3'):
+        judge_body_colour(sky[0])
+    # on the real images, at the training size, it reads the body colour of every bird
+    attrs = {a['key']: a['body'] for a in _attributes(synthetic_small)}
+    for size in (64, 128):
+        data = RealImageDataset(str(synthetic_small), 'train', image_size=size, dataset_name='synthetic_birds')
+        images, keys = zip(*(data[i] for i in range(len(data))))
+        judged = judge_body_colour(np.stack([im.permute(1, 2, 0).numpy() for im in images]))
+        assert judged == [attrs[k] for k in keys]
