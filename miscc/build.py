@@ -7,6 +7,7 @@ import re
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER
 
 from .checkpoint import CheckpointError, load_file, load_model_state, strip_prefixes
+from .config import ConfigError
 
 __all__ = ['build_generator', 'build_discriminator', 'damsm_paths', 'text_encoder_vocab_size',
            'load_text_encoder', 'load_image_encoder', 'load_generator', 'checkpoint_epoch',
@@ -31,7 +32,7 @@ def damsm_paths(text_encoder_path: str):
     ``text_encoder`` replaced by ``image_encoder``, as in the official code."""
     head, name = os.path.split(text_encoder_path)
     if 'text_encoder' not in name:
-        raise ValueError(f"TEXT.DAMSM_NAME '{text_encoder_path}' must name a text_encoder*.pth file, "
+        raise ConfigError(f"TEXT.DAMSM_NAME '{text_encoder_path}' must name a text_encoder*.pth file, "
                          f"so that the matching image_encoder*.pth can be found beside it")
     return text_encoder_path, os.path.join(head, name.replace('text_encoder', 'image_encoder'))
 
@@ -68,7 +69,7 @@ def checkpoint_epoch(path: str) -> int:
     """Epoch number in a ``netG_120.pth``-style name (the digits after the last '_')."""
     match = re.search(r'_(\d+)\.pth$', os.path.basename(path))
     if not match:
-        raise ValueError(f"cannot read an epoch from '{path}': expected a name like netG_120.pth")
+        raise ConfigError(f"cannot read an epoch from '{path}': expected a name like netG_120.pth")
     return int(match.group(1))
 
 
@@ -76,7 +77,7 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
     """``.../netG_120.pth`` -> ``.../<name>_120.pth`` (netD, text_encoder, image_encoder)."""
     head, base = os.path.split(netg_path)
     if not base.startswith('netG'):
-        raise ValueError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
+        raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
 
 

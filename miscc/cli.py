@@ -19,7 +19,7 @@ from .sampling import (CaptionError, encode_texts, generate_test_images, mask_gr
                        save_grid, save_test_images)
 from .utils import seed_everything, select_device
 
-__all__ = ['parse_args', 'config_from_args', 'gan_main', 'generate', 'USER_ERRORS']
+__all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'generate', 'USER_ERRORS']
 
 # Errors caused by the command's input (config, files, data, captions): printed as one
 # line, without a traceback. Anything else is a bug and keeps its traceback.
@@ -62,7 +62,7 @@ def _read_captions(args) -> list:
         with open(args.captions, 'r', encoding='utf-8') as f:
             texts += [line.strip() for line in f if line.strip()]
         if not texts:
-            raise ValueError(f"captions file '{args.captions}' holds no caption")
+            raise CaptionError(f"captions file '{args.captions}' holds no caption")
     return texts
 
 
@@ -72,7 +72,7 @@ def generate(cfg, user_captions=()) -> str:
     from datasets import build_dataset, encode_caption
 
     if not cfg.TRAIN.NET_G:
-        raise ValueError('B_VALIDATION=True needs the generator to sample from: set TRAIN.NET_G=path/netG_XXX.pth')
+        raise ConfigError('B_VALIDATION=True needs the generator to sample from: set TRAIN.NET_G=path/netG_XXX.pth')
     setup = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA)
     seed_everything(cfg.SEED)
     # A generator fine-tuned together with its text encoder must use that encoder.
@@ -126,8 +126,13 @@ def gan_main(finetune: bool, argv=None) -> int:
         cfg = config_from_args(args)
         captions = _read_captions(args)
         if captions and not cfg.B_VALIDATION:
-            raise ValueError('--caption/--captions generate images: add B_VALIDATION=True and TRAIN.NET_G=...')
-        if cfg.B_VALIDATION:
+            raise ConfigError('--caption/--captions generate images: add B_VALIDATION=True and TRAIN.NET_G=...')
+        if cfg.DEMO.RUN:
+            if finetune or cfg.B_VALIDATION:
+                raise ConfigError('DEMO.RUN=True runs the whole demo; use it with main.py and without B_VALIDATION')
+            from .demo import run_demo
+            run_demo(cfg)
+        elif cfg.B_VALIDATION:
             with warnings.catch_warnings():
                 warnings.simplefilter('always')
                 generate(cfg, captions)
@@ -136,5 +141,20 @@ def gan_main(finetune: bool, argv=None) -> int:
             GANTrainer(cfg, finetune=finetune).fit()
     except USER_ERRORS as e:
         print(f'{name}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def damsm_main(argv=None) -> int:
+    """Entry point of pretrain_DAMSM.py."""
+    args = parse_args(argv, 'Pretrain the DAMSM text and image encoders', default_cfg='cfg/DAMSM/bird.yml')
+    try:
+        cfg = config_from_args(args)
+        if args.caption or args.captions:
+            raise ConfigError('--caption/--captions belong to main.py B_VALIDATION=True')
+        from .damsm_trainer import DAMSMTrainer
+        DAMSMTrainer(cfg).fit()
+    except USER_ERRORS as e:
+        print(f'pretrain_DAMSM.py: error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -135,6 +135,19 @@ DEFAULTS: dict = {
         'IMAGE_SIZE': 256,          # stored image side in pixels (>= 128)
         'SEED': 0,
     },
+    'DAMSM': {                      # pretrain_DAMSM.py (AttnGAN's schedule)
+        'LR_DECAY': 0.98,           # learning rate x this after each epoch, down to ENCODER_LR / 10
+        'RANDOM_TRUNK': False,      # True: random Inception trunk instead of ImageNet weights (tests, demo)
+        'ATTENTION_INTERVAL': 5,    # epochs between attention-map PNGs (0: never)
+        'R_PRECISION': True,        # R-precision on the test split after each validation
+    },
+    'DEMO': {                       # the synthetic-birds demo (cfg/demo.yml)
+        'RUN': False,               # True: main.py runs the whole demo pipeline (miscc/demo.py)
+        'DAMSM_CFG': 'cfg/DAMSM/demo.yml',
+        'NUM_IMAGES': 0,            # generated test images; 0: one per test image
+        'GRID_CAPTIONS': [],
+        'GRID_PER_CAPTION': 4,
+    },
     'PRETRAINED': {
         # ImageNet Inception-v3 for the DAMSM image encoder trunk. '' looks in the
         # torch hub cache ($TORCH_HOME/hub/checkpoints/inception_v3_google-*.pth).

@@ -1,0 +1,305 @@
+"""The demo: the whole pipeline on the built-in synthetic birds, in one resumable command.
+
+``python main.py --cfg cfg/demo.yml`` (a config with ``DEMO.RUN: True``) runs five stages,
+each through the same code as the full-scale scripts, into ``OUTPUT_DIR``:
+
+1. ``data``: create the synthetic birds in ``DATA_DIR`` unless they are there.
+2. ``damsm``: pretrain the DAMSM encoders (``pretrain_DAMSM.py``'s trainer, config
+   ``DEMO.DAMSM_CFG``) into ``OUTPUT_DIR/damsm``.
+3. ``gan``: train SSA-GAN (``main.py``'s trainer) with those encoders into ``OUTPUT_DIR/gan``.
+4. ``generate``: images for the test captions with masks and ``manifest.jsonl`` into
+   ``OUTPUT_DIR/generated``, and a grid for ``DEMO.GRID_CAPTIONS`` into ``OUTPUT_DIR/captions``.
+5. ``report``: ``OUTPUT_DIR/report.json`` with R-precision and body-colour accuracy of the
+   generated images, and the same measures on the real test images as the ceiling.
+
+Running the command again skips finished stages and continues an interrupted one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .config import ConfigError, load_config
+from .engine import find_latest_state, read_progress
+
+__all__ = ['STAGES', 'run_demo', 'stage_configs', 'body_colour_accuracy', 'caption_grid']
+
+STAGES = ('data', 'damsm', 'gan', 'generate', 'report')
+
+
+def damsm_config(cfg):
+    """The DAMSM stage's config: ``DEMO.DAMSM_CFG`` with this config's data set, seed,
+    device and workers, writing under ``OUTPUT_DIR/damsm``; frozen."""
+    shared = [f'DATASET_NAME={cfg.DATASET_NAME}', f'DATA_DIR={cfg.DATA_DIR}', f'SEED={cfg.SEED}',
+              f'DEVICE={cfg.DEVICE}', f'WORKERS={cfg.WORKERS}', 'CONFIG_NAME=demo',
+              f'OUTPUT_DIR={os.path.join(cfg.OUTPUT_DIR, "damsm")}', f'DATA.CACHE={cfg.DATA.CACHE}',
+              f'TEXT.IMAGE_ENCODER_INPUT={cfg.TEXT.IMAGE_ENCODER_INPUT}']
+    shared += [f'SYNTHETIC.{k}={cfg.SYNTHETIC[k]}' for k in ('NUM_TRAIN', 'NUM_TEST', 'IMAGE_SIZE', 'SEED')]
+    return load_config(cfg.DEMO.DAMSM_CFG, shared).freeze()
+
+
+def gan_config(cfg, text_encoder: str):
+    """The GAN stage's config: this one with the DAMSM stage's text encoder, writing under
+    ``OUTPUT_DIR/gan`` and continuing the run there if one exists; frozen."""
+    gan = cfg.clone()
+    gan.TEXT.DAMSM_NAME = text_encoder
+    gan.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, 'gan')
+    gan.CONFIG_NAME = 'demo'
+    gan.RESTORE = find_latest_state(gan.OUTPUT_DIR, f'{gan.DATASET_NAME}_demo_') is not None
+    return gan.freeze()
+
+
+# ----------------------------------------------------------------------------- stages
+def _stage_data(cfg, bar):
+    from .synthetic import ensure_synthetic_birds
+    s = cfg.SYNTHETIC
+    ensure_synthetic_birds(cfg.DATA_DIR, s.NUM_TRAIN, s.NUM_TEST, s.IMAGE_SIZE, s.SEED)
+    return {'data_dir': cfg.DATA_DIR}
+
+
+def _finished_run(output_dir: str, prefix: str, max_epoch: int):
+    """Run folder under ``output_dir`` whose training state reached ``max_epoch``, or None."""
+    state = find_latest_state(output_dir, prefix)
+    if state is None:
+        return None, False
+    progress = read_progress(state) or {}
+    return os.path.dirname(os.path.dirname(state)), progress.get('epoch', 0) >= max_epoch
+
+
+def _stage_damsm(cfg, bar):
+    from .damsm_trainer import DAMSMTrainer
+    dcfg = damsm_config(cfg)
+    prefix = f'{dcfg.DATASET_NAME}_demo_'
+    run, done = _finished_run(dcfg.OUTPUT_DIR, prefix, dcfg.TRAIN.MAX_EPOCH)
+    if not done:
+        if run is not None:
+            dcfg = dcfg.clone()
+            dcfg.RESTORE = True
+            dcfg.freeze()
+        run = DAMSMTrainer(dcfg).fit()
+    text_encoder = os.path.join(run, 'models', f'text_encoder{dcfg.TRAIN.MAX_EPOCH}.pth')
+    if not os.path.isfile(text_encoder):
+        raise ConfigError(f"{cfg.DEMO.DAMSM_CFG}: the DAMSM stage ended without '{text_encoder}'; "
+                          f"TRAIN.SNAPSHOT_INTERVAL must divide TRAIN.MAX_EPOCH")
+    return {'run': run, 'text_encoder': text_encoder}
+
+
+def _stage_gan(cfg, bar, text_encoder: str):
+    from .trainer import GANTrainer
+    gcfg = gan_config(cfg, text_encoder)
+    run, done = _finished_run(gcfg.OUTPUT_DIR, f'{gcfg.DATASET_NAME}_demo_', gcfg.TRAIN.MAX_EPOCH)
+    if not done:
+        run = GANTrainer(gcfg).fit()
+    netg = os.path.join(run, 'models', f'netG_{gcfg.TRAIN.MAX_EPOCH:03d}.pth')
+    if not os.path.isfile(netg):
+        raise ConfigError(f"the demo's GAN stage ended without '{netg}'; TRAIN.GSAVE_INTERVAL must divide TRAIN.MAX_EPOCH "
+                          f"and TRAIN.WARMUP_EPOCHS be below it")
+    return {'run': run, 'netG': netg, 'samples': os.path.join(run, 'samples')}
+
+
+def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int):
+    gen = cfg.clone()
+    gen.TEXT.DAMSM_NAME = text_encoder
+    gen.TRAIN.NET_G = netg
+    gen.B_VALIDATION = True
+    gen.SAMPLE.OUT_DIR = out_dir
+    gen.SAMPLE.NUM = num
+    return gen.freeze()
+
+
+def _stage_generate(cfg, bar, text_encoder: str, netg: str):
+    from .cli import generate
+    from datasets import TextDataset
+    num = cfg.DEMO.NUM_IMAGES or len(TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
+                                                 dataset_name=cfg.DATASET_NAME).filenames)
+    out = os.path.join(cfg.OUTPUT_DIR, 'generated')
+    generate(_generation_config(cfg, text_encoder, netg, out, num))
+    grid_dir = os.path.join(cfg.OUTPUT_DIR, 'captions')
+    generate(_generation_config(cfg, text_encoder, netg, grid_dir, num), list(cfg.DEMO.GRID_CAPTIONS))
+    grid = caption_grid(cfg, text_encoder, netg, os.path.join(cfg.OUTPUT_DIR, 'grid.png'))
+    return {'images': out, 'manifest': os.path.join(out, 'manifest.jsonl'),
+            'captions_grid': os.path.join(grid_dir, 'captions_grid.png'), 'grid': grid}
+
+
+@torch.no_grad()
+def caption_grid(cfg, text_encoder_path: str, netg_path: str, path: str) -> str:
+    """PNG of ``DEMO.GRID_PER_CAPTION`` images (fixed noise) per ``DEMO.GRID_CAPTIONS`` caption,
+    one row per caption with the caption written on its left. Returns ``path``."""
+    from PIL import ImageDraw
+    from datasets import TextDataset, encode_caption
+    from .build import load_generator, load_text_encoder, text_encoder_vocab_size
+    from .sampling import encode_texts, noise_for, to_uint8_image
+
+    n_words = text_encoder_vocab_size(text_encoder_path)
+    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
+    netG = load_generator(cfg, netg_path, 'cpu').eval()
+    caps, lens, texts = encode_texts(list(cfg.DEMO.GRID_CAPTIONS), vocab.wordtoix, cfg.TEXT.WORDS_NUM,
+                                     encode_caption)
+    per = cfg.DEMO.GRID_PER_CAPTION
+    _, sent = text_encoder(caps, lens, text_encoder.init_hidden(len(caps)))
+    # the same noise in every row: columns differ by noise, rows by caption only
+    noise = noise_for(range(per), cfg.GAN.Z_DIM, cfg.SAMPLE.SEED).repeat(len(caps), 1)
+    images, _ = netG(noise, sent.repeat_interleave(per, dim=0))
+    images = to_uint8_image(images).permute(0, 2, 3, 1).numpy()
+    size, label_width, pad = images.shape[1], 220, 2
+    canvas = Image.new('RGB', (label_width + per * (size + pad), len(caps) * (size + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(texts):
+        y = row * (size + pad)
+        words, lines, line = text.split(), [], ''
+        for w in words:   # wrap the caption into the label column
+            if line and draw.textlength(line + ' ' + w) > label_width - 8:
+                lines.append(line)
+                line = w
+            else:
+                line = (line + ' ' + w).strip()
+        lines.append(line)
+        for i, ln in enumerate(lines[: size // 12]):
+            draw.text((4, y + 4 + 12 * i), ln, fill=(0, 0, 0))
+        for col in range(per):
+            canvas.paste(Image.fromarray(images[row * per + col]), (label_width + col * (size + pad), y))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp.png'
+    canvas.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- report
+def body_colour_accuracy(images, keys, body_of_key: dict) -> float:
+    """Fraction of ``images`` (N x H x W x 3 uint8) whose judged body colour
+    (``miscc.synthetic.judge_body_colour``) is the body colour of their key."""
+    from .synthetic import judge_body_colour
+    judged = judge_body_colour(images)
+    return float(np.mean([j == body_of_key[k] for j, k in zip(judged, keys)]))
+
+
+def _load_attributes(data_dir: str) -> dict:
+    path = os.path.join(data_dir, 'attributes.jsonl')
+    with open(path, 'r', encoding='utf-8') as f:
+        return {a['key']: a for a in map(json.loads, filter(str.strip, f))}
+
+
+@torch.no_grad()
+def _damsm_codes(image_encoder, text_encoder, images, captions, lens, batch: int = 100):
+    """Global DAMSM codes N x D of uint8 images N x 3 x S x S and of their captions."""
+    img_codes, txt_codes = [], []
+    for s in range(0, len(images), batch):
+        x = images[s:s + batch].float() / 127.5 - 1.0
+        img_codes.append(image_encoder(x)[1])
+        cap, ln = captions[s:s + batch], lens[s:s + batch]
+        order = torch.argsort(ln, descending=True, stable=True)   # packed sequences want sorted lengths
+        _, sent = text_encoder(cap[order], ln[order], text_encoder.init_hidden(len(cap)))
+        txt_codes.append(sent[torch.argsort(order)])
+    return torch.cat(img_codes), torch.cat(txt_codes)
+
+
+def _stage_report(cfg, bar, text_encoder_path: str, results: dict) -> dict:
+    from datasets import RealImageDataset, TextDataset, encode_caption
+    from .build import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
+    from .metrics import r_precision
+
+    manifest = results['generate']['manifest']
+    with open(manifest, 'r', encoding='utf-8') as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    folder = os.path.dirname(manifest)
+    fake = np.stack([np.asarray(Image.open(os.path.join(folder, e['file'])).convert('RGB')) for e in entries])
+    attrs = _load_attributes(cfg.DATA_DIR)
+    body = {k: a['body'] for k, a in attrs.items()}
+    keys = [e['key'] for e in entries]
+
+    real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
+                                dataset_name=cfg.DATASET_NAME)
+    real_by_key = {}
+    for i in range(len(real_set)):
+        image, key = real_set[i]
+        real_by_key[key] = image
+    real = torch.stack([real_by_key[k] for k in keys])           # the real image of each caption
+
+    n_words = text_encoder_vocab_size(text_encoder_path)
+    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
+    image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], 'cpu').eval()
+    encoded = [encode_caption(e['caption'], vocab.wordtoix, cfg.TEXT.WORDS_NUM) for e in entries]
+    captions = torch.stack([c for c, _, _ in encoded])
+    lens = torch.tensor([n for _, n, _ in encoded])
+    groups = [vocab.filenames.index(k) for k in keys]
+    fake_t = torch.from_numpy(fake).permute(0, 3, 1, 2)
+    rp = {}
+    for name, imgs in (('generated', fake_t), ('real', real)):
+        img_codes, txt_codes = _damsm_codes(image_encoder, text_encoder, imgs, captions, lens)
+        mean, std = r_precision(img_codes, txt_codes, groups=groups, seed=cfg.SEED)
+        rp[name] = {'mean': round(mean, 4), 'std': round(std, 4)}
+    return {
+        'images': len(entries),
+        'body_colour_accuracy': {
+            'generated': round(body_colour_accuracy(fake, keys, body), 4),
+            'real': round(body_colour_accuracy(real.permute(0, 2, 3, 1).numpy(), keys, body), 4),
+            'chance': round(1 / 10, 4),
+            'measure': 'miscc.synthetic.judge_body_colour: the most frequent palette colour among the '
+                       'pixels nearest to a palette colour (background and off-palette pixels ignored)'},
+        'r_precision': dict(rp, protocol='true caption vs 99 random mismatched test captions, cosine of '
+                                         'DAMSM global codes, 10 runs', chance=0.01),
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+def run_demo(cfg) -> dict:
+    """Run (or finish) every stage; write and return ``OUTPUT_DIR/report.json``'s content."""
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    times_path = os.path.join(cfg.OUTPUT_DIR, 'stage_seconds.json')
+    times = {}
+    if os.path.isfile(times_path):
+        with open(times_path, 'r', encoding='utf-8') as f:
+            times = json.load(f)
+    results = {}
+    overall = tqdm(total=len(STAGES), desc='demo', unit='stage', position=0, dynamic_ncols=True)
+    for name in STAGES:
+        overall.set_description(f'demo: {name}')
+        print(f'\n== demo stage {STAGES.index(name) + 1}/{len(STAGES)}: {name}', file=sys.stderr, flush=True)
+        start = time.time()
+        if name == 'data':
+            results[name] = _stage_data(cfg, overall)
+        elif name == 'damsm':
+            results[name] = _stage_damsm(cfg, overall)
+        elif name == 'gan':
+            results[name] = _stage_gan(cfg, overall, results['damsm']['text_encoder'])
+        elif name == 'generate':
+            results[name] = _stage_generate(cfg, overall, results['damsm']['text_encoder'], results['gan']['netG'])
+        else:
+            results[name] = _stage_report(cfg, overall, results['damsm']['text_encoder'], results)
+        # seconds spent on each stage, summed over the invocations that worked on it
+        times[name] = round(times.get(name, 0.0) + time.time() - start, 1)
+        with open(times_path, 'w', encoding='utf-8') as f:
+            json.dump(times, f, indent=1)
+        overall.update(1)
+    overall.close()
+    report = dict(results['report'])
+    report['stage_seconds'] = times
+    report['total_seconds'] = round(sum(times.values()), 1)
+    report['files'] = {
+        'generated_images': results['generate']['images'],
+        'manifest': results['generate']['manifest'],
+        'caption_grid': results['generate']['grid'],
+        'caption_grid_with_masks': results['generate']['captions_grid'],
+        'training_samples': results['gan']['samples'],
+        'generator': results['gan']['netG'],
+        'text_encoder': results['damsm']['text_encoder'],
+        'damsm_run': results['damsm']['run'],
+    }
+    path = os.path.join(cfg.OUTPUT_DIR, 'report.json')
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+    print(json.dumps({k: report[k] for k in ('body_colour_accuracy', 'r_precision')}, indent=1))
+    print(f'report: {path}')
+    return report
