@@ -141,6 +141,23 @@ DEFAULTS: dict = {
         'ATTENTION_INTERVAL': 5,    # epochs between attention-map PNGs (0: never)
         'R_PRECISION': True,        # R-precision on the test split after each validation
     },
+    'EVAL': {                       # eval_IS.py / eval_FID.py
+        # TF-ported Inception of the IS/FID literature ('' = torch hub cache:
+        # $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth)
+        'INCEPTION_WEIGHTS': '',
+        'RANDOM_WEIGHTS': False,    # random extractor (tests only: scores not comparable with papers)
+        'NUM_IS': 30000,            # generated images for IS
+        'NUM_FID': 3000,            # generated images for FID
+        'SPLITS': 10,
+        'BATCH_SIZE': 50,
+        'FID_DIMS': 2048,           # Inception feature for FID/KID: 2048 (pool3), or 768/192/64
+        'KID': True,                # also KID (same features)
+        'CACHE_DIR': '',            # reference statistics; '' = DATA_DIR/fid_cache
+        'R_PRECISION': 'auto',      # 'auto' (when the DAMSM files exist), 'on' or 'off'
+        'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
+        'CLASSIFIER_CLASSES': 200,
+        'SEED': 0,
+    },
     'DEMO': {                       # the synthetic-birds demo (cfg/demo.yml)
         'RUN': False,               # True: main.py runs the whole demo pipeline (miscc/demo.py)
         'DAMSM_CFG': 'cfg/DAMSM/demo.yml',

@@ -188,24 +188,9 @@ def _load_attributes(data_dir: str) -> dict:
         return {a['key']: a for a in map(json.loads, filter(str.strip, f))}
 
 
-@torch.no_grad()
-def _damsm_codes(image_encoder, text_encoder, images, captions, lens, batch: int = 100):
-    """Global DAMSM codes N x D of uint8 images N x 3 x S x S and of their captions."""
-    img_codes, txt_codes = [], []
-    for s in range(0, len(images), batch):
-        x = images[s:s + batch].float() / 127.5 - 1.0
-        img_codes.append(image_encoder(x)[1])
-        cap, ln = captions[s:s + batch], lens[s:s + batch]
-        order = torch.argsort(ln, descending=True, stable=True)   # packed sequences want sorted lengths
-        _, sent = text_encoder(cap[order], ln[order], text_encoder.init_hidden(len(cap)))
-        txt_codes.append(sent[torch.argsort(order)])
-    return torch.cat(img_codes), torch.cat(txt_codes)
-
-
 def _stage_report(cfg, bar, text_encoder_path: str, results: dict) -> dict:
-    from datasets import RealImageDataset, TextDataset, encode_caption
-    from .build import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
-    from .metrics import r_precision
+    from datasets import RealImageDataset
+    from .evaluation import caption_r_precision
 
     manifest = results['generate']['manifest']
     with open(manifest, 'r', encoding='utf-8') as f:
@@ -224,20 +209,11 @@ def _stage_report(cfg, bar, text_encoder_path: str, results: dict) -> dict:
         real_by_key[key] = image
     real = torch.stack([real_by_key[k] for k in keys])           # the real image of each caption
 
-    n_words = text_encoder_vocab_size(text_encoder_path)
-    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
-    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
-    image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], 'cpu').eval()
-    encoded = [encode_caption(e['caption'], vocab.wordtoix, cfg.TEXT.WORDS_NUM) for e in entries]
-    captions = torch.stack([c for c, _, _ in encoded])
-    lens = torch.tensor([n for _, n, _ in encoded])
-    groups = [vocab.filenames.index(k) for k in keys]
-    fake_t = torch.from_numpy(fake).permute(0, 3, 1, 2)
+    captions = [e['caption'] for e in entries]
     rp = {}
-    for name, imgs in (('generated', fake_t), ('real', real)):
-        img_codes, txt_codes = _damsm_codes(image_encoder, text_encoder, imgs, captions, lens)
-        mean, std = r_precision(img_codes, txt_codes, groups=groups, seed=cfg.SEED)
-        rp[name] = {'mean': round(mean, 4), 'std': round(std, 4)}
+    for name, imgs in (('generated', torch.from_numpy(fake).permute(0, 3, 1, 2)), ('real', real)):
+        r = caption_r_precision(cfg, text_encoder_path, imgs, captions, keys)
+        rp[name] = {'mean': round(r['mean'], 4), 'std': round(r['std'], 4)}
     return {
         'images': len(entries),
         'body_colour_accuracy': {

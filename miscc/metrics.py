@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['r_precision']
+__all__ = ['r_precision', 'frechet_distance', 'inception_score']
 
 
 def r_precision(image_codes: torch.Tensor, text_codes: torch.Tensor, groups=None,
@@ -46,3 +46,40 @@ def r_precision(image_codes: torch.Tensor, text_codes: torch.Tensor, groups=None
             hits += (true_score[start:stop, None] > wrong_score).all(dim=1).sum().item()
         rates.append(hits / n)
     return float(np.mean(rates)), float(np.std(rates))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple:
+    """IS of class logits N x C: ``exp(E_x KL(p(y|x) || p(y)))`` on each of ``splits``
+    consecutive chunks (no shuffling, as the original protocol); returns ``(mean, std)``.
+    Computed by torch-fidelity's formula."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    if logits.dim() != 2 or logits.size(0) < splits:
+        raise ValueError(f'inception_score needs N x C logits with N >= splits={splits}, got {tuple(logits.shape)}')
+    out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=False)
+    values = list(out.values())
+    return float(values[0]), float(values[1])
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance of two Gaussians (D, D x D each):
+    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2))``.
+
+    When the product is singular, ``eps`` is added to both diagonals; an imaginary part of
+    the square root beyond numerical noise is an error.
+    """
+    from scipy import linalg
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f'statistics of different shapes: mu {mu1.shape} vs {mu2.shape}, '
+                         f'sigma {sigma1.shape} vs {sigma2.shape}')
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag)):.3g} in the matrix square root')
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))

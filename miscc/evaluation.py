@@ -1,0 +1,419 @@
+"""IS, FID, KID and R-precision of generated images: from a folder written by
+``B_VALIDATION=True`` or straight from a generator checkpoint (generated in memory).
+
+The feature extractor is torch-fidelity's port of the TensorFlow Inception (2015-12-05)
+used by the IS/FID literature, loaded from a local file (never downloaded). Reference
+statistics of the real test images are cached in an ``.npz`` keyed by data set, split,
+image size, feature and weights, and recomputed when any of them changes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from .config import ConfigError, load_config
+from .metrics import frechet_distance, inception_score
+
+__all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
+           'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
+           'caption_r_precision', 'evaluate', 'eval_main']
+
+FID_WEIGHTS_NAME = 'weights-inception-2015-12-05-6726825d.pth'
+FID_WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + FID_WEIGHTS_NAME)
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+RANDOM_NOTE = 'random Inception weights: scores are NOT comparable with published numbers'
+
+
+# ----------------------------------------------------------------------------- weights
+def fid_weights_path(cfg) -> str:
+    """The local file of the FID/IS Inception weights (``EVAL.INCEPTION_WEIGHTS`` or the torch
+    hub cache); raises FileNotFoundError naming the file and where to put it."""
+    if cfg.EVAL.INCEPTION_WEIGHTS:
+        path = cfg.EVAL.INCEPTION_WEIGHTS
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"EVAL.INCEPTION_WEIGHTS='{path}' not found: download {FID_WEIGHTS_URL} "
+                                    f"there, or leave EVAL.INCEPTION_WEIGHTS empty to use the torch hub cache")
+        return path
+    path = os.path.join(torch.hub.get_dir(), 'checkpoints', FID_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FID/IS Inception weights not found: put {FID_WEIGHTS_NAME} (from "
+                                f"{FID_WEIGHTS_URL}) at '{path}', or set EVAL.INCEPTION_WEIGHTS=/path/to/it")
+    return path
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inception_extractor(cfg, features: list, device):
+    """torch-fidelity's FeatureExtractorInceptionV3 for ``features`` (e.g. ['2048',
+    'logits_unbiased']); input uint8 B x 3 x H x W, output a tuple of B x D tensors.
+
+    Returns ``(extractor, weights_tag)``. The weights are read here with ``weights_only=True``
+    and handed over, so the library neither downloads nor unpickles anything itself.
+    """
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from .checkpoint import load_file
+    with ExitStack() as stack:
+        if cfg.EVAL.RANDOM_WEIGHTS:
+            # Random extractor of the same architecture (tests): keep PyTorch's initialisation.
+            torch.manual_seed(cfg.EVAL.SEED)
+            stack.enter_context(mock.patch.object(fe, 'load_state_dict_from_url', lambda *a, **k: {}))
+            stack.enter_context(mock.patch.object(fe.FeatureExtractorInceptionV3, 'load_state_dict',
+                                                  lambda self, *a, **k: None))
+            tag = {'weights': 'random', 'sha256': f'random-seed{cfg.EVAL.SEED}', 'note': RANDOM_NOTE}
+        else:
+            path = fid_weights_path(cfg)
+            state = load_file(path)
+            stack.enter_context(mock.patch.object(fe, 'load_state_dict_from_url', lambda *a, **k: state))
+            tag = {'weights': os.path.abspath(path), 'sha256': _sha256(path)}
+        extractor = fe.FeatureExtractorInceptionV3('inception-v3-compat', list(features))
+    return extractor.to(device).eval(), tag
+
+
+# ----------------------------------------------------------------------------- image sources
+@dataclass
+class ImageSource:
+    """Where images come from: ``batches()`` yields (uint8 B x 3 x H x W, captions, keys)."""
+    description: str
+    count: int
+    batches: object
+    out_dir: str
+    has_captions: bool = False
+    info: dict = field(default_factory=dict)
+
+
+def _read_image(path: str) -> np.ndarray:
+    from datasets import DataError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert('RGB'))
+    except Exception as e:   # PIL raises several types for broken files
+        raise DataError(f"cannot read image '{path}': {e}; remove or regenerate it") from None
+
+
+def folder_source(folder: str, num: int, batch_size: int) -> ImageSource:
+    """Images of ``folder`` (PNG/JPG; the ``fm_*`` masks are skipped): the files of its
+    ``manifest.jsonl`` in order when there is one (captions known), else sorted names."""
+    from datasets import DataError
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder '{folder}' not found")
+    manifest = os.path.join(folder, 'manifest.jsonl')
+    entries = []
+    if os.path.isfile(manifest):
+        with open(manifest, 'r', encoding='utf-8') as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        files = [e['file'] for e in entries]
+    else:
+        def natural(name):
+            return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
+        files = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)
+                        and not n.startswith('fm_')), key=natural)
+    if not files:
+        raise DataError(f"'{folder}' holds no PNG/JPG images")
+    if num and num < len(files):
+        files, entries = files[:num], entries[:num]
+    elif num and num > len(files):
+        print(f"note: '{folder}' holds {len(files)} images, fewer than the {num} asked for; using them all",
+              file=sys.stderr)
+
+    def batches():
+        for s in range(0, len(files), batch_size):
+            arrays = [_read_image(os.path.join(folder, f)) for f in files[s:s + batch_size]]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) > 1:
+                raise DataError(f"images of different sizes in '{folder}': {sorted(shapes)}")
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            part = entries[s:s + batch_size]
+            yield images, [e['caption'] for e in part] or None, [e['key'] for e in part] or None
+    return ImageSource(f"folder '{folder}'", len(files), batches, folder, has_captions=bool(entries))
+
+
+def generator_source(cfg, netg_path: str, num: int, device) -> ImageSource:
+    """Images generated in memory by the generator at ``netg_path`` from the test captions
+    (the same plan and noise as ``B_VALIDATION=True``)."""
+    from datasets import build_dataset
+    from .build import damsm_paths, load_generator, load_text_encoder, sibling_checkpoint, text_encoder_vocab_size
+    from .sampling import generate_test_images
+
+    text_path = damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
+    paired = sibling_checkpoint(netg_path, 'text_encoder') if os.path.basename(netg_path).startswith('netG') else ''
+    if paired and os.path.isfile(paired):
+        text_path = paired       # a fine-tuned generator goes with its own text encoder
+    n_words = text_encoder_vocab_size(text_path)
+    dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+    text_encoder = load_text_encoder(cfg, text_path, n_words, device).eval()
+    netG = load_generator(cfg, netg_path, device).eval()
+
+    def batches():
+        for b in generate_test_images(netG, text_encoder, dataset, num, cfg.EVAL.BATCH_SIZE, device,
+                                      seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM):
+            yield b.images, b.captions, b.keys
+    out_dir = os.path.splitext(netg_path)[0]
+    return ImageSource(f"generator '{netg_path}'", num, batches, out_dir, has_captions=True,
+                       info={'text_encoder': text_path})
+
+
+# ----------------------------------------------------------------------------- features
+@torch.no_grad()
+def extract(extractor, batches, total: int, device, desc: str, on_batch=None) -> list:
+    """Run ``extractor`` over uint8 batches; returns one N x D float64 CPU tensor per feature.
+    ``on_batch(images, captions, keys)`` sees every batch (e.g. for R-precision)."""
+    outputs = None
+    bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+    for item in batches:
+        images = item[0] if isinstance(item, (tuple, list)) else item
+        feats = extractor(images.to(device))
+        feats = feats if isinstance(feats, tuple) else (feats,)
+        if outputs is None:
+            outputs = [[] for _ in feats]
+        for store, f in zip(outputs, feats):
+            store.append(f.detach().double().cpu())
+        if on_batch is not None:
+            on_batch(*item)
+        bar.update(images.size(0))
+    bar.close()
+    if outputs is None:
+        raise ValueError(f'{desc}: no images')
+    return [torch.cat(o) for o in outputs]
+
+
+def _statistics(features: torch.Tensor) -> tuple:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    stats = fid_features_to_statistics(features)
+    return stats['mu'], stats['sigma']
+
+
+def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, split: str = 'test') -> dict:
+    """mu, sigma (and features, for KID) of the real ``split`` images prepared as in training
+    (CUB bounding-box crop), resized to ``image_size``: read from the cache when its key
+    matches, else computed and cached. Returns a dict with 'mu', 'sigma', 'features',
+    'count', 'cached' (whether it came from the cache) and 'path'."""
+    from datasets import build_real_image_dataset
+    dims = str(cfg.EVAL.FID_DIMS)
+    cache_dir = cfg.EVAL.CACHE_DIR or os.path.join(cfg.DATA_DIR, 'fid_cache')
+    key = f'{cfg.DATASET_NAME}_{split}_{image_size}px_pool{dims}_{tag["sha256"][:16]}'
+    path = os.path.join(cache_dir, key + '.npz')
+    meta = {'dataset': cfg.DATASET_NAME, 'split': split, 'image_size': image_size, 'dims': dims,
+            'weights_sha256': tag['sha256']}
+    if os.path.isfile(path):
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z['meta']))
+            if stored == meta:
+                return {'mu': z['mu'], 'sigma': z['sigma'], 'features': torch.from_numpy(z['features']),
+                        'count': int(z['count']), 'cached': True, 'path': path}
+    dataset = build_real_image_dataset(cfg, split, image_size)
+    batch = cfg.EVAL.BATCH_SIZE
+
+    def batches():
+        for s in range(0, len(dataset), batch):
+            yield torch.stack([dataset[i][0] for i in range(s, min(s + batch, len(dataset)))])
+    (features,) = extract(extractor, batches(), len(dataset), device, f'real {split} images')
+    mu, sigma = _statistics(features)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, mu=mu, sigma=sigma, features=features.float().numpy(), count=len(dataset),
+             meta=json.dumps(meta))
+    os.replace(tmp, path)
+    return {'mu': mu, 'sigma': sigma, 'features': features, 'count': len(dataset), 'cached': False, 'path': path}
+
+
+# ----------------------------------------------------------------------------- R-precision
+@torch.no_grad()
+def damsm_codes(image_encoder, text_encoder, images: torch.Tensor, captions: torch.Tensor, lens: torch.Tensor,
+                batch: int = 100, device='cpu') -> tuple:
+    """Global DAMSM codes (N x D, N x D) of uint8 images N x 3 x S x S and their encoded
+    captions (N x T, lengths N; any order of lengths)."""
+    img_codes, txt_codes = [], []
+    for s in range(0, len(images), batch):
+        x = images[s:s + batch].to(device).float() / 127.5 - 1.0
+        img_codes.append(image_encoder(x)[1].cpu())
+        cap, ln = captions[s:s + batch], lens[s:s + batch]
+        order = torch.argsort(ln, descending=True, stable=True)   # packed sequences want sorted lengths
+        _, sent = text_encoder(cap[order].to(device), ln[order], text_encoder.init_hidden(len(cap)))
+        txt_codes.append(sent.cpu()[torch.argsort(order)])
+    return torch.cat(img_codes), torch.cat(txt_codes)
+
+
+def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, captions: list, keys: list,
+                        device='cpu') -> dict:
+    """R-precision (AttnGAN protocol) of uint8 images with their caption texts, using the
+    DAMSM encoders at ``text_encoder_path`` (and its image_encoder file); captions of the
+    same key are never drawn as mismatches."""
+    from datasets import TextDataset, encode_caption
+    from .build import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
+    from .metrics import r_precision
+    n_words = text_encoder_vocab_size(text_encoder_path)
+    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, device).eval()
+    image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], device).eval()
+    encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
+    caps = torch.stack([c for c, _, _ in encoded])
+    lens = torch.tensor([max(int(n), 1) for _, n, _ in encoded])
+    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    img, txt = damsm_codes(image_encoder, text_encoder, images, caps, lens, device=device)
+    mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
+    return {'mean': mean, 'std': std, 'count': len(images), 'text_encoder': os.path.abspath(text_encoder_path)}
+
+
+# ----------------------------------------------------------------------------- driver
+def _domain_classifier(cfg, device):
+    """Optional IS classifier: torchvision Inception-v3 with EVAL.CLASSIFIER_CLASSES outputs;
+    input uint8 -> logits (resized to 299, ImageNet normalisation)."""
+    from torchvision.models import inception_v3
+    from .checkpoint import load_model_state
+    net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=cfg.EVAL.CLASSIFIER_CLASSES)
+    if not os.path.isfile(cfg.EVAL.CLASSIFIER):
+        raise FileNotFoundError(f"EVAL.CLASSIFIER='{cfg.EVAL.CLASSIFIER}' not found")
+    load_model_state(net, cfg.EVAL.CLASSIFIER)
+    net = net.to(device).eval()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+
+    def classify(images):
+        x = F.interpolate(images.float() / 255.0, size=(299, 299), mode='bilinear', align_corners=False)
+        return net((x - mean) / std)
+    return classify
+
+
+def _want_r_precision(cfg, source: ImageSource, text_path: str) -> bool:
+    mode = cfg.EVAL.R_PRECISION
+    if mode not in ('auto', 'on', 'off'):
+        raise ConfigError(f"EVAL.R_PRECISION must be 'auto', 'on' or 'off', got '{mode}'")
+    if mode == 'off':
+        return False
+    ok = source.has_captions and os.path.isfile(text_path) and source.count >= 100
+    if mode == 'on' and not ok:
+        raise ConfigError(f"EVAL.R_PRECISION='on' needs captions (a manifest.jsonl or --netG), the DAMSM "
+                          f"encoder '{text_path}' and at least 100 images")
+    return ok
+
+
+def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, out: str = '',
+             command: str = '') -> dict:
+    """Compute ``metric`` ('IS' or 'FID') of a folder (``images``) or a generator (``netg``);
+    write the result JSON (``out`` or next to the images) and return it."""
+    from .build import damsm_paths
+    from .utils import select_device
+    if bool(images) == bool(netg):
+        raise ConfigError('give exactly one of --images DIR or --netG FILE')
+    device = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA).device
+    num = num or (cfg.EVAL.NUM_IS if metric == 'IS' else cfg.EVAL.NUM_FID)
+    source = folder_source(images, num, cfg.EVAL.BATCH_SIZE) if images else generator_source(cfg, netg, num, device)
+    text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
+    want_rp = _want_r_precision(cfg, source, text_path)
+
+    dims = str(cfg.EVAL.FID_DIMS)
+    if dims not in ('64', '192', '768', '2048'):
+        raise ConfigError(f"EVAL.FID_DIMS must be 64, 192, 768 or 2048, got {dims}")
+    features = ['logits_unbiased'] if metric == 'IS' else [dims]
+    extractor, tag = inception_extractor(cfg, features, device)
+    if tag['weights'] == 'random':
+        print(f'warning: {RANDOM_NOTE}', file=sys.stderr)
+
+    kept = {'images': [], 'captions': [], 'keys': []}
+    classifier = _domain_classifier(cfg, device) if (metric == 'IS' and cfg.EVAL.CLASSIFIER) else None
+    domain_logits = []
+
+    def on_batch(batch_images, captions, keys):
+        if want_rp:
+            kept['images'].append(batch_images.cpu())
+            kept['captions'] += list(captions)
+            kept['keys'] += list(keys)
+        if classifier is not None:
+            with torch.no_grad():
+                domain_logits.append(classifier(batch_images.to(device)).double().cpu())
+
+    size = None
+
+    def sized(batches):
+        nonlocal size
+        for item in batches:
+            size = item[0].shape[-1]
+            yield item
+    (feats,) = extract(extractor, sized(source.batches()), source.count, device, f'{metric}: generated images',
+                       on_batch)
+    result = {'metric': metric, 'count': int(feats.shape[0]), 'source': source.description,
+              'image_size': int(size), 'weights': tag, 'command': command}
+    if metric == 'IS':
+        mean, std = inception_score(feats, cfg.EVAL.SPLITS)
+        result.update(value=mean, std=std, splits=cfg.EVAL.SPLITS)
+        if classifier is not None:
+            dmean, dstd = inception_score(torch.cat(domain_logits), cfg.EVAL.SPLITS)
+            result['domain_classifier'] = {'value': dmean, 'std': dstd, 'classifier': os.path.abspath(cfg.EVAL.CLASSIFIER)}
+    else:
+        ref = reference_statistics(cfg, extractor, tag, device, int(size))
+        mu, sigma = _statistics(feats)
+        result.update(value=frechet_distance(mu, sigma, ref['mu'], ref['sigma']), std=None, dims=int(dims),
+                      reference={'count': ref['count'], 'cache': ref['path'], 'from_cache': ref['cached']})
+        if cfg.EVAL.KID:
+            from torch_fidelity.metric_kid import kid_features_to_metric
+            subset = min(1000, len(feats), len(ref['features']))
+            kid = kid_features_to_metric(feats.float(), ref['features'].float(), kid_subsets=100,
+                                         kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
+            kmean, kstd = list(kid.values())[:2]
+            result['kid'] = {'value': float(kmean), 'std': float(kstd), 'subset_size': subset}
+    if want_rp:
+        try:
+            result['r_precision'] = caption_r_precision(cfg, text_path, torch.cat(kept['images']),
+                                                        kept['captions'], kept['keys'], device)
+        except ValueError as e:   # too few distinct captions for 99 mismatches
+            if cfg.EVAL.R_PRECISION == 'on':
+                raise ConfigError(f'EVAL.R_PRECISION=on: {e}') from None
+            result['r_precision'] = {'skipped': str(e)}
+    path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)
+    result['json'] = path
+    return result
+
+
+def eval_main(metric: str, argv=None) -> int:
+    """Entry point of eval_IS.py (metric 'IS') and eval_FID.py ('FID')."""
+    from .cli import USER_ERRORS
+    script = f'eval_{metric}.py'
+    parser = argparse.ArgumentParser(description=f'{metric} of generated images (folder or generator checkpoint)')
+    parser.add_argument('--cfg', dest='cfg_file', default='cfg/bird.yml', help='YAML config file')
+    parser.add_argument('--images', default='', help='folder of generated images (B_VALIDATION=True output)')
+    parser.add_argument('--netG', default='', help='generator checkpoint: images generated in memory')
+    parser.add_argument('--num', type=int, default=0, help=f'number of images (default EVAL.NUM_{metric})')
+    parser.add_argument('--out', default='', help='result JSON (default: next to the images)')
+    parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg_file, args.overrides).freeze()
+        result = evaluate(cfg, metric, args.images, args.netG, args.num, args.out,
+                          command=' '.join([script] + (sys.argv[1:] if argv is None else list(argv))))
+    except USER_ERRORS as e:
+        print(f'{script}: error: {e}', file=sys.stderr)
+        return 2
+    line = f"{metric} = {result['value']:.4f}" + (f" +- {result['std']:.4f}" if result.get('std') is not None else '')
+    line += f" over {result['count']} images"
+    if 'kid' in result:
+        line += f"; KID = {result['kid']['value']:.5f} +- {result['kid']['std']:.5f}"
+    if 'domain_classifier' in result:
+        line += f"; domain-classifier IS = {result['domain_classifier']['value']:.4f}"
+    if 'mean' in result.get('r_precision', {}):
+        line += f"; R-precision = {result['r_precision']['mean']:.4f} +- {result['r_precision']['std']:.4f}"
+    print(line)
+    print(f"written to {result['json']}")
+    return 0

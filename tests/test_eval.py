@@ -1,0 +1,171 @@
+"""Evaluation: IS and Frechet distance against closed forms, the reference-statistics cache,
+bad inputs, and eval_IS.py / eval_FID.py end to end on synthetic data with a random extractor."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import miscc.evaluation as evaluation
+from miscc.config import load_config
+from miscc.evaluation import eval_main, reference_statistics
+from miscc.metrics import frechet_distance, inception_score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- formulas
+def test_inception_score_of_known_predictions():
+    classes, splits = 5, 10
+    onehot = torch.eye(classes).repeat(splits, 1) * 60.0          # every split: one image per class
+    mean, std = inception_score(onehot, splits)
+    assert mean == pytest.approx(classes, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
+    same = torch.zeros(50, classes)
+    same[:, 2] = 60.0                                              # identical predictions
+    assert inception_score(same, splits)[0] == pytest.approx(1.0, abs=1e-9)
+    # random logits against a direct numpy computation of exp(E KL(p(y|x) || p(y))) per split
+    logits = torch.randn(40, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    p = torch.softmax(logits, 1).numpy()
+    per_split = []
+    for chunk in np.split(p, 4):
+        marginal = chunk.mean(0, keepdims=True)
+        per_split.append(np.exp((chunk * (np.log(chunk) - np.log(marginal))).sum(1).mean()))
+    assert inception_score(logits, 4) == pytest.approx((np.mean(per_split), np.std(per_split)), rel=1e-9)
+    with pytest.raises(ValueError, match='N >= splits'):
+        inception_score(torch.randn(3, 4), 10)
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 6))
+    mu, sigma = a.mean(0), np.cov(a, rowvar=False)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
+    closed = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(closed, rel=1e-9)
+    # singular covariances (fewer samples than dimensions) stay finite
+    b = rng.normal(size=(3, 6))
+    assert np.isfinite(frechet_distance(b.mean(0), np.cov(b, rowvar=False), mu, sigma))
+    with pytest.raises(ValueError, match='different shapes'):
+        frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope='module')
+def eval_setup(tmp_path_factory):
+    """Synthetic birds (8 train / 110 test), random DAMSM encoders and a random 64 px generator."""
+    from datasets import TextDataset
+    from miscc.build import build_generator
+    from miscc.synthetic import make_synthetic_birds
+    from models import CNN_ENCODER, RNN_ENCODER
+    root = tmp_path_factory.mktemp('eval')
+    data = root / 'synthetic_birds'
+    make_synthetic_birds(str(data), num_train=8, num_test=110, image_size=128, seed=5, workers=1)
+    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
+    torch.manual_seed(0)
+    (root / 'enc').mkdir()
+    torch.save(RNN_ENCODER(n_words, nhidden=32).state_dict(), root / 'enc' / 'text_encoder1.pth')
+    torch.save(CNN_ENCODER(32, input_size=75).state_dict(), root / 'enc' / 'image_encoder1.pth')
+    cfg = load_config(None, _overrides(root))
+    torch.save(build_generator(cfg).state_dict(), root / 'netG_001.pth')
+    return root
+
+
+def _overrides(root, **extra):
+    base = {'DATASET_NAME': 'synthetic_birds', 'DATA_DIR': root / 'synthetic_birds', 'TREE.BASE_SIZE': 64,
+            'TRAIN.NF': 2, 'TEXT.EMBEDDING_DIM': 32, 'TEXT.IMAGE_ENCODER_INPUT': 75,
+            'TEXT.DAMSM_NAME': root / 'enc' / 'text_encoder1.pth', 'DEVICE': 'cpu', 'WORKERS': 0,
+            'EVAL.RANDOM_WEIGHTS': True, 'EVAL.FID_DIMS': 64, 'EVAL.BATCH_SIZE': 40, 'EVAL.SPLITS': 2,
+            'EVAL.CACHE_DIR': root / 'cache', 'SYNTHETIC.NUM_TRAIN': 8, 'SYNTHETIC.NUM_TEST': 110,
+            'SYNTHETIC.IMAGE_SIZE': 128, 'SYNTHETIC.SEED': 5}
+    base.update(extra)
+    return [f'{k}={v}' for k, v in base.items()]
+
+
+def _argv(root, *args, **extra):
+    return ['--cfg', str(ROOT / 'cfg' / 'bird.yml'), *map(str, args)] + _overrides(root, **extra)
+
+
+def test_is_and_fid_from_a_generator_and_from_its_folder(eval_setup, capsys):
+    root = eval_setup
+    netg = root / 'netG_001.pth'
+    assert eval_main('IS', _argv(root, '--netG', netg, '--num', 100)) == 0
+    result = json.loads((root / 'netG_001' / 'is.json').read_text())
+    assert result['metric'] == 'IS' and result['count'] == 100 and result['image_size'] == 64
+    assert 1.0 <= result['value'] and result['weights']['weights'] == 'random'
+    assert 'eval_IS.py' in result['command']
+    rp = result['r_precision']                                   # DAMSM files configured: reported
+    assert rp['count'] == 100 and 0.0 <= rp['mean'] <= 1.0
+    assert 'NOT comparable' in capsys.readouterr().err
+
+    # the same images through a B_VALIDATION=True folder give the same IS
+    from miscc.cli import gan_main
+    out = root / 'valid'
+    assert gan_main(False, _argv(root, 'B_VALIDATION=True', f'TRAIN.NET_G={netg}', 'SAMPLE.NUM=100',
+                                 f'SAMPLE.OUT_DIR={out}')) == 0
+    assert eval_main('IS', _argv(root, '--images', out)) == 0
+    from_folder = json.loads((out / 'is.json').read_text())
+    assert from_folder['count'] == 100
+    assert from_folder['value'] == pytest.approx(result['value'], rel=1e-6)
+    assert from_folder['r_precision']['mean'] == pytest.approx(rp['mean'], abs=1e-9)
+
+    assert eval_main('FID', _argv(root, '--images', out, '--out', root / 'fid.json')) == 0
+    fid = json.loads((root / 'fid.json').read_text())
+    assert fid['metric'] == 'FID' and fid['count'] == 100 and fid['dims'] == 64
+    assert fid['value'] > 0 and fid['reference']['count'] == 110 and 'kid' in fid
+    assert eval_main('FID', _argv(root, '--netG', netg, '--num', 100, '--out', root / 'fid2.json')) == 0
+    fid2 = json.loads((root / 'fid2.json').read_text())
+    assert fid2['reference']['from_cache'] and fid2['value'] == pytest.approx(fid['value'], rel=1e-6)
+
+
+def test_reference_cache_is_reused_and_invalidated(eval_setup, monkeypatch):
+    root = eval_setup
+    cfg = load_config(None, _overrides(root, **{'EVAL.CACHE_DIR': root / 'cache2'})).freeze()
+    extractor, tag = evaluation.inception_extractor(cfg, ['64'], 'cpu')
+    calls = []
+    real_extract = evaluation.extract
+
+    def counting(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get('desc'))
+        return real_extract(*args, **kwargs)
+    monkeypatch.setattr(evaluation, 'extract', counting)
+    first = reference_statistics(cfg, extractor, tag, 'cpu', 64)
+    again = reference_statistics(cfg, extractor, tag, 'cpu', 64)
+    assert len(calls) == 1 and not first['cached'] and again['cached']
+    assert np.array_equal(first['mu'], again['mu']) and np.allclose(first['sigma'], again['sigma'])
+    reference_statistics(cfg, extractor, tag, 'cpu', 32)                  # other size
+    reference_statistics(cfg, extractor, tag, 'cpu', 64, split='train')   # other split
+    other = dict(tag, sha256='f' * 64)                                   # other weights
+    reference_statistics(cfg, extractor, other, 'cpu', 64)
+    assert len(calls) == 4
+    # a cache file whose recorded settings disagree with its name is recomputed, not trusted
+    path = Path(first['path'])
+    with np.load(path) as z:
+        stored = {k: z[k] for k in z.files}
+    meta = json.loads(str(stored['meta']))
+    stored['meta'] = json.dumps(dict(meta, image_size=128))
+    np.savez(path, **stored)
+    assert not reference_statistics(cfg, extractor, tag, 'cpu', 64)['cached'] and len(calls) == 5
+
+
+def test_bad_inputs_are_named(eval_setup, tmp_path, capsys, monkeypatch):
+    root = eval_setup
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    Image.new('RGB', (64, 64)).save(folder / 'img_s0.png')
+    (folder / 'img_s1.png').write_bytes(b'not a png')
+    assert eval_main('IS', _argv(root, '--images', folder)) == 2
+    assert 'img_s1.png' in capsys.readouterr().err
+    (tmp_path / 'empty').mkdir()
+    assert eval_main('IS', _argv(root, '--images', tmp_path / 'empty')) == 2
+    assert 'holds no PNG/JPG images' in capsys.readouterr().err
+    assert eval_main('FID', _argv(root)) == 2
+    assert 'exactly one of --images' in capsys.readouterr().err
+    # real weights asked for but absent: the file name and the place to put it
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    assert eval_main('IS', _argv(root, '--images', folder, **{'EVAL.RANDOM_WEIGHTS': False})) == 2
+    err = capsys.readouterr().err
+    assert 'weights-inception-2015-12-05-6726825d.pth' in err and str(tmp_path / 'torch_home') in err
