@@ -187,6 +187,8 @@ def main(argv=None):
     parser.add_argument('--check', action='store_true',
                         help='compare one faithful iteration with the official one (needs --official-repo)')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='config overrides')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='also profile one iteration and print its N most expensive operators to stderr')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == 'cuda':
@@ -220,6 +222,14 @@ def main(argv=None):
         update(images, captions, lens, class_ids)
     sync(device)
     ms = (time.perf_counter() - start) / args.iters * 1000
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+        with profile(activities=activities) as prof:
+            update(*batches[-1])
+            sync(device)
+        key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile), file=sys.stderr)
     print(json.dumps({'ms_per_iter': round(ms, 1), 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
                       'size': args.size,
                       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

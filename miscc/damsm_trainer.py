@@ -26,9 +26,8 @@ from models import CNN_ENCODER, RNN_ENCODER
 from .build import damsm_paths, text_encoder_vocab_size
 from .checkpoint import load_model_state, model_state_dict, save_atomic
 from .config import ConfigError
-from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite, find_latest_state,
-                     load_training_state, make_loader)
-from .engine import save_training_state
+from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite, load_training_state,
+                     make_loader, restore_state_path, save_training_state)
 from .losses import sent_loss, words_loss
 from .metrics import r_precision
 from .utils import make_run_dir, seed_everything, select_device
@@ -144,13 +143,7 @@ class DAMSMTrainer:
         if not target:
             if not cfg.RESTORE:
                 return 'none', ''
-            prefix = f'{cfg.DATASET_NAME}_{cfg.CONFIG_NAME or "run"}_'
-            latest = find_latest_state(cfg.OUTPUT_DIR, prefix)
-            if latest is None:
-                raise FileNotFoundError(f"RESTORE=True but no training state '{STATE_NAME}' was found under "
-                                        f"'{cfg.OUTPUT_DIR}/{prefix}*/models/'; set TRAIN.NET_E to a run "
-                                        f"folder or a text_encoder<epoch>.pth file")
-            return 'state', latest
+            return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_E')
         if os.path.isdir(target):
             state = os.path.join(target, 'models', STATE_NAME)
             if not os.path.isfile(state):

@@ -19,7 +19,7 @@ from .checkpoint import CheckpointError, load_file, save_atomic
 from .utils import rng_state, sample_seeds, set_rng_state
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
-           'save_training_state', 'load_training_state', 'find_latest_state', 'STATE_NAME',
+           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'STATE_NAME',
            'read_progress', 'NonFiniteLossError', 'check_finite']
 
 STATE_NAME = 'state_last.pth'
@@ -217,3 +217,16 @@ def find_latest_state(output_dir: str, prefix: str) -> str | None:
     """Newest ``<output_dir>/<prefix>*/models/state_last.pth``, or None."""
     found = glob.glob(os.path.join(output_dir, glob.escape(prefix) + '*', 'models', STATE_NAME))
     return max(found, key=os.path.getmtime) if found else None
+
+
+def restore_state_path(output_dir: str, dataset: str, config_name: str, net_key: str) -> str:
+    """``RESTORE=True`` without a path: the newest training state of this data set and config
+    under ``output_dir``; FileNotFoundError naming the folder and ``net_key`` otherwise."""
+    prefix = f'{dataset}_{config_name or "run"}_'
+    latest = find_latest_state(output_dir, prefix)
+    if latest is None:
+        raise FileNotFoundError(f"RESTORE=True but no training state '{STATE_NAME}' was found under "
+                                f"'{output_dir}/{prefix}*/models/'; set {net_key} to a run folder or a "
+                                f"checkpoint file")
+    return latest
+

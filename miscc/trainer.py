@@ -23,7 +23,7 @@ from .build import (build_discriminator, build_generator, checkpoint_epoch, dams
 from .checkpoint import load_model_state, model_state_dict, save_atomic, unwrap_model
 from .config import ConfigError
 from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite,
-                     find_latest_state, load_training_state, make_loader, read_progress,
+                     load_training_state, make_loader, read_progress, restore_state_path,
                      save_training_state)
 from .losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
                      matching_aware_gp)
@@ -60,13 +60,7 @@ def resolve_resume(cfg, finetune: bool):
     if not target:
         if not cfg.RESTORE:
             return 'none', ''
-        prefix = f'{cfg.DATASET_NAME}_{cfg.CONFIG_NAME or "run"}_'
-        latest = find_latest_state(cfg.OUTPUT_DIR, prefix)
-        if latest is None:
-            raise FileNotFoundError(f"RESTORE=True but no training state '{STATE_NAME}' was found under "
-                                    f"'{cfg.OUTPUT_DIR}/{prefix}*/models/'; set TRAIN.NET_G to a run folder "
-                                    f"or a netG_XXX.pth file")
-        return 'state', latest
+        return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_G')
     if os.path.isdir(target):
         for candidate in (os.path.join(target, 'models', STATE_NAME), os.path.join(target, STATE_NAME)):
             if os.path.isfile(candidate):
