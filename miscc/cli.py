@@ -39,7 +39,7 @@ def parse_args(argv, description: str, default_cfg: str = 'cfg/bird.yml'):
                         help='with B_VALIDATION=True: text file with one caption a line')
     parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
                         help='config overrides, e.g. TRAIN.BATCH_SIZE=8 DEVICE=cpu')
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)   # KEY=VALUE may sit between options
 
 
 def config_from_args(args):

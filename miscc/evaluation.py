@@ -398,7 +398,7 @@ def eval_main(metric: str, argv=None) -> int:
     parser.add_argument('--num', type=int, default=0, help=f'number of images (default EVAL.NUM_{metric})')
     parser.add_argument('--out', default='', help='result JSON (default: next to the images)')
     parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.cfg_file, args.overrides).freeze()
         result = evaluate(cfg, metric, args.images, args.netG, args.num, args.out,
