@@ -169,3 +169,27 @@ def test_bad_inputs_are_named(eval_setup, tmp_path, capsys, monkeypatch):
     assert eval_main('IS', _argv(root, '--images', folder, **{'EVAL.RANDOM_WEIGHTS': False})) == 2
     err = capsys.readouterr().err
     assert 'weights-inception-2015-12-05-6726825d.pth' in err and str(tmp_path / 'torch_home') in err
+
+
+def test_domain_classifier_is_is_reported(eval_setup, tmp_path):
+    from torchvision.models import inception_v3
+    root = eval_setup
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=3)
+    torch.save(net.state_dict(), tmp_path / 'classifier.pth')
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((64, 64, 3), 60 * i, np.uint8)).save(folder / f'img_s{i}.png')
+    argv = _argv(root, '--images', folder, **{'EVAL.CLASSIFIER': tmp_path / 'classifier.pth',
+                                              'EVAL.CLASSIFIER_CLASSES': 3})
+    assert eval_main('IS', argv) == 0
+    result = json.loads((folder / 'is.json').read_text())
+    assert 1.0 <= result['domain_classifier']['value'] <= 3.0 + 1e-9
+    assert 'r_precision' not in result                 # no manifest: no captions to rank
+    # a classifier file of other shape is refused by name
+    torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=5).state_dict(),
+               tmp_path / 'other.pth')
+    argv = _argv(root, '--images', folder, **{'EVAL.CLASSIFIER': tmp_path / 'other.pth',
+                                              'EVAL.CLASSIFIER_CLASSES': 3})
+    assert eval_main('IS', argv) == 2
