@@ -26,8 +26,8 @@ from models import CNN_ENCODER, RNN_ENCODER
 from .build import damsm_paths, text_encoder_vocab_size
 from .checkpoint import load_model_state, model_state_dict, save_atomic
 from .config import ConfigError
-from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite, load_training_state,
-                     make_loader, restore_state_path, save_training_state)
+from .engine import (EpochBatchSampler, RunLogger, StopFlag, check_finite, load_training_state,
+                     make_loader, restore_state_path, save_training_state, state_in_folder)
 from .losses import sent_loss, words_loss
 from .metrics import r_precision
 from .utils import make_run_dir, seed_everything, select_device
@@ -145,10 +145,7 @@ class DAMSMTrainer:
                 return 'none', ''
             return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_E')
         if os.path.isdir(target):
-            state = os.path.join(target, 'models', STATE_NAME)
-            if not os.path.isfile(state):
-                raise FileNotFoundError(f"TRAIN.NET_E='{target}' is a folder without 'models/{STATE_NAME}'")
-            return 'state', state
+            return 'state', state_in_folder(target, 'TRAIN.NET_E')
         if not os.path.isfile(target):
             raise FileNotFoundError(f"TRAIN.NET_E='{target}' not found")
         if os.path.basename(target).startswith('state'):

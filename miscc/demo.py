@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .config import ConfigError, load_config
 from .engine import find_latest_state, read_progress
 
-__all__ = ['STAGES', 'run_demo', 'stage_configs', 'body_colour_accuracy', 'caption_grid']
+__all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'body_colour_accuracy', 'caption_grid']
 
 STAGES = ('data', 'damsm', 'gan', 'generate', 'report')
 

@@ -19,7 +19,7 @@ from .checkpoint import CheckpointError, load_file, save_atomic
 from .utils import rng_state, sample_seeds, set_rng_state
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
-           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'STATE_NAME',
+           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'state_in_folder', 'STATE_NAME',
            'read_progress', 'NonFiniteLossError', 'check_finite']
 
 STATE_NAME = 'state_last.pth'
@@ -229,4 +229,13 @@ def restore_state_path(output_dir: str, dataset: str, config_name: str, net_key:
                                 f"'{output_dir}/{prefix}*/models/'; set {net_key} to a run folder or a "
                                 f"checkpoint file")
     return latest
+
+
+def state_in_folder(folder: str, key: str) -> str:
+    """The training state of a run folder (``<folder>/models/`` or the folder itself);
+    FileNotFoundError naming the config ``key`` that pointed there otherwise."""
+    for candidate in (os.path.join(folder, 'models', STATE_NAME), os.path.join(folder, STATE_NAME)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"{key}='{folder}' is a folder without a training state ({STATE_NAME})")
 

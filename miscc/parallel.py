@@ -11,7 +11,6 @@ import threading
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ['DataParallelBatchNorm2d', 'SyncDataParallel', 'link_replicas', 'convert_batchnorm',
            'wrap_for_devices']

@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from .build import (build_discriminator, build_generator, checkpoint_epoch, damsm_paths,
                     load_image_encoder, load_text_encoder, sibling_checkpoint, text_encoder_vocab_size)
-from .checkpoint import load_model_state, model_state_dict, save_atomic, unwrap_model
+from .checkpoint import load_model_state, model_state_dict, save_atomic
 from .config import ConfigError
 from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite,
-                     load_training_state, make_loader, read_progress, restore_state_path,
+                     load_training_state, make_loader, read_progress, restore_state_path, state_in_folder,
                      save_training_state)
 from .losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
                      matching_aware_gp)
@@ -62,10 +62,7 @@ def resolve_resume(cfg, finetune: bool):
             return 'none', ''
         return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_G')
     if os.path.isdir(target):
-        for candidate in (os.path.join(target, 'models', STATE_NAME), os.path.join(target, STATE_NAME)):
-            if os.path.isfile(candidate):
-                return 'state', candidate
-        raise FileNotFoundError(f"TRAIN.NET_G='{target}' is a folder without a training state ({STATE_NAME})")
+        return 'state', state_in_folder(target, 'TRAIN.NET_G')
     if not os.path.isfile(target):
         raise FileNotFoundError(f"TRAIN.NET_G='{target}' not found")
     if os.path.basename(target).startswith('state'):
@@ -439,7 +436,7 @@ class GANTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> str | None:
         """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
-        cfg, train = self.cfg, self.cfg.TRAIN
+        train = self.cfg.TRAIN
         steps_per_epoch = len(self.sampler)
         main = self.dist.is_main
         if main:

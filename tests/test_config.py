@@ -1,5 +1,4 @@
 """Config: defaults, YAML merge, KEY=VALUE overrides and their errors."""
-import os
 import pathlib
 import re
 

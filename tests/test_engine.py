@@ -14,7 +14,7 @@ from miscc.engine import (EpochBatchSampler, NonFiniteLossError, SeededSamples, 
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
 from miscc.sampling import caption_plan, mask_grid, noise_for, resume_point
-from miscc.utils import make_run_dir, rng_state, select_device, set_rng_state
+from miscc.utils import make_run_dir, select_device
 
 
 def test_epoch_sampler_is_a_permutation_per_epoch_and_resumes_mid_epoch():
