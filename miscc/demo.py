@@ -58,7 +58,7 @@ def gan_config(cfg, text_encoder: str):
 
 
 # ----------------------------------------------------------------------------- stages
-def _stage_data(cfg, bar):
+def _stage_data(cfg):
     from .synthetic import ensure_synthetic_birds
     s = cfg.SYNTHETIC
     ensure_synthetic_birds(cfg.DATA_DIR, s.NUM_TRAIN, s.NUM_TEST, s.IMAGE_SIZE, s.SEED)
@@ -74,7 +74,7 @@ def _finished_run(output_dir: str, prefix: str, max_epoch: int):
     return os.path.dirname(os.path.dirname(state)), progress.get('epoch', 0) >= max_epoch
 
 
-def _stage_damsm(cfg, bar):
+def _stage_damsm(cfg):
     from .damsm_trainer import DAMSMTrainer
     dcfg = damsm_config(cfg)
     prefix = f'{dcfg.DATASET_NAME}_demo_'
@@ -92,7 +92,7 @@ def _stage_damsm(cfg, bar):
     return {'run': run, 'text_encoder': text_encoder}
 
 
-def _stage_gan(cfg, bar, text_encoder: str):
+def _stage_gan(cfg, text_encoder: str):
     from .trainer import GANTrainer
     gcfg = gan_config(cfg, text_encoder)
     run, done = _finished_run(gcfg.OUTPUT_DIR, f'{gcfg.DATASET_NAME}_demo_', gcfg.TRAIN.MAX_EPOCH)
@@ -115,7 +115,7 @@ def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int
     return gen.freeze()
 
 
-def _stage_generate(cfg, bar, text_encoder: str, netg: str):
+def _stage_generate(cfg, text_encoder: str, netg: str):
     from .cli import generate
     from datasets import TextDataset
     num = cfg.DEMO.NUM_IMAGES or len(TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
@@ -189,7 +189,7 @@ def _load_attributes(data_dir: str) -> dict:
         return {a['key']: a for a in map(json.loads, filter(str.strip, f))}
 
 
-def _stage_report(cfg, bar, text_encoder_path: str, results: dict) -> dict:
+def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     from datasets import RealImageDataset
     from .evaluation import caption_r_precision
 
@@ -244,15 +244,15 @@ def run_demo(cfg) -> dict:
         print(f'\n== demo stage {STAGES.index(name) + 1}/{len(STAGES)}: {name}', file=sys.stderr, flush=True)
         start = time.time()
         if name == 'data':
-            results[name] = _stage_data(cfg, overall)
+            results[name] = _stage_data(cfg)
         elif name == 'damsm':
-            results[name] = _stage_damsm(cfg, overall)
+            results[name] = _stage_damsm(cfg)
         elif name == 'gan':
-            results[name] = _stage_gan(cfg, overall, results['damsm']['text_encoder'])
+            results[name] = _stage_gan(cfg, results['damsm']['text_encoder'])
         elif name == 'generate':
-            results[name] = _stage_generate(cfg, overall, results['damsm']['text_encoder'], results['gan']['netG'])
+            results[name] = _stage_generate(cfg, results['damsm']['text_encoder'], results['gan']['netG'])
         else:
-            results[name] = _stage_report(cfg, overall, results['damsm']['text_encoder'], results)
+            results[name] = _stage_report(cfg, results['damsm']['text_encoder'], results)
         # seconds spent on each stage, summed over the invocations that worked on it
         times[name] = round(times.get(name, 0.0) + time.time() - start, 1)
         with open(times_path, 'w', encoding='utf-8') as f:
