@@ -27,7 +27,7 @@ from .build import damsm_paths, text_encoder_vocab_size
 from .checkpoint import load_model_state, model_state_dict, save_atomic
 from .config import ConfigError
 from .engine import (EpochBatchSampler, RunLogger, StopFlag, check_finite, load_training_state,
-                     make_loader, restore_state_path, save_training_state, state_in_folder)
+                     make_loader, resolve_start, save_training_state)
 from .losses import sent_loss, words_loss
 from .metrics import r_precision
 from .utils import make_run_dir, seed_everything, select_device
@@ -138,19 +138,8 @@ class DAMSMTrainer:
 
     # ------------------------------------------------------------------ start / resume
     def _resolve_resume(self):
-        cfg = self.cfg
-        target = cfg.TRAIN.NET_E
-        if not target:
-            if not cfg.RESTORE:
-                return 'none', ''
-            return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_E')
-        if os.path.isdir(target):
-            return 'state', state_in_folder(target, 'TRAIN.NET_E')
-        if not os.path.isfile(target):
-            raise FileNotFoundError(f"TRAIN.NET_E='{target}' not found")
-        if os.path.basename(target).startswith('state'):
-            return 'state', target
-        return 'weights', target
+        kind, path = resolve_start(self.cfg.TRAIN.NET_E, self.cfg.RESTORE, self.cfg, 'TRAIN.NET_E')
+        return ('weights' if kind == 'file' else kind), path
 
     def _load_start(self):
         if self.resume_kind == 'state':

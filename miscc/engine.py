@@ -19,7 +19,7 @@ from .checkpoint import CheckpointError, load_file, save_atomic
 from .utils import rng_state, sample_seeds, set_rng_state
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
-           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'state_in_folder', 'STATE_NAME',
+           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'state_in_folder', 'resolve_start', 'STATE_NAME',
            'read_progress', 'NonFiniteLossError', 'check_finite']
 
 STATE_NAME = 'state_last.pth'
@@ -238,4 +238,23 @@ def state_in_folder(folder: str, key: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     raise FileNotFoundError(f"{key}='{folder}' is a folder without a training state ({STATE_NAME})")
+
+
+def resolve_start(target: str, restore: bool, cfg, key: str):
+    """Where a run starts: ``(kind, path)`` with kind 'none' (from scratch), 'state' (a
+    training state to resume exactly) or 'file' (a model file the caller interprets).
+
+    ``target`` is the value of config ``key`` (a run folder, a state file or a model file);
+    without it, ``restore`` takes the newest state of ``cfg``'s data set and config name."""
+    if not target:
+        if not restore:
+            return 'none', ''
+        return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, key)
+    if os.path.isdir(target):
+        return 'state', state_in_folder(target, key)
+    if not os.path.isfile(target):
+        raise FileNotFoundError(f"{key}='{target}' not found")
+    if os.path.basename(target).startswith('state'):
+        return 'state', target
+    return 'file', target
 

@@ -23,7 +23,7 @@ from .build import (build_discriminator, build_generator, checkpoint_epoch, dams
 from .checkpoint import load_model_state, model_state_dict, save_atomic
 from .config import ConfigError
 from .engine import (EpochBatchSampler, RunLogger, STATE_NAME, StopFlag, check_finite,
-                     load_training_state, make_loader, read_progress, restore_state_path, state_in_folder,
+                     load_training_state, make_loader, read_progress, resolve_start,
                      save_training_state)
 from .losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
                      matching_aware_gp)
@@ -56,17 +56,9 @@ def resolve_resume(cfg, finetune: bool):
     ended at epoch XXX, else weights), a run folder or a state file; with ``RESTORE=True`` and
     no ``TRAIN.NET_G`` the newest state of this data set and config under OUTPUT_DIR is used.
     """
-    target = cfg.TRAIN.NET_G
-    if not target:
-        if not cfg.RESTORE:
-            return 'none', ''
-        return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, 'TRAIN.NET_G')
-    if os.path.isdir(target):
-        return 'state', state_in_folder(target, 'TRAIN.NET_G')
-    if not os.path.isfile(target):
-        raise FileNotFoundError(f"TRAIN.NET_G='{target}' not found")
-    if os.path.basename(target).startswith('state'):
-        return 'state', target
+    kind, target = resolve_start(cfg.TRAIN.NET_G, cfg.RESTORE, cfg, 'TRAIN.NET_G')
+    if kind != 'file':
+        return kind, target
     state_path = os.path.join(os.path.dirname(target), STATE_NAME)
     progress = read_progress(state_path) if os.path.isfile(state_path) else None
     # A state of the other entry point (main.py vs main_finetune.py) has other optimisers:

@@ -93,3 +93,21 @@ def synthetic_small(tmp_path_factory):
     out = tmp_path_factory.mktemp('synthetic') / 'synthetic_birds'
     make_synthetic_birds(str(out), num_train=24, num_test=8, image_size=128, seed=7, workers=1)
     return out
+
+
+def make_synthetic_with_encoders(root, num_train: int, num_test: int, seed: int, epoch: int,
+                                 nef: int = 256, input_size: int = 299):
+    """Synthetic birds under ``root/synthetic_birds`` (128 px) and random DAMSM encoders for
+    their vocabulary as ``root/enc/{text,image}_encoder<epoch>.pth``."""
+    import torch
+    from datasets import TextDataset
+    from miscc.synthetic import make_synthetic_birds
+    from models import CNN_ENCODER, RNN_ENCODER
+    data = root / 'synthetic_birds'
+    make_synthetic_birds(str(data), num_train=num_train, num_test=num_test, image_size=128, seed=seed, workers=1)
+    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
+    torch.manual_seed(0)
+    (root / 'enc').mkdir()
+    torch.save(RNN_ENCODER(n_words, nhidden=nef).state_dict(), root / 'enc' / f'text_encoder{epoch}.pth')
+    torch.save(CNN_ENCODER(nef, input_size=input_size).state_dict(), root / 'enc' / f'image_encoder{epoch}.pth')
+    return root

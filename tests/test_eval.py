@@ -57,18 +57,10 @@ def test_frechet_distance_closed_forms():
 @pytest.fixture(scope='module')
 def eval_setup(tmp_path_factory):
     """Synthetic birds (8 train / 110 test), random DAMSM encoders and a random 64 px generator."""
-    from datasets import TextDataset
+    from conftest import make_synthetic_with_encoders
     from miscc.build import build_generator
-    from miscc.synthetic import make_synthetic_birds
-    from models import CNN_ENCODER, RNN_ENCODER
-    root = tmp_path_factory.mktemp('eval')
-    data = root / 'synthetic_birds'
-    make_synthetic_birds(str(data), num_train=8, num_test=110, image_size=128, seed=5, workers=1)
-    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
-    torch.manual_seed(0)
-    (root / 'enc').mkdir()
-    torch.save(RNN_ENCODER(n_words, nhidden=32).state_dict(), root / 'enc' / 'text_encoder1.pth')
-    torch.save(CNN_ENCODER(32, input_size=75).state_dict(), root / 'enc' / 'image_encoder1.pth')
+    root = make_synthetic_with_encoders(tmp_path_factory.mktemp('eval'), 8, 110, seed=5, epoch=1, nef=32,
+                                        input_size=75)
     cfg = load_config(None, _overrides(root))
     torch.save(build_generator(cfg).state_dict(), root / 'netG_001.pth')
     return root

@@ -17,7 +17,7 @@ from miscc.cli import gan_main
 from miscc.config import load_config
 from miscc.engine import NonFiniteLossError
 from miscc.trainer import resolve_resume
-from models import CNN_ENCODER, RNN_ENCODER
+from models import RNN_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,16 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
     """8 train / 4 test synthetic birds and random DAMSM encoders for their vocabulary."""
-    from datasets import TextDataset
-    from miscc.synthetic import make_synthetic_birds
-    root = tmp_path_factory.mktemp('train')
-    data = root / 'synthetic_birds'
-    make_synthetic_birds(str(data), num_train=8, num_test=4, image_size=128, seed=3, workers=1)
-    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
-    torch.manual_seed(0)
-    (root / 'enc').mkdir()
-    torch.save(RNN_ENCODER(n_words).state_dict(), root / 'enc' / 'text_encoder5.pth')
-    torch.save(CNN_ENCODER(256).state_dict(), root / 'enc' / 'image_encoder5.pth')
+    from conftest import make_synthetic_with_encoders
+    root = make_synthetic_with_encoders(tmp_path_factory.mktemp('train'), 8, 4, seed=3, epoch=5)
     return root
 
 
