@@ -76,7 +76,7 @@ DEFAULTS: dict = {
         'FAST_OPTIONS': {           # each applies only with TRAIN.FAST=True (see README: Performance)
             'FUSED_MAGP': True,     # MA-GP on the real pass, summed into one D step (DF-GAN 2022)
             'LEAN_SSCBN': True,     # SSCBN as x + m * (gamma * x + beta): fewer full-size temporaries
-            'BF16': True,           # GPU: bfloat16 autocast for forward passes
+            'BF16': True,           # bfloat16 autocast for forward passes (GPU, or CPU with native bf16)
             'CHANNELS_LAST': True,  # GPU: channels-last memory format for G, D and images
             'COMPILE': False,       # torch.compile the generator (D needs double backward for MA-GP)
         },

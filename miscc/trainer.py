@@ -78,7 +78,7 @@ class GANUpdate:
 
     Faithful by default. ``fused_magp`` computes MA-GP on the real pass of the D step and
     takes one D optimiser step for hinge + MA-GP (DF-GAN 2022); ``bf16`` runs forward passes
-    under bfloat16 autocast (CUDA); ``channels_last`` feeds images in that memory format.
+    under bfloat16 autocast (GPU, or a CPU with native bf16); ``channels_last`` feeds images in that memory format.
     """
 
     def __init__(self, netG, netD, text_encoder, image_encoder, optG, optD, optE=None, *,
@@ -105,17 +105,21 @@ class GANUpdate:
         ``optE`` is given). GPU-only options are off on other devices."""
         train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
         on_gpu = next(netG.parameters()).device.type == 'cuda'
+        # bfloat16 pays on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); elsewhere it is slower
+        bf16_ok = on_gpu or torch.ops.mkldnn._is_mkldnn_bf16_supported()
         smooth = dict(gamma1=train.SMOOTH.GAMMA1, gamma2=train.SMOOTH.GAMMA2,
                       gamma3=train.SMOOTH.GAMMA3, lam=train.SMOOTH.LAMBDA)
         return cls(netG, netD, text_encoder, image_encoder, optG, optD, optE,
                    lambda_da=train.FINETUNE.LAMBDA_DA if optE is not None else train.LAMBDA_DA,
                    smooth=smooth, magp_p=train.MAGP_P, magp_k=train.MAGP_K, z_dim=cfg.GAN.Z_DIM,
                    fused_magp=train.FAST and fast.FUSED_MAGP,
-                   bf16=train.FAST and fast.BF16 and on_gpu,
+                   bf16=train.FAST and fast.BF16 and bf16_ok,
                    channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu, **wrapped)
 
     def _autocast(self):
-        return torch.autocast('cuda', dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.netG.parameters()).device.type, dtype=torch.bfloat16)
 
     def __call__(self, images, captions, cap_lens, class_ids) -> dict:
         """images B x 3 x S x S in [-1, 1]; captions B x T; cap_lens B; class_ids B.
