@@ -49,7 +49,7 @@ DEFAULTS: dict = {
     'loss': 'hinge',                # official key; hinge is the only loss
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
-        'BASE_SIZE': 64,            # image size: 64, 128 or 256
+        'BASE_SIZE': 64,            # image size: 64, 128 or 256 (299 for DAMSM pretraining)
     },
     'TRAIN': {
         'FLAG': True,
@@ -140,6 +140,7 @@ DEFAULTS: dict = {
         'RANDOM_TRUNK': False,      # True: random Inception trunk instead of ImageNet weights (tests, demo)
         'ATTENTION_INTERVAL': 5,    # epochs between attention-map PNGs (0: never)
         'R_PRECISION': True,        # R-precision on the test split after each validation
+        'VALID_BATCHES': 0,         # test batches per validation; 0: the whole split (AttnGAN: 51)
     },
     'EVAL': {                       # eval_IS.py / eval_FID.py
         # TF-ported Inception of the IS/FID literature ('' = torch hub cache:

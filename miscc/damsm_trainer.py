@@ -32,7 +32,10 @@ from .losses import sent_loss, words_loss
 from .metrics import r_precision
 from .utils import make_run_dir, seed_everything, select_device
 
-__all__ = ['DAMSMTrainer', 'damsm_lr', 'damsm_step_losses', 'attention_grid']
+__all__ = ['DAMSMTrainer', 'damsm_lr', 'damsm_step_losses', 'attention_grid', 'R_PRECISION_CANDIDATES']
+
+# AttnGAN's R-precision: the true caption against 99 mismatched ones
+R_PRECISION_CANDIDATES = 100
 
 
 def damsm_lr(base_lr: float, epoch: int, decay: float = 0.98) -> float:
@@ -59,30 +62,34 @@ def damsm_step_losses(image_encoder, text_encoder, batch, smooth) -> dict:
     return {'w': w0 + w1, 's': s0 + s1, 'att_maps': att_maps, 'codes': (code, sent_emb)}
 
 
-def attention_grid(images: torch.Tensor, att_maps, words: list, max_rows: int = 8) -> Image.Image:
+def attention_grid(images: torch.Tensor, att_maps, words: list, max_rows: int = 8,
+                   cell: int = 128) -> Image.Image:
     """One row per image: the image, then the image under each word's attention map
-    (upsampled, brightest where attended) with the word above it.
+    (upsampled, brightest where attended) with the word above it. Every image is drawn at
+    ``cell`` x ``cell`` pixels, which keeps the PNG small at 299-pixel inputs.
 
     images: B x 3 x S x S in [-1, 1]; att_maps[i]: 1 x len_i x H x W; words[i]: list of str.
+    Returns a PIL image of (1 + max len_i) * cell x rows * (cell + 14) pixels.
     """
     rows = min(max_rows, images.size(0))
-    size = images.size(-1)
     cols = 1 + max(len(w) for w in words[:rows])
     label = 14
-    canvas = Image.new('RGB', (cols * size, rows * (size + label)), (255, 255, 255))
+    canvas = Image.new('RGB', (cols * cell, rows * (cell + label)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    pixels = ((images[:rows].detach().float().cpu() + 1) * 127.5).clamp(0, 255)
+    shown_images = F.interpolate(images[:rows].detach().float().cpu(), size=(cell, cell), mode='bilinear',
+                                 align_corners=False, antialias=images.size(-1) > cell)
+    pixels = ((shown_images + 1) * 127.5).clamp(0, 255)
     for r in range(rows):
-        y = r * (size + label)
+        y = r * (cell + label)
         canvas.paste(Image.fromarray(pixels[r].permute(1, 2, 0).byte().numpy()), (0, y + label))
         att = att_maps[r][0].detach().float().cpu()                      # len x H x W
-        att = F.interpolate(att[:, None], size=(size, size), mode='bilinear', align_corners=False)[:, 0]
+        att = F.interpolate(att[:, None], size=(cell, cell), mode='bilinear', align_corners=False)[:, 0]
         for t, word in enumerate(words[r][:att.size(0)]):
             a = att[t]
             a = (a - a.min()) / (a.max() - a.min() + 1e-8)
             shown = pixels[r] * (0.25 + 0.75 * a)                         # dim what is not attended
-            canvas.paste(Image.fromarray(shown.permute(1, 2, 0).byte().numpy()), ((t + 1) * size, y + label))
-            draw.text(((t + 1) * size + 2, y + 1), word[:size // 6], fill=(0, 0, 0))
+            canvas.paste(Image.fromarray(shown.permute(1, 2, 0).byte().numpy()), ((t + 1) * cell, y + label))
+            draw.text(((t + 1) * cell + 2, y + 1), word[:cell // 6], fill=(0, 0, 0))
     return canvas
 
 
@@ -130,7 +137,8 @@ class DAMSMTrainer:
                                   pin_memory=self.device.type == 'cuda')
         self.valid_sampler = EpochBatchSampler(len(self.test_dataset), min(train.BATCH_SIZE, len(self.test_dataset)),
                                                cfg.SEED, shuffle=False)
-        self.valid_loader = make_loader(self.test_dataset, self.valid_sampler, collate_sorted, 0)
+        self.valid_loader = make_loader(self.test_dataset, self.valid_sampler, collate_sorted, cfg.WORKERS,
+                                        pin_memory=self.device.type == 'cuda')
         if self.run_dir is None:
             self.run_dir = make_run_dir(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME)
         self.models_dir = os.path.join(self.run_dir, 'models')
@@ -182,28 +190,41 @@ class DAMSMTrainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
-        """Mean word/sentence losses over the test split, R-precision, attention maps."""
+        """Mean word/sentence losses over the test split (its first ``DAMSM.VALID_BATCHES``
+        batches when set), R-precision of the pairs seen, attention maps.
+
+        Returns ``{'valid_w_loss', 'valid_s_loss', 'pairs'}`` plus ``'r_precision'`` and
+        ``'r_precision_std'`` when ``DAMSM.R_PRECISION`` is on and at least 100 pairs were seen.
+        """
         self.text_encoder.eval()
         self.image_encoder.eval()
+        limit = self.cfg.DAMSM.VALID_BATCHES
+        total = min(limit, len(self.valid_sampler)) if limit else len(self.valid_sampler)
         totals, batches, img_codes, txt_codes, groups = {'w': 0.0, 's': 0.0}, 0, [], [], []
         first = None
         self.valid_sampler.set_epoch(1)
+        bar = tqdm(total=total, desc=f'DAMSM validation {epoch}', dynamic_ncols=True, leave=False)
         for batch in self.valid_loader:
             inputs = [batch.images.to(self.device), batch.captions.to(self.device), batch.cap_lens, batch.class_ids]
             out = damsm_step_losses(self.image_encoder, self.text_encoder, inputs, self.cfg.TRAIN.SMOOTH)
             totals['w'] += out['w'].item()
             totals['s'] += out['s'].item()
             batches += 1
+            bar.update(1)
             img_codes.append(out['codes'][0].cpu())
             txt_codes.append(out['codes'][1].cpu())
             groups += list(batch.keys)
             if first is None:
                 first = (batch, out['att_maps'])
-        result = {'valid_w_loss': totals['w'] / max(batches, 1), 'valid_s_loss': totals['s'] / max(batches, 1)}
-        if self.cfg.DAMSM.R_PRECISION and len(groups) >= 100:
+            if batches >= total:
+                break
+        bar.close()
+        result = {'valid_w_loss': totals['w'] / max(batches, 1), 'valid_s_loss': totals['s'] / max(batches, 1),
+                  'pairs': len(groups)}
+        if self.cfg.DAMSM.R_PRECISION and len(set(groups)) >= R_PRECISION_CANDIDATES:
             keys = {k: i for i, k in enumerate(sorted(set(groups)))}
             mean, std = r_precision(torch.cat(img_codes), torch.cat(txt_codes), groups=[keys[k] for k in groups],
-                                    seed=self.cfg.SEED)
+                                    candidates=R_PRECISION_CANDIDATES, seed=self.cfg.SEED)
             result.update(r_precision=mean, r_precision_std=std)
         interval = self.cfg.DAMSM.ATTENTION_INTERVAL
         if interval and first is not None and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH):
@@ -215,6 +236,19 @@ class DAMSMTrainer:
             os.replace(path + '.tmp.png', path)
             self.logger.image('attention', torch.from_numpy(np.array(grid)).permute(2, 0, 1), epoch)
         return result
+
+    def report_line(self, epoch: int, train_losses: dict, valid: dict, lr: float, seconds: float) -> str:
+        """The line printed after each validation: mean training and validation losses,
+        learning rate, time, and the R-precision (or why it was not computed)."""
+        line = (f'DAMSM epoch {epoch}/{self.cfg.TRAIN.MAX_EPOCH}: train w {train_losses["w_loss"]:.3f} '
+                f's {train_losses["s_loss"]:.3f} | valid w {valid["valid_w_loss"]:.3f} '
+                f's {valid["valid_s_loss"]:.3f} | lr {lr:.2e} | {seconds:.0f} s')
+        if 'r_precision' in valid:
+            line += f' | R-precision {valid["r_precision"]:.3f} +- {valid["r_precision_std"]:.3f}'
+        elif self.cfg.DAMSM.R_PRECISION:
+            line += (f' | R-precision skipped: {valid["pairs"]} test pairs, it needs at least '
+                     f'{R_PRECISION_CANDIDATES} (raise DAMSM.VALID_BATCHES, 0 = all, or use a larger test split)')
+        return line
 
     # ------------------------------------------------------------------ outputs
     def save_state(self, epoch_done: int, next_epoch: int, next_step: int) -> None:
@@ -271,12 +305,9 @@ class DAMSMTrainer:
                 bar.close()
                 done = step - first
                 valid = self.validate(epoch)
-                self.logger.scalars({f'valid/{k}': v for k, v in valid.items()}, epoch)
-                line = (f'DAMSM epoch {epoch}/{train.MAX_EPOCH}: train w {sums["w_loss"] / max(done, 1):.3f} '
-                        f's {sums["s_loss"] / max(done, 1):.3f} | valid w {valid["valid_w_loss"]:.3f} '
-                        f's {valid["valid_s_loss"]:.3f} | lr {lr:.2e} | {time.time() - start:.0f} s')
-                if 'r_precision' in valid:
-                    line += f' | R-precision {valid["r_precision"]:.3f} +- {valid["r_precision_std"]:.3f}'
+                self.logger.scalars({f'valid/{k}': v for k, v in valid.items() if k != 'pairs'}, epoch)
+                means = {k: v / max(done, 1) for k, v in sums.items()}
+                line = self.report_line(epoch, means, valid, lr, time.time() - start)
                 tqdm.write(line)
                 if epoch % train.SNAPSHOT_INTERVAL == 0 or epoch == train.MAX_EPOCH:
                     self.save_snapshot(epoch)

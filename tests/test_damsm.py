@@ -2,8 +2,10 @@
 main.py loads, exact resume, attention maps, errors. (The word/sentence losses against a
 per-sample implementation and R-precision of perfect/random encoders: tests/test_losses.py.)"""
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -84,15 +86,96 @@ def test_snapshots_load_into_main_py_encoders_and_resume_is_exact(synthetic_smal
     argv = overrides(synthetic_small, tmp_path / 'net_e', **{'TRAIN.NET_E': models / 'text_encoder1.pth'})
     trainer = DAMSMTrainer(config(argv))
     assert trainer.start_epoch == 2
+    assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(0.002 * 0.98)   # the schedule goes on
     assert torch.equal(trainer.text_encoder.rnn.weight_hh_l0,
                        torch.load(models / 'text_encoder1.pth', weights_only=True)['rnn.weight_hh_l0'])
 
 
-def test_attention_grid_layout():
-    images = torch.rand(2, 3, 32, 32) * 2 - 1
-    att = [torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4)]
-    grid = attention_grid(images, att, [['a', 'red', 'bird'], ['blue', 'bird']])
-    assert isinstance(grid, Image.Image) and grid.size == (4 * 32, 2 * (32 + 14))
+def test_attention_grid_layout_and_brightness():
+    images = torch.zeros(2, 3, 32, 32)                     # mid grey
+    att = torch.zeros(1, 3, 4, 4)
+    att[0, 0, 0, 0] = 1.0                                  # 'a': top-left region
+    att[0, 1, 3, 3] = 1.0                                  # 'red': bottom-right region
+    att[0, 2] = 0.5                                        # 'bird': everywhere alike
+    grid = attention_grid(images, [att, torch.rand(1, 2, 4, 4)], [['a', 'red', 'bird'], ['blue', 'bird']],
+                          cell=40)
+    # image + 3 words per row, each cell 40 px under a 14 px label
+    assert isinstance(grid, Image.Image) and grid.size == (4 * 40, 2 * (40 + 14))
+    pix = torch.from_numpy(np.array(grid)).float().mean(dim=2)        # H x W grey levels
+
+    def cell(col, y, x):                                               # a pixel of row 0, word column col
+        return pix[14 + y, col * 40 + x].item()
+    assert cell(0, 5, 5) == pytest.approx(127, abs=1) == cell(0, 35, 35)   # the image itself
+    assert cell(1, 2, 2) > 100 and cell(1, 37, 37) < 40     # 'a' lights the top-left, dims the rest
+    assert cell(2, 37, 37) > 100 and cell(2, 2, 2) < 40     # 'red' the bottom-right
+    assert cell(3, 2, 2) == pytest.approx(cell(3, 37, 37), abs=1)
+    # the word labels are drawn in black above their columns
+    assert pix[:14, 40:80].min() < 50 and pix[:14, :40].min() == 255
+
+    # 299-pixel inputs are drawn at the cell size, not at full size
+    big = attention_grid(torch.rand(3, 3, 299, 299) * 2 - 1, [torch.rand(1, 5, 17, 17)] * 3, [['w'] * 5] * 3)
+    assert big.size == (6 * 128, 3 * (128 + 14))
+
+
+def test_validation_reports_r_precision_and_logs_it(tmp_path, capsys):
+    from miscc.synthetic import make_synthetic_birds
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    data = tmp_path / 'synthetic_birds'
+    make_synthetic_birds(str(data), num_train=8, num_test=104, image_size=128, seed=11, workers=1)
+    argv = overrides(data, tmp_path / 'out', **{'TRAIN.MAX_EPOCH': 1, 'SYNTHETIC.NUM_TRAIN': 8,
+                                                'SYNTHETIC.NUM_TEST': 104, 'SYNTHETIC.SEED': 11})
+    assert damsm_main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('DAMSM epoch 1/1')]
+    assert len(lines) == 1
+    match = re.search(r'R-precision (\d\.\d{3}) \+- (\d\.\d{3})', lines[0])
+    assert match and 0.0 <= float(match.group(1)) <= 1.0 and 'valid w' in lines[0]
+    (run,) = (tmp_path / 'out').iterdir()
+    events = EventAccumulator(str(run / 'log'))
+    events.Reload()
+    tags = events.Tags()['scalars']
+    assert {'valid/r_precision', 'valid/r_precision_std', 'valid/valid_w_loss', 'valid/valid_s_loss',
+            'loss/w_loss', 'loss/s_loss', 'lr'} <= set(tags)
+    (logged,) = events.Scalars('valid/r_precision')
+    assert logged.step == 1 and logged.value == pytest.approx(float(match.group(1)), abs=1e-3)
+
+    # two validation batches (16 pairs) are too few: the line says so instead of a number
+    trainer = DAMSMTrainer(config(argv + ['DAMSM.VALID_BATCHES=2', f'OUTPUT_DIR={tmp_path / "out2"}']))
+    valid = trainer.validate(1)
+    assert valid['pairs'] == 16 and 'r_precision' not in valid
+    line = trainer.report_line(1, {'w_loss': 1.0, 's_loss': 2.0}, valid, 0.002, 3.0)
+    assert 'R-precision skipped: 16 test pairs, it needs at least 100' in line
+
+
+def test_train_step_clips_only_the_rnn_gradients(synthetic_small, tmp_path, monkeypatch):
+    from datasets import collate_sorted
+    trainer = DAMSMTrainer(config(overrides(synthetic_small, tmp_path, **{'TRAIN.RNN_GRAD_CLIP': 0.01})))
+    assert trainer.optimizer.defaults['betas'] == (0.5, 0.999) and trainer.optimizer.defaults['lr'] == 0.002
+    calls, original = [], torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = original(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        calls.append((params, max_norm, before.item(), after.item()))
+        return before
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', recording_clip)
+    trainer.train_step(collate_sorted([trainer.dataset[i] for i in range(8)]))
+    ((params, max_norm, before, after),) = calls
+    assert {id(p) for p in params} == {id(p) for p in trainer.text_encoder.parameters()}
+    assert max_norm == 0.01 and before > 0.01 and after == pytest.approx(0.01, rel=1e-3)
+    # the projections are not clipped: their gradient keeps its size
+    assert trainer.image_encoder.emb_cnn_code.weight.grad.norm() > 0.01
+
+
+def test_damsm_configs_hold_attngan_values():
+    bird = load_config(str(ROOT / 'cfg' / 'DAMSM' / 'bird.yml'))
+    coco = load_config(str(ROOT / 'cfg' / 'DAMSM' / 'coco.yml'))
+    for cfg, snapshot, captions, words in ((bird, 50, 10, 18), (coco, 5, 5, 15)):
+        assert (cfg.TREE.BASE_SIZE, cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.MAX_EPOCH, cfg.TRAIN.ENCODER_LR,
+                cfg.TRAIN.RNN_GRAD_CLIP) == (299, 48, 600, 0.002, 0.25)
+        assert (cfg.TRAIN.SMOOTH.GAMMA1, cfg.TRAIN.SMOOTH.GAMMA2, cfg.TRAIN.SMOOTH.GAMMA3) == (4.0, 5.0, 10.0)
+        assert (cfg.TRAIN.SNAPSHOT_INTERVAL, cfg.TEXT.CAPTIONS_PER_IMAGE, cfg.TEXT.WORDS_NUM) == (snapshot, captions, words)
+        assert cfg.TEXT.IMAGE_ENCODER_INPUT == 299 and not cfg.DAMSM.RANDOM_TRUNK and cfg.DAMSM.LR_DECAY == 0.98
 
 
 def test_missing_imagenet_weights_name_the_file(synthetic_small, tmp_path, monkeypatch, capsys):
