@@ -11,7 +11,7 @@ from .config import ConfigError
 
 __all__ = ['build_generator', 'build_discriminator', 'damsm_paths', 'text_encoder_vocab_size',
            'load_text_encoder', 'load_image_encoder', 'load_generator', 'checkpoint_epoch',
-           'sibling_checkpoint']
+           'sibling_checkpoint', 'generator_text_encoder']
 
 DAMSM_HELP = ('download the pretrained DAMSM encoders (see DAMSMencoders/README.md) or train them '
               'with pretrain_DAMSM.py, and point TEXT.DAMSM_NAME at the text encoder file')
@@ -79,6 +79,17 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
     if not base.startswith('netG'):
         raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
+
+
+def generator_text_encoder(cfg, netg_path: str) -> str:
+    """The text encoder to generate with from ``netg_path``: the ``text_encoder_XXX.pth``
+    beside a fine-tuned ``netG_XXX.pth`` when there is one (the generator was trained with
+    it), else the DAMSM encoder of ``TEXT.DAMSM_NAME``."""
+    if os.path.basename(netg_path).startswith('netG'):
+        paired = sibling_checkpoint(netg_path, 'text_encoder')
+        if os.path.isfile(paired):
+            return paired
+    return damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
 
 
 def load_generator(cfg, path: str, device) -> NetG:

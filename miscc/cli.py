@@ -11,8 +11,7 @@ from tqdm import tqdm
 
 from datasets import DataError
 
-from .build import (damsm_paths, load_generator, load_text_encoder, sibling_checkpoint,
-                    text_encoder_vocab_size)
+from .build import generator_text_encoder, load_generator, load_text_encoder, text_encoder_vocab_size
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .sampling import (CaptionError, encode_texts, generate_test_images, mask_grid, noise_for, resume_point,
@@ -76,11 +75,7 @@ def generate(cfg, user_captions=()) -> str:
     setup = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA)
     seed_everything(cfg.SEED)
     # A generator fine-tuned together with its text encoder must use that encoder.
-    text_path = damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
-    paired = sibling_checkpoint(cfg.TRAIN.NET_G, 'text_encoder') if os.path.basename(
-        cfg.TRAIN.NET_G).startswith('netG') else ''
-    if paired and os.path.isfile(paired):
-        text_path = paired
+    text_path = generator_text_encoder(cfg, cfg.TRAIN.NET_G)
     n_words = text_encoder_vocab_size(text_path)
     dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
     text_encoder = load_text_encoder(cfg, text_path, n_words, setup.device).eval()

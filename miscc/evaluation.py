@@ -150,13 +150,10 @@ def generator_source(cfg, netg_path: str, num: int, device) -> ImageSource:
     """Images generated in memory by the generator at ``netg_path`` from the test captions
     (the same plan and noise as ``B_VALIDATION=True``)."""
     from datasets import build_dataset
-    from .build import damsm_paths, load_generator, load_text_encoder, sibling_checkpoint, text_encoder_vocab_size
+    from .build import generator_text_encoder, load_generator, load_text_encoder, text_encoder_vocab_size
     from .sampling import generate_test_images
 
-    text_path = damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
-    paired = sibling_checkpoint(netg_path, 'text_encoder') if os.path.basename(netg_path).startswith('netG') else ''
-    if paired and os.path.isfile(paired):
-        text_path = paired       # a fine-tuned generator goes with its own text encoder
+    text_path = generator_text_encoder(cfg, netg_path)   # a fine-tuned generator's own encoder
     n_words = text_encoder_vocab_size(text_path)
     dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
     text_encoder = load_text_encoder(cfg, text_path, n_words, device).eval()
