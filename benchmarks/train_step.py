@@ -174,6 +174,31 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def count_flops(update, batch, device) -> int:
+    """Floating-point operations of one iteration, from the operator-level formulas of
+    torch.utils.flop_counter (convolutions, matrix products, attention; forward, backward and the
+    double backward of MA-GP). A dispatch mode is used rather than FlopCounterMode, whose module
+    hooks do not allow autograd.grad on leaf inputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Counter.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Counter():
+        update(*batch)
+    sync(device)
+    return Counter.total
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--nf', type=int, default=32)
@@ -189,6 +214,13 @@ def main(argv=None):
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='config overrides')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='also profile one iteration and print its N most expensive operators to stderr')
+    parser.add_argument('--profile-shapes', action='store_true',
+                        help='with --profile: one row per operator and input shapes')
+    parser.add_argument('--flops', action='store_true',
+                        help='also count the floating-point operations of one iteration (torch.utils.flop_counter: '
+                             'convolutions and matrix products, forward and backward) and report TFLOP per image')
+    parser.add_argument('--peak-tflops', type=float, default=0.0, metavar='T',
+                        help='with --flops: the device peak in TFLOP/s, to report model FLOP utilisation')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == 'cuda':
@@ -225,18 +257,28 @@ def main(argv=None):
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=args.profile_shapes) as prof:
             update(*batches[-1])
             sync(device)
         key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
-        print(prof.key_averages().table(sort_by=key, row_limit=args.profile), file=sys.stderr)
+        table = prof.key_averages(group_by_input_shape=args.profile_shapes)
+        print(table.table(sort_by=key, row_limit=args.profile, max_name_column_width=60,
+                          max_shapes_column_width=120), file=sys.stderr)
+    extra = {}
+    if args.flops:
+        flops = count_flops(update, batches[-1], device)
+        extra['tflop_per_image'] = round(flops / args.batch / 1e12, 4)
+        extra['achieved_tflops'] = round(flops / (ms / 1000) / 1e12, 2)
+        if args.peak_tflops:
+            extra['mfu'] = round(flops / (ms / 1000) / 1e12 / args.peak_tflops, 4)
     print(json.dumps({'ms_per_iter': round(ms, 1), 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
                       'size': args.size,
                       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       **({'peak_gpu_mb': round(peak_memory_mb(device), 1)} if device.type == 'cuda' else {}),
                       'device': str(device),
-                      'threads': torch.get_num_threads(), 'images_per_s': round(args.batch * 1000 / ms, 2),
-                      'iters': args.iters}))
+                      **({'gpu': torch.cuda.get_device_name(device)} if device.type == 'cuda' else {}),
+                      'torch': torch.__version__, 'threads': torch.get_num_threads(), 'images_per_s': round(args.batch * 1000 / ms, 2),
+                      'iters': args.iters, **extra}))
 
 
 if __name__ == '__main__':

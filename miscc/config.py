@@ -72,6 +72,8 @@ DEFAULTS: dict = {
         'LAMBDA_DA': 0.05,          # DAMSM weight in the G loss of main.py
         'MAGP_P': 6.0,              # MA-GP exponent
         'MAGP_K': 2.0,              # MA-GP weight
+        'CONV_GRADFIX': 'auto',     # D convolutions' double backward (MA-GP) on the ordinary kernels:
+                                    # 'on', 'off', or 'auto' (on for CUDA, where it is faster)
         'FAST': False,              # fast training path: turns on the FAST_OPTIONS below
         'FAST_OPTIONS': {           # each applies only with TRAIN.FAST=True (see README: Performance)
             'FUSED_MAGP': True,     # MA-GP on the real pass, summed into one D step (DF-GAN 2022)

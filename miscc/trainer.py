@@ -209,14 +209,18 @@ class GANUpdate:
 
 
 def apply_fast_model_options(cfg, netG: nn.Module, netD: nn.Module):
-    """Model-side fast options (TRAIN.FAST): lean SSCBN; on GPU channels-last G/D and a
-    compiled G. Returns the generator module to call (compiled or not)."""
+    """Model-side options: TRAIN.CONV_GRADFIX for D's convolutions; with TRAIN.FAST the lean
+    SSCBN, and on GPU channels-last G/D and a compiled G. Returns the generator module to call
+    (compiled or not)."""
     train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
+    on_gpu = next(netG.parameters()).device.type == 'cuda'
+    if train.CONV_GRADFIX not in ('auto', 'on', 'off'):
+        raise ConfigError(f"TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got '{train.CONV_GRADFIX}'")
+    netD.set_conv_gradfix(train.CONV_GRADFIX == 'on' or (train.CONV_GRADFIX == 'auto' and on_gpu))
     if not train.FAST:
         return netG
     if fast.LEAN_SSCBN:
         netG.set_lean_sscbn(True)
-    on_gpu = next(netG.parameters()).device.type == 'cuda'
     if on_gpu and fast.CHANNELS_LAST:
         netG.to(memory_format=torch.channels_last)
         netD.to(memory_format=torch.channels_last)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv_gradfix import Conv2d
 from .generator import num_stages
 
 __all__ = ['NetD', 'DownBlock', 'ConditionalLogits', 'discriminator_channels']
@@ -29,12 +30,12 @@ class DownBlock(nn.Module):
         super().__init__()
         self.learned_shortcut = fin != fout
         self.conv_r = nn.Sequential(
-            nn.Conv2d(fin, fout, 4, 2, 1, bias=False),
+            Conv2d(fin, fout, 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(fout, fout, 3, 1, 1, bias=False),
+            Conv2d(fout, fout, 3, 1, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
         )
-        self.conv_s = nn.Conv2d(fin, fout, 1, 1, 0)
+        self.conv_s = Conv2d(fin, fout, 1, 1, 0)
         if not self.learned_shortcut:
             # Unused, kept for checkpoint compatibility. Freezing it changes nothing
             # (it never gets a gradient) and lets DDP run without unused-parameter search.
@@ -54,9 +55,9 @@ class ConditionalLogits(nn.Module):
         super().__init__()
         self.cond_dim = cond_dim
         self.joint_conv = nn.Sequential(
-            nn.Conv2d(ndf * 16 + cond_dim, ndf * 2, 3, 1, 1, bias=False),
+            Conv2d(ndf * 16 + cond_dim, ndf * 2, 3, 1, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False),
+            Conv2d(ndf * 2, 1, 4, 1, 0, bias=False),
         )
 
     def forward(self, features: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class NetD(nn.Module):
         super().__init__()
         self.ndf = ndf
         self.img_size = img_size
-        self.conv_img = nn.Conv2d(3, ndf, 3, 1, 1)
+        self.conv_img = Conv2d(3, ndf, 3, 1, 1)
         fin = ndf
         mults = discriminator_channels(img_size)
         for i, mult in enumerate(mults):
@@ -84,6 +85,14 @@ class NetD(nn.Module):
     @property
     def blocks(self) -> list:
         return [getattr(self, f'block{i}') for i in range(self.num_blocks)]
+
+    def set_conv_gradfix(self, enabled: bool = True) -> 'NetD':
+        """Compute every convolution's gradients, of every order, with the backend's
+        ordinary kernels (models.conv_gradfix); the same function, rounded differently."""
+        for m in self.modules():
+            if isinstance(m, Conv2d):
+                m.fast_gradients = enabled
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_img(x)
