@@ -36,10 +36,15 @@ def _autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
     return target if dtype.is_floating_point else dtype
 
 
-def _input_padding(input_shape, grad_shape, weight_shape, stride, padding):
-    """output_padding that makes the transposed convolution return ``input_shape`` exactly."""
-    return tuple(input_shape[i + 2] - ((grad_shape[i + 2] - 1) * stride[i] - 2 * padding[i] + weight_shape[i + 2])
-                 for i in range(2))
+def _input_grad(gy, w, input_shape, stride, padding, transpose):
+    """Gradient of the convolution's input for output gradient ``gy``: the opposite kind of
+    convolution with the same weight (differentiable again through :class:`_Conv`)."""
+    if transpose:
+        return _Conv.apply(gy, w, None, stride, padding, False, (0, 0))
+    # output_padding that makes the transposed convolution return the input's size exactly
+    op = tuple(input_shape[i + 2] - ((gy.shape[i + 2] - 1) * stride[i] - 2 * padding[i] + w.shape[i + 2])
+               for i in range(2))
+    return _Conv.apply(gy, w, None, stride, padding, True, op)
 
 
 class _Conv(torch.autograd.Function):
@@ -66,12 +71,7 @@ class _Conv(torch.autograd.Function):
         gy = gy.to(x.dtype)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # the input gradient is the opposite kind of convolution with the same weight
-            if transpose:
-                gx = _Conv.apply(gy, w, None, stride, padding, False, (0, 0))
-            else:
-                op = _input_padding(x.shape, gy.shape, w.shape, stride, padding)
-                gx = _Conv.apply(gy, w, None, stride, padding, True, op)
+            gx = _input_grad(gy, w, x.shape, stride, padding, transpose)
         if ctx.needs_input_grad[1]:
             gw = _ConvWeightGrad.apply(gy, x, w, stride, padding, transpose, output_padding)
         if has_bias and ctx.needs_input_grad[2]:
@@ -104,11 +104,7 @@ class _ConvWeightGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_gy = _Conv.apply(x, ggw, None, stride, padding, transpose, output_padding)
         if ctx.needs_input_grad[1]:
-            if transpose:
-                g_x = _Conv.apply(gy, ggw, None, stride, padding, False, (0, 0))
-            else:
-                op = _input_padding(x.shape, gy.shape, ggw.shape, stride, padding)
-                g_x = _Conv.apply(gy, ggw, None, stride, padding, True, op)
+            g_x = _input_grad(gy, ggw, x.shape, stride, padding, transpose)
         return g_gy, g_x, None, None, None, None, None
 
 
