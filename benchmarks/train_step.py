@@ -10,8 +10,12 @@ lengths 5..18 sorted longest first, random class ids. Models are randomly initia
 
 ``--mode official`` times the official implementation (model.py, DAMSM.py, miscc/losses.py of
 a local clone of the official repository, given by --official-repo) with the official update
-order, on the same inputs, for a side-by-side comparison. ``--check`` runs one iteration of
-``faithful`` and ``official`` from identical weights and inputs and reports the loss differences.
+order, on the same inputs, for a side-by-side comparison. ``--check`` runs ``--iters``
+iterations of ``faithful`` and ``official`` one after the other from identical weights and inputs
+and reports the loss differences of each.
+
+``--allocator`` sets the CPU memory policy (``CPU_ALLOCATOR``): our training applies 'keep',
+the official code leaves the system's; give the same to both for a like-for-like comparison.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 from miscc.config import load_config  # noqa: E402
 from miscc.trainer import GANUpdate, apply_fast_model_options, make_optimizers  # noqa: E402
+from miscc.utils import configure_cpu_allocator  # noqa: E402
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER  # noqa: E402
 
 VOCAB = 5450
@@ -212,6 +217,10 @@ def main(argv=None):
     parser.add_argument('--check', action='store_true',
                         help='compare one faithful iteration with the official one (needs --official-repo)')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='config overrides')
+    parser.add_argument('--allocator', choices=['keep', 'system'], default=None,
+                        help="CPU memory policy (the CPU_ALLOCATOR key, miscc.utils.configure_cpu_allocator); "
+                             "default: the config's ('keep') for our modes, 'system' for the official code, "
+                             "which sets none")
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='also profile one iteration and print its N most expensive operators to stderr')
     parser.add_argument('--profile-shapes', action='store_true',
@@ -223,6 +232,9 @@ def main(argv=None):
                         help='with --flops: the device peak in TFLOP/s, to report model FLOP utilisation')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.allocator is None:
+        args.allocator = 'system' if args.mode == 'official' else load_config(None, args.set).CPU_ALLOCATOR
+    configure_cpu_allocator(args.allocator)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     batches = [random_batch(args.batch, args.size, seed) for seed in range(args.warmup + args.iters)]
@@ -233,12 +245,14 @@ def main(argv=None):
         ours, nets = build_ours(args, device, args.set)
         for mine, theirs in zip(nets, (official.netG, official.netD, official.text_encoder, official.image_encoder)):
             mine.load_state_dict(theirs.state_dict())
-        torch.manual_seed(1)
-        a = official(*batches[0])
-        torch.manual_seed(1)
-        b = ours(*batches[0])
-        print(json.dumps({'official': a, 'ours': {k: b[k] for k in a},
-                          'max_abs_diff': max(abs(a[k] - b[k]) for k in a)}))
+        # --iters consecutive iterations, so that the optimiser states are compared too
+        for step, batch in enumerate(batches[:args.iters]):
+            torch.manual_seed(1 + step)
+            a = official(*batch)
+            torch.manual_seed(1 + step)
+            b = ours(*batch)
+            print(json.dumps({'iteration': step + 1, 'official': a, 'ours': {k: b[k] for k in a},
+                              'max_abs_diff': max(abs(a[k] - b[k]) for k in a)}))
         return
 
     if args.mode == 'official':
@@ -272,7 +286,7 @@ def main(argv=None):
         if args.peak_tflops:
             extra['mfu'] = round(flops / (ms / 1000) / 1e12 / args.peak_tflops, 4)
     print(json.dumps({'ms_per_iter': round(ms, 1), 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
-                      'size': args.size,
+                      'size': args.size, 'allocator': args.allocator,
                       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       **({'peak_gpu_mb': round(peak_memory_mb(device), 1)} if device.type == 'cuda' else {}),
                       'device': str(device),

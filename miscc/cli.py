@@ -16,7 +16,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .sampling import (CaptionError, encode_texts, generate_test_images, mask_grid, noise_for, resume_point,
                        save_grid, save_test_images)
-from .utils import seed_everything, select_device
+from .utils import device_from_config, seed_everything
 
 __all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'generate', 'USER_ERRORS']
 
@@ -72,7 +72,7 @@ def generate(cfg, user_captions=()) -> str:
 
     if not cfg.TRAIN.NET_G:
         raise ConfigError('B_VALIDATION=True needs the generator to sample from: set TRAIN.NET_G=path/netG_XXX.pth')
-    setup = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA)
+    setup = device_from_config(cfg)
     seed_everything(cfg.SEED)
     # A generator fine-tuned together with its text encoder must use that encoder.
     text_path = generator_text_encoder(cfg, cfg.TRAIN.NET_G)

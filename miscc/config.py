@@ -42,6 +42,8 @@ DEFAULTS: dict = {
     'CUDA': True,                   # official key: False forces CPU
     'WORKERS': 6,
     'SEED': 100,                    # the official scripts seed everything with 100
+    'CPU_ALLOCATOR': 'keep',        # 'keep': freed CPU memory is reused, not returned to the system
+                                    # (no page faults on every step; see miscc.utils); 'system'
     'RNN_TYPE': 'LSTM',             # 'LSTM' or 'GRU'
     'B_VALIDATION': False,          # True: generate evaluation images instead of training
     'RESTORE': False,               # True: continue from the last training state of TRAIN.NET_G's run

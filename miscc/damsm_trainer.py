@@ -30,7 +30,7 @@ from .engine import (EpochBatchSampler, RunLogger, StopFlag, check_finite, load_
                      make_loader, resolve_start, save_training_state)
 from .losses import sent_loss, words_loss
 from .metrics import r_precision
-from .utils import make_run_dir, seed_everything, select_device
+from .utils import device_from_config, make_run_dir, seed_everything
 
 __all__ = ['DAMSMTrainer', 'damsm_lr', 'damsm_step_losses', 'attention_grid', 'R_PRECISION_CANDIDATES']
 
@@ -102,7 +102,7 @@ class DAMSMTrainer:
         if int(os.environ.get('WORLD_SIZE', '1')) > 1:
             raise ConfigError('pretrain_DAMSM.py runs in one process; start it without torchrun')
         self.cfg = cfg
-        self.setup = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA)
+        self.setup = device_from_config(cfg)
         self.device = self.setup.device
         seed_everything(cfg.SEED)
         train = cfg.TRAIN
@@ -173,7 +173,7 @@ class DAMSMTrainer:
 
     def _new_optimizer(self, epoch: int):
         lr = damsm_lr(self.cfg.TRAIN.ENCODER_LR, epoch, self.cfg.DAMSM.LR_DECAY)
-        return torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999))
+        return torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), foreach=True)  # as in make_optimizers
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch) -> dict:

@@ -308,10 +308,10 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     """Compute ``metric`` ('IS' or 'FID') of a folder (``images``) or a generator (``netg``);
     write the result JSON (``out`` or next to the images) and return it."""
     from .build import damsm_paths
-    from .utils import select_device
+    from .utils import device_from_config
     if bool(images) == bool(netg):
         raise ConfigError('give exactly one of --images DIR or --netG FILE')
-    device = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA).device
+    device = device_from_config(cfg).device
     num = num or (cfg.EVAL.NUM_IS if metric == 'IS' else cfg.EVAL.NUM_FID)
     source = folder_source(images, num, cfg.EVAL.BATCH_SIZE) if images else generator_source(cfg, netg, num, device)
     text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]

@@ -29,7 +29,7 @@ from .losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial
                      matching_aware_gp)
 from .parallel import wrap_for_devices
 from .sampling import decode_caption, mask_grid, noise_for, save_grid
-from .utils import init_distributed, make_run_dir, seed_everything, select_device
+from .utils import device_from_config, init_distributed, make_run_dir, seed_everything
 
 __all__ = ['GANTrainer', 'GANUpdate', 'make_optimizers', 'apply_fast_model_options', 'resolve_resume']
 
@@ -232,13 +232,15 @@ def apply_fast_model_options(cfg, netG: nn.Module, netD: nn.Module):
 def make_optimizers(cfg, netG, netD, text_encoder=None, image_encoder=None, finetune: bool = False):
     """Adam for G and D (and the encoders when fine-tuning) with the configured rates and betas."""
     train = cfg.TRAIN
-    betas = (train.BETA1, train.BETA2)
-    optG = torch.optim.Adam(netG.parameters(), lr=train.GENERATOR_LR, betas=betas)
-    optD = torch.optim.Adam(netD.parameters(), lr=train.DISCRIMINATOR_LR, betas=betas)
+    # foreach: the multi-tensor form (CUDA's default) also on the CPU, where it is twice as fast
+    # as the per-tensor loop with bit-identical results
+    adam = dict(betas=(train.BETA1, train.BETA2), foreach=True)
+    optG = torch.optim.Adam(netG.parameters(), lr=train.GENERATOR_LR, **adam)
+    optD = torch.optim.Adam(netD.parameters(), lr=train.DISCRIMINATOR_LR, **adam)
     optE = None
     if finetune:
         params = list(text_encoder.parameters()) + [p for p in image_encoder.parameters() if p.requires_grad]
-        optE = torch.optim.Adam(params, lr=train.FINETUNE.ENCODER_LR, betas=betas)
+        optE = torch.optim.Adam(params, lr=train.FINETUNE.ENCODER_LR, **adam)
     return optG, optD, optE
 
 
@@ -252,7 +254,7 @@ class GANTrainer:
         self.finetune = finetune
         self.dist = init_distributed()
         cuda_rank = self.dist.local_rank if self.dist.distributed and cfg.DEVICE != 'cpu' else None
-        self.setup = select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA, local_rank=cuda_rank)
+        self.setup = device_from_config(cfg, local_rank=cuda_rank)
         self.device = self.setup.device
         seed_everything(cfg.SEED + self.dist.rank)
         if self.device.type == 'cuda':

@@ -1,6 +1,8 @@
 """Run-time plumbing: device choice, distributed set-up, seeding, RNG state, run folders."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import os
 import random
@@ -10,7 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ['DeviceSetup', 'select_device', 'DistEnv', 'init_distributed', 'seed_everything',
+__all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
+           'init_distributed', 'seed_everything',
            'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
 
 
@@ -72,6 +75,40 @@ def select_device(device: str = 'auto', gpu_id: int = 0, cuda: bool = True,
     if bad:
         raise ValueError(f'DEVICE={device!r}: GPU {bad[0]} does not exist ({count} visible)')
     return DeviceSetup(torch.device('cuda', ids[0]), ids)
+
+
+def device_from_config(cfg, local_rank: int | None = None) -> DeviceSetup:
+    """``select_device`` for ``cfg.DEVICE``/``GPU_ID``/``CUDA``, after applying ``cfg.CPU_ALLOCATOR``."""
+    configure_cpu_allocator(cfg.CPU_ALLOCATOR)
+    return select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA, local_rank=local_rank)
+
+
+CPU_ALLOCATOR_MODES = ('keep', 'system')
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
+
+
+def configure_cpu_allocator(mode: str) -> bool:
+    """Set how this process returns freed CPU memory (the ``CPU_ALLOCATOR`` key).
+
+    ``'keep'``: freed memory stays in the heap and is reused. By default glibc serves every
+    allocation above a threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it when freed,
+    and trims the heap's free top, so each training step page-faults most of its working set
+    anew: about 1.2 GB, 300,000 faults and a sixth of the CPU time of a 256-px NF-32 step. The
+    price is that the resident size stays at its peak. ``'system'``: glibc's defaults.
+    Returns True when a setting was applied (glibc only; elsewhere this is a no-op).
+    """
+    if mode not in CPU_ALLOCATOR_MODES:
+        from .config import ConfigError
+        raise ConfigError(f"CPU_ALLOCATOR must be one of {', '.join(CPU_ALLOCATOR_MODES)}, got {mode!r}")
+    if mode == 'system':
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+    except (OSError, AttributeError):   # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # -1 as the trim threshold turns trimming off; no allocation is served by mmap
+    return bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
 
 
 def init_distributed(backend: str | None = None) -> DistEnv:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .conv_gradfix import Conv2d
+from .pooling import avg_pool2x
 from .generator import num_stages
 
 __all__ = ['NetD', 'DownBlock', 'ConditionalLogits', 'discriminator_channels']
@@ -44,7 +44,7 @@ class DownBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.conv_s(x) if self.learned_shortcut else x
-        return F.avg_pool2d(shortcut, 2) + self.gamma * self.conv_r(x)
+        return avg_pool2x(shortcut) + self.gamma * self.conv_r(x)
 
 
 class ConditionalLogits(nn.Module):
