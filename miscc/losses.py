@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.conv_gradfix import no_weight_gradients
+
 __all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss',
            'discriminator_hinge_loss', 'generator_adversarial_loss', 'matching_aware_gp']
 
@@ -143,9 +145,10 @@ def matching_aware_gp(logits: torch.Tensor, images: torch.Tensor, sent: torch.Te
     ``logits`` must have been computed from ``images`` (B x 3 x H x W) and ``sent`` (B x D),
     both with ``requires_grad``. The gradient graph is kept so the penalty can be minimised.
     """
-    grads = torch.autograd.grad(outputs=logits, inputs=(images, sent),
-                                grad_outputs=torch.ones_like(logits),
-                                retain_graph=True, create_graph=True, only_inputs=True)
+    with no_weight_gradients():  # only dD/dx and dD/ds are asked for
+        grads = torch.autograd.grad(outputs=logits, inputs=(images, sent),
+                                    grad_outputs=torch.ones_like(logits),
+                                    retain_graph=True, create_graph=True, only_inputs=True)
     grad = torch.cat([g.reshape(g.size(0), -1) for g in grads], dim=1)
     grad_l2norm = torch.sqrt(torch.sum(grad ** 2, dim=1))
     return k * torch.mean(grad_l2norm ** p)

@@ -15,11 +15,34 @@ floating-point summation order.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['conv2d', 'Conv2d']
+__all__ = ['conv2d', 'Conv2d', 'no_weight_gradients']
+
+# Set by no_weight_gradients(); global, not thread-local, because CUDA backward passes run on
+# the autograd engine's device threads.
+_weight_gradients_disabled = False
+
+
+@contextlib.contextmanager
+def no_weight_gradients(disabled: bool = True):
+    """Backward passes inside skip the weight gradients of :class:`_Conv`.
+
+    For ``torch.autograd.grad`` with respect to inputs only (the MA-GP's first derivative), whose
+    weight gradients are computed and thrown away otherwise: an extra weight-gradient convolution
+    per layer. The derivative of the input gradient with respect to the weight, which the
+    penalty's own backward needs, is unaffected.
+    """
+    global _weight_gradients_disabled
+    previous, _weight_gradients_disabled = _weight_gradients_disabled, disabled
+    try:
+        yield
+    finally:
+        _weight_gradients_disabled = previous
 
 
 def _autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
@@ -72,9 +95,9 @@ class _Conv(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = _input_grad(gy, w, x.shape, stride, padding, transpose)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and not _weight_gradients_disabled:
             gw = _ConvWeightGrad.apply(gy, x, w, stride, padding, transpose, output_padding)
-        if has_bias and ctx.needs_input_grad[2]:
+        if has_bias and ctx.needs_input_grad[2] and not _weight_gradients_disabled:
             gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None, None, None
 

@@ -95,3 +95,24 @@ def test_config_choice_and_auto():
     assert netD.conv_img.fast_gradients
     with pytest.raises(ConfigError, match="TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got 'yes'"):
         apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=yes']), netG, netD)
+
+
+def test_magp_first_derivative_skips_weight_gradients_but_its_backward_has_them(monkeypatch):
+    from models import conv_gradfix
+    calls = []
+    real = conv_gradfix._ConvWeightGrad.forward
+
+    def counting(ctx, *args):
+        calls.append(1)
+        return real(ctx, *args)
+
+    monkeypatch.setattr(conv_gradfix._ConvWeightGrad, 'forward', staticmethod(counting))
+    torch.manual_seed(0)
+    netD = NetD(4, 64, 32).set_conv_gradfix(True)
+    images = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_()
+    sent = torch.randn(2, 32, requires_grad=True)
+    gp = matching_aware_gp(netD.COND_DNET(netD(images), sent), images, sent)
+    assert calls == []                      # dD/dx and dD/ds only: no weight-gradient convolution
+    gp.backward()
+    assert len(calls) > 10
+    assert all(p.grad is not None for p in netD.parameters() if p.requires_grad)
