@@ -37,11 +37,24 @@ def test_float64_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(_AvgPool2x.apply, (x,))
 
 
-def test_other_cases_take_the_builtin_function():
-    for x in (torch.randn(1, 2, 5, 4), torch.randn(1, 2, 4, 4, dtype=torch.bfloat16)):
-        y = avg_pool2x(x.requires_grad_() if x.is_floating_point() else x)
-        assert y.grad_fn is not None and 'AvgPool2D' in type(y.grad_fn).__name__
-        assert torch.equal(y, F.avg_pool2d(x, 2))
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_reduced_precision_equals_the_builtin_bit_for_bit(dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 4, 8, 6, generator=gen) * 10).to(dtype).requires_grad_()
+    upstream = torch.randn(2, 4, 4, 3, generator=gen).to(dtype)
+    y = avg_pool2x(x)
+    assert 'AvgPool2x' in type(y.grad_fn).__name__ and y.dtype == dtype
+    assert torch.equal(y, F.avg_pool2d(x, 2))
+    gx, = torch.autograd.grad(y, x, upstream)
+    gx_builtin, = torch.autograd.grad(F.avg_pool2d(x, 2), x, upstream)
+    assert torch.equal(gx, gx_builtin)
+
+
+def test_odd_sizes_take_the_builtin_function():
+    x = torch.randn(1, 2, 5, 4, requires_grad=True)
+    y = avg_pool2x(x)
+    assert 'AvgPool2D' in type(y.grad_fn).__name__
+    assert torch.equal(y, F.avg_pool2d(x, 2))
     assert 'AvgPool2x' in type(avg_pool2x(torch.randn(1, 2, 4, 4, requires_grad=True)).grad_fn).__name__
 
 
