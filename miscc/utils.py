@@ -93,8 +93,9 @@ def configure_cpu_allocator(mode: str) -> bool:
     ``'keep'``: freed memory stays in the heap and is reused. By default glibc serves every
     allocation above a threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it when freed,
     and trims the heap's free top, so each training step page-faults most of its working set
-    anew: about 1.2 GB, 300,000 faults and a sixth of the CPU time of a 256-px NF-32 step. The
-    price is that the resident size stays at its peak. ``'system'``: glibc's defaults.
+    anew: some 300,000 faults (1.2 GB) and a tenth to a sixth of the CPU time of a 256-px NF-32
+    step, 3 million faults at NF 64 (``benchmarks/train_step.py`` reports them). The price is
+    that the resident size stays at its peak. ``'system'``: glibc's defaults.
     Returns True when a setting was applied (glibc only; elsewhere this is a no-op).
     """
     if mode not in CPU_ALLOCATOR_MODES:

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from .conv_gradfix import Conv2d
-from .pooling import avg_pool2x
 from .generator import num_stages
+from .pooling import avg_pool2x
 
 __all__ = ['NetD', 'DownBlock', 'ConditionalLogits', 'discriminator_channels']
 
