@@ -29,7 +29,8 @@ from tqdm import tqdm
 from .config import ConfigError, load_config
 from .engine import find_latest_state, read_progress
 
-__all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'body_colour_accuracy', 'caption_grid']
+__all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'finished_demo_runs', 'body_colour_accuracy',
+           'checkpoint_accuracies', 'caption_grid']
 
 STAGES = ('data', 'damsm', 'gan', 'generate', 'report')
 
@@ -74,6 +75,26 @@ def _finished_run(output_dir: str, prefix: str, max_epoch: int):
     return os.path.dirname(os.path.dirname(state)), progress.get('epoch', 0) >= max_epoch
 
 
+def _text_encoder_file(run: str, dcfg) -> str:
+    return os.path.join(run, 'models', f'text_encoder{dcfg.TRAIN.MAX_EPOCH}.pth')
+
+
+def finished_demo_runs(cfg) -> tuple[str, str]:
+    """(text encoder file, GAN run folder) of the demo in ``cfg.OUTPUT_DIR``: its finished DAMSM
+    stage and its latest GAN run, finished or not. ConfigError when either is missing."""
+    dcfg = damsm_config(cfg)
+    damsm_run, done = _finished_run(dcfg.OUTPUT_DIR, f'{dcfg.DATASET_NAME}_demo_', dcfg.TRAIN.MAX_EPOCH)
+    text_encoder = _text_encoder_file(damsm_run, dcfg) if damsm_run else None
+    if not done or not os.path.isfile(text_encoder):
+        raise ConfigError(f"no finished DAMSM stage under '{dcfg.OUTPUT_DIR}': run the demo "
+                          f"(python main.py --cfg <demo config> OUTPUT_DIR={cfg.OUTPUT_DIR}) first")
+    gan_dir = os.path.join(cfg.OUTPUT_DIR, 'gan')
+    state = find_latest_state(gan_dir, f'{cfg.DATASET_NAME}_demo_')
+    if state is None:
+        raise ConfigError(f"no GAN run under '{gan_dir}': run the demo's GAN stage first")
+    return text_encoder, os.path.dirname(os.path.dirname(state))
+
+
 def _stage_damsm(cfg):
     from .damsm_trainer import DAMSMTrainer
     dcfg = damsm_config(cfg)
@@ -85,7 +106,7 @@ def _stage_damsm(cfg):
             dcfg.RESTORE = True
             dcfg.freeze()
         run = DAMSMTrainer(dcfg).fit()
-    text_encoder = os.path.join(run, 'models', f'text_encoder{dcfg.TRAIN.MAX_EPOCH}.pth')
+    text_encoder = _text_encoder_file(run, dcfg)
     if not os.path.isfile(text_encoder):
         raise ConfigError(f"{cfg.DEMO.DAMSM_CFG}: the DAMSM stage ended without '{text_encoder}'; "
                           f"TRAIN.SNAPSHOT_INTERVAL must divide TRAIN.MAX_EPOCH")
@@ -181,6 +202,36 @@ def body_colour_accuracy(images, keys, body_of_key: dict) -> float:
     from .synthetic import judge_body_colour
     judged = judge_body_colour(images)
     return float(np.mean([j == body_of_key[k] for j, k in zip(judged, keys)]))
+
+
+@torch.no_grad()
+def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | None = None):
+    """Yield ``{'epoch', 'checkpoint', 'body_colour_accuracy'}`` for every ``netG_XXX.pth`` in
+    ``run_dir/models``, in epoch order, on the images the generate stage would make from it
+    (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU."""
+    import glob
+    import re
+    from datasets import build_dataset
+    from .build import load_generator, load_text_encoder, text_encoder_vocab_size
+    from .sampling import generate_test_images
+
+    n_words = text_encoder_vocab_size(text_encoder_path)
+    dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
+    body = {k: a['body'] for k, a in _load_attributes(cfg.DATA_DIR).items()}
+    num = num or len(dataset.filenames)
+    checkpoints = sorted(glob.glob(os.path.join(run_dir, 'models', 'netG_[0-9]*.pth')))
+    if not checkpoints:
+        raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
+    for path in checkpoints:
+        netG = load_generator(cfg, path, 'cpu').eval()
+        images, keys = [], []
+        for batch in generate_test_images(netG, text_encoder, dataset, num, cfg.SAMPLE.BATCH_SIZE or 50, 'cpu',
+                                          seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM):
+            images.append(batch.images.permute(0, 2, 3, 1).numpy())
+            keys += batch.keys
+        yield {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': path,
+               'body_colour_accuracy': round(body_colour_accuracy(np.concatenate(images), keys, body), 4)}
 
 
 def _load_attributes(data_dir: str) -> dict:

@@ -4,9 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from miscc.cli import gan_main
+from miscc.config import ConfigError, load_config
+from miscc.demo import checkpoint_accuracies, finished_demo_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +57,15 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     assert grid.size[1] == 2 * (64 + 2)                           # one row per grid caption
     assert np.asarray(grid).std() > 0
 
+    # the per-checkpoint score of the last generator repeats the report's (the same images)
+    cfg = load_config(str(ROOT / 'cfg' / 'demo.yml'), argv[2:]).freeze()
+    text_encoder, run = finished_demo_runs(cfg)
+    assert text_encoder == report['files']['text_encoder']
+    rows = list(checkpoint_accuracies(cfg, text_encoder, run))
+    assert [r['epoch'] for r in rows] == [1]
+    assert rows[0]['checkpoint'] == report['files']['generator']
+    assert rows[0]['body_colour_accuracy'] == report['body_colour_accuracy']['generated']
+
     # a second run reuses every finished stage: no new training runs, same report numbers
     runs = sorted(p.name for p in (out / 'gan').iterdir()) + sorted(p.name for p in (out / 'damsm').iterdir())
     capsys.readouterr()
@@ -62,3 +74,9 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     assert sorted(p.name for p in (out / 'gan').iterdir()) + sorted(p.name for p in (out / 'damsm').iterdir()) == runs
     assert again['body_colour_accuracy'] == report['body_colour_accuracy']
     assert again['r_precision'] == report['r_precision']
+
+
+def test_finished_demo_runs_names_the_missing_stage(tmp_path):
+    cfg = load_config(str(ROOT / 'cfg' / 'demo.yml'), [f'OUTPUT_DIR={tmp_path / "none"}']).freeze()
+    with pytest.raises(ConfigError, match='no finished DAMSM stage under .*none'):
+        finished_demo_runs(cfg)
