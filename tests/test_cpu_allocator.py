@@ -13,7 +13,9 @@ from miscc.utils import configure_cpu_allocator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A step-like round of allocations (64, 12, 64 and 20 MB tensors, freed out of order), repeated;
-# prints the minor page faults of rounds 7-9, when a kept heap has settled.
+# prints the minor page faults of each of rounds 11-20. A kept heap settles after a varying
+# number of rounds and then faults only now and then (a 20 or 64 MB block re-placed), so the
+# test looks at the median round.
 PROBE = r'''
 import json, resource, sys, torch
 from miscc.utils import configure_cpu_allocator
@@ -23,12 +25,14 @@ def step():
     del a
     d = torch.ones(5 * 2 ** 20)
     del b, c, d
-for _ in range(6):
+for _ in range(10):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(json.dumps({'applied': applied, 'faults': resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({'applied': applied, 'faults': faults}))
 '''
 
 
@@ -43,9 +47,9 @@ def _probe(mode):
 def test_keep_reuses_freed_memory_without_page_faults():
     system, keep = _probe('system'), _probe('keep')
     assert system['applied'] is False and keep['applied'] is True
-    # glibc maps the 64 MB tensors afresh each round: 3 x 2 x 16,384 faults of 4 KiB pages
-    assert system['faults'] > 50_000
-    assert keep['faults'] < 1_000
+    # glibc maps the two 64 MB tensors afresh every round: 2 x 16,384 faults of 4 KiB pages
+    assert min(system['faults']) > 30_000
+    assert sorted(keep['faults'])[len(keep['faults']) // 2] < 1_000
 
 
 def test_default_and_bad_values():
