@@ -102,7 +102,7 @@ def generate(cfg, user_captions=()) -> str:
 
     out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'valid')
     num = cfg.SAMPLE.NUM
-    start = resume_point(out_dir, dataset, num)
+    start = resume_point(out_dir, dataset, num, generator=cfg.TRAIN.NET_G)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)
     batches = generate_test_images(netG, text_encoder, dataset, num, batch_size, setup.device,
                                    seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM, start=start)

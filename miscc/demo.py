@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -138,10 +139,19 @@ def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int
 
 def _stage_generate(cfg, text_encoder: str, netg: str):
     from .cli import generate
+    from .sampling import generator_record
+    from .utils import file_sha256
     from datasets import TextDataset
     num = cfg.DEMO.NUM_IMAGES or len(TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
                                                  dataset_name=cfg.DATASET_NAME).filenames)
     out = os.path.join(cfg.OUTPUT_DIR, 'generated')
+    record = generator_record(out)
+    stale = record is None or record['sha256'] != file_sha256(netg)
+    if os.path.isfile(os.path.join(out, 'manifest.jsonl')) and stale:
+        # the GAN stage has moved on (a larger TRAIN.MAX_EPOCH): these images are the old generator's
+        print(f"'{out}' holds images of {record['generator'] if record else 'another generator'}; "
+              f"generating them again with '{netg}'", file=sys.stderr)
+        shutil.rmtree(out)
     generate(_generation_config(cfg, text_encoder, netg, out, num))
     grid_dir = os.path.join(cfg.OUTPUT_DIR, 'captions')
     generate(_generation_config(cfg, text_encoder, netg, grid_dir, num), list(cfg.DEMO.GRID_CAPTIONS))

@@ -9,7 +9,6 @@ image size, feature and weights, and recomputed when any of them changes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, load_config
 from .metrics import frechet_distance, inception_score
+from .utils import file_sha256
 
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
            'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
@@ -54,14 +54,6 @@ def fid_weights_path(cfg) -> str:
     return path
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inception_extractor(cfg, features: list, device):
     """torch-fidelity's FeatureExtractorInceptionV3 for ``features`` (e.g. ['2048',
     'logits_unbiased']); input uint8 B x 3 x H x W, output a tuple of B x D tensors.
@@ -83,7 +75,7 @@ def inception_extractor(cfg, features: list, device):
             path = fid_weights_path(cfg)
             state = load_file(path)
             stack.enter_context(mock.patch.object(fe, 'load_state_dict_from_url', lambda *a, **k: state))
-            tag = {'weights': os.path.abspath(path), 'sha256': _sha256(path)}
+            tag = {'weights': os.path.abspath(path), 'sha256': file_sha256(path)}
         extractor = fe.FeatureExtractorInceptionV3('inception-v3-compat', list(features))
     return extractor.to(device).eval(), tag
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'caption_plan', 'noise_for', 'encode_texts',
-           'generate_test_images', 'save_test_images', 'resume_point', 'mask_grid', 'save_grid',
+           'generate_test_images', 'save_test_images', 'resume_point', 'generator_record', 'mask_grid', 'save_grid',
            'GeneratedBatch', 'decode_caption']
 
 
@@ -148,19 +148,46 @@ def save_test_images(batches, out_dir: str, num: int, progress=None, workers: in
     return manifest
 
 
-def resume_point(out_dir: str, dataset, num: int) -> int:
+GENERATOR_RECORD = 'generator.json'
+
+
+def generator_record(out_dir: str) -> dict | None:
+    """``{"generator": path, "sha256": hex}`` of the generator whose images ``out_dir`` holds,
+    as ``resume_point`` recorded it; None when there is no record."""
+    path = os.path.join(out_dir, GENERATOR_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path, 'r', encoding='utf-8') as f:
+        return json.load(f)
+
+
+def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) -> int:
     """How many images of the plan ``out_dir`` already holds (0 for a new folder).
 
-    Raises if the folder holds a different plan (other data set or settings), so earlier
-    results are never silently mixed with new ones.
+    Raises if the folder holds a different plan (other data set or settings) or, given the
+    ``generator`` file, images of another generator (compared by SHA-256, recorded in
+    ``generator.json`` when the folder is started), so earlier results are never silently
+    mixed with new ones.
     """
+    from .utils import file_sha256
     entries = _read_manifest(os.path.join(out_dir, 'manifest.jsonl'))
+    sha = file_sha256(generator) if generator else None
     if not entries:
         leftovers = [f for f in os.listdir(out_dir) if f.endswith('.png')] if os.path.isdir(out_dir) else []
         if leftovers:
             raise FileExistsError(f"'{out_dir}' already holds images but no manifest.jsonl; choose another "
                                   f"SAMPLE.OUT_DIR or remove them")
+        if sha:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, GENERATOR_RECORD), 'w', encoding='utf-8') as f:
+                json.dump({'generator': os.path.abspath(generator), 'sha256': sha}, f, indent=1)
         return 0
+    if sha:
+        record = generator_record(out_dir)
+        if record is None or record.get('sha256') != sha:
+            made_by = f"'{record.get('generator')}'" if record else 'an unrecorded generator'
+            raise FileExistsError(f"'{out_dir}' holds images of {made_by}, not of '{generator}'; choose "
+                                  f"another SAMPLE.OUT_DIR or remove that folder")
     plan = caption_plan(len(dataset.filenames), dataset.embeddings_num, min(len(entries), num))
     for n, (entry, (key_ix, cap_ix)) in enumerate(zip(entries, plan)):
         if (entry.get('file') != f'img_s{n}.png' or entry.get('key') != dataset.filenames[key_ix]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime
+import hashlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import torch.distributed as dist
 
 __all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
            'init_distributed', 'seed_everything',
-           'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
+           'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds', 'file_sha256']
 
 
 @dataclass
@@ -178,3 +179,12 @@ def make_run_dir(output_dir: str, dataset: str, config_name: str, now: datetime.
     for sub in ('models', 'log', 'samples'):
         os.makedirs(os.path.join(run, sub))
     return run
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

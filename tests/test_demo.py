@@ -10,6 +10,7 @@ from PIL import Image
 from miscc.cli import gan_main
 from miscc.config import ConfigError, load_config
 from miscc.demo import checkpoint_accuracies, finished_demo_runs
+from miscc.utils import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +81,29 @@ def test_finished_demo_runs_names_the_missing_stage(tmp_path):
     cfg = load_config(str(ROOT / 'cfg' / 'demo.yml'), [f'OUTPUT_DIR={tmp_path / "none"}']).freeze()
     with pytest.raises(ConfigError, match='no finished DAMSM stage under .*none'):
         finished_demo_runs(cfg)
+
+
+def test_demo_continued_to_more_epochs_generates_again(tmp_path):
+    """A larger TRAIN.MAX_EPOCH continues the GAN stage; the images and report are then the new
+    generator's, not the ones left by the first run."""
+    (tmp_path / 'damsm.yml').write_text(TINY_DAMSM)
+    out = tmp_path / 'demo'
+    argv = ['--cfg', str(ROOT / 'cfg' / 'demo.yml'), f'DATA_DIR={tmp_path / "birds"}', f'OUTPUT_DIR={out}',
+            f'DEMO.DAMSM_CFG={tmp_path / "damsm.yml"}', 'DEVICE=cpu', 'WORKERS=0', 'TRAIN.NF=2',
+            'TRAIN.BATCH_SIZE=4', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=75',
+            'SYNTHETIC.NUM_TRAIN=8', 'SYNTHETIC.NUM_TEST=100', 'DEMO.GRID_PER_CAPTION=1', 'DATA.CACHE=False']
+    assert gan_main(False, argv + ['TRAIN.MAX_EPOCH=1']) == 0
+    first = json.loads((out / 'report.json').read_text())
+    folder = Path(first['files']['generated_images'])
+    before = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])
+    assert gan_main(False, argv + ['TRAIN.MAX_EPOCH=2']) == 0
+    second = json.loads((out / 'report.json').read_text())
+    assert Path(second['files']['generator']).name == 'netG_002.pth'
+    record = json.loads((folder / 'generator.json').read_text())
+    assert record['sha256'] == file_sha256(second['files']['generator'])
+    after = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])
+    assert not np.array_equal(before, after)                     # made again by the trained-on G
+    cfg = load_config(str(ROOT / 'cfg' / 'demo.yml'), argv[2:] + ['TRAIN.MAX_EPOCH=2']).freeze()
+    rows = list(checkpoint_accuracies(cfg, *finished_demo_runs(cfg)))
+    assert [r['epoch'] for r in rows] == [1, 2]
+    assert rows[1]['body_colour_accuracy'] == second['body_colour_accuracy']['generated']

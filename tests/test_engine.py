@@ -1,5 +1,6 @@
 """Training machinery: data order, per-sample seeding, states, sync BN, sampling helpers."""
 import copy
+import hashlib
 import json
 import random
 import threading
@@ -13,7 +14,7 @@ from miscc.checkpoint import CheckpointError
 from miscc.engine import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
-from miscc.sampling import caption_plan, mask_grid, noise_for, resume_point
+from miscc.sampling import caption_plan, generator_record, mask_grid, noise_for, resume_point
 from miscc.utils import make_run_dir, select_device
 
 
@@ -203,3 +204,25 @@ def test_resume_point_checks_the_manifest(tmp_path):
     (stray / 'x.png').write_bytes(b'')
     with pytest.raises(FileExistsError, match='no manifest.jsonl'):
         resume_point(str(stray), FakeTestSet(), 10)
+
+
+def test_resume_point_checks_the_generator(tmp_path):
+    g1, g2 = tmp_path / 'netG_001.pth', tmp_path / 'netG_002.pth'
+    g1.write_bytes(b'one')
+    g2.write_bytes(b'two')
+    out = tmp_path / 'valid'
+    assert resume_point(str(out), FakeTestSet(), 10, generator=str(g1)) == 0
+    record = generator_record(str(out))
+    assert record == {'generator': str(g1), 'sha256': hashlib.sha256(b'one').hexdigest()}
+    lines = [{'file': f'img_s{n}.png', 'mask': f'fm_{n}.png', 'key': FakeTestSet.filenames[n % 3],
+              'caption_index': (n // 3) % 2, 'caption': 'x'} for n in range(2)]
+    (out / 'manifest.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in lines))
+    assert resume_point(str(out), FakeTestSet(), 10, generator=str(g1)) == 2
+    copy = tmp_path / 'copy.pth'                 # the same weights under another name continue
+    copy.write_bytes(b'one')
+    assert resume_point(str(out), FakeTestSet(), 10, generator=str(copy)) == 2
+    with pytest.raises(FileExistsError, match="holds images of '.*netG_001.pth', not of '.*netG_002.pth'"):
+        resume_point(str(out), FakeTestSet(), 10, generator=str(g2))
+    (out / 'generator.json').unlink()
+    with pytest.raises(FileExistsError, match='holds images of an unrecorded generator'):
+        resume_point(str(out), FakeTestSet(), 10, generator=str(g1))
