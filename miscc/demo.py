@@ -90,10 +90,10 @@ def finished_demo_runs(cfg) -> tuple[str, str]:
         raise ConfigError(f"no finished DAMSM stage under '{dcfg.OUTPUT_DIR}': run the demo "
                           f"(python main.py --cfg <demo config> OUTPUT_DIR={cfg.OUTPUT_DIR}) first")
     gan_dir = os.path.join(cfg.OUTPUT_DIR, 'gan')
-    state = find_latest_state(gan_dir, f'{cfg.DATASET_NAME}_demo_')
-    if state is None:
+    gan_run, _ = _finished_run(gan_dir, f'{cfg.DATASET_NAME}_demo_', cfg.TRAIN.MAX_EPOCH)
+    if gan_run is None:
         raise ConfigError(f"no GAN run under '{gan_dir}': run the demo's GAN stage first")
-    return text_encoder, os.path.dirname(os.path.dirname(state))
+    return text_encoder, gan_run
 
 
 def _stage_damsm(cfg):
@@ -139,18 +139,15 @@ def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int
 
 def _stage_generate(cfg, text_encoder: str, netg: str):
     from .cli import generate
-    from .sampling import generator_record
-    from .utils import file_sha256
+    from .sampling import other_generator
     from datasets import TextDataset
     num = cfg.DEMO.NUM_IMAGES or len(TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
                                                  dataset_name=cfg.DATASET_NAME).filenames)
     out = os.path.join(cfg.OUTPUT_DIR, 'generated')
-    record = generator_record(out)
-    stale = record is None or record['sha256'] != file_sha256(netg)
-    if os.path.isfile(os.path.join(out, 'manifest.jsonl')) and stale:
+    made_by = other_generator(out, netg)
+    if made_by:
         # the GAN stage has moved on (a larger TRAIN.MAX_EPOCH): these images are the old generator's
-        print(f"'{out}' holds images of {record['generator'] if record else 'another generator'}; "
-              f"generating them again with '{netg}'", file=sys.stderr)
+        print(f"'{out}' holds images of {made_by}; generating them again with '{netg}'", file=sys.stderr)
         shutil.rmtree(out)
     generate(_generation_config(cfg, text_encoder, netg, out, num))
     grid_dir = os.path.join(cfg.OUTPUT_DIR, 'captions')

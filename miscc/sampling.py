@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'caption_plan', 'noise_for', 'encode_texts',
-           'generate_test_images', 'save_test_images', 'resume_point', 'generator_record', 'mask_grid', 'save_grid',
+           'generate_test_images', 'save_test_images', 'resume_point', 'generator_record',
+           'other_generator', 'mask_grid', 'save_grid',
            'GeneratedBatch', 'decode_caption']
 
 
@@ -161,6 +162,18 @@ def generator_record(out_dir: str) -> dict | None:
         return json.load(f)
 
 
+def other_generator(out_dir: str, generator: str) -> str | None:
+    """Who made the images in ``out_dir`` when that is not ``generator`` (by SHA-256): the
+    recorded path, quoted, or 'an unrecorded generator'; None for its own images or none."""
+    from .utils import file_sha256
+    if not _read_manifest(os.path.join(out_dir, 'manifest.jsonl')):
+        return None
+    record = generator_record(out_dir)
+    if record is not None and record.get('sha256') == file_sha256(generator):
+        return None
+    return f"'{record.get('generator')}'" if record else 'an unrecorded generator'
+
+
 def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) -> int:
     """How many images of the plan ``out_dir`` already holds (0 for a new folder).
 
@@ -171,23 +184,20 @@ def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) 
     """
     from .utils import file_sha256
     entries = _read_manifest(os.path.join(out_dir, 'manifest.jsonl'))
-    sha = file_sha256(generator) if generator else None
     if not entries:
         leftovers = [f for f in os.listdir(out_dir) if f.endswith('.png')] if os.path.isdir(out_dir) else []
         if leftovers:
             raise FileExistsError(f"'{out_dir}' already holds images but no manifest.jsonl; choose another "
                                   f"SAMPLE.OUT_DIR or remove them")
-        if sha:
+        if generator:
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, GENERATOR_RECORD), 'w', encoding='utf-8') as f:
-                json.dump({'generator': os.path.abspath(generator), 'sha256': sha}, f, indent=1)
+                json.dump({'generator': os.path.abspath(generator), 'sha256': file_sha256(generator)}, f, indent=1)
         return 0
-    if sha:
-        record = generator_record(out_dir)
-        if record is None or record.get('sha256') != sha:
-            made_by = f"'{record.get('generator')}'" if record else 'an unrecorded generator'
-            raise FileExistsError(f"'{out_dir}' holds images of {made_by}, not of '{generator}'; choose "
-                                  f"another SAMPLE.OUT_DIR or remove that folder")
+    made_by = other_generator(out_dir, generator) if generator else None
+    if made_by:
+        raise FileExistsError(f"'{out_dir}' holds images of {made_by}, not of '{generator}'; choose "
+                              f"another SAMPLE.OUT_DIR or remove that folder")
     plan = caption_plan(len(dataset.filenames), dataset.embeddings_num, min(len(entries), num))
     for n, (entry, (key_ix, cap_ix)) in enumerate(zip(entries, plan)):
         if (entry.get('file') != f'img_s{n}.png' or entry.get('key') != dataset.filenames[key_ix]

@@ -14,7 +14,7 @@ from miscc.checkpoint import CheckpointError
 from miscc.engine import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
-from miscc.sampling import caption_plan, generator_record, mask_grid, noise_for, resume_point
+from miscc.sampling import caption_plan, generator_record, mask_grid, noise_for, other_generator, resume_point
 from miscc.utils import make_run_dir, select_device
 
 
@@ -221,6 +221,8 @@ def test_resume_point_checks_the_generator(tmp_path):
     copy = tmp_path / 'copy.pth'                 # the same weights under another name continue
     copy.write_bytes(b'one')
     assert resume_point(str(out), FakeTestSet(), 10, generator=str(copy)) == 2
+    assert other_generator(str(out), str(copy)) is None
+    assert other_generator(str(out), str(g2)) == f"'{g1}'"
     with pytest.raises(FileExistsError, match="holds images of '.*netG_001.pth', not of '.*netG_002.pth'"):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g2))
     (out / 'generator.json').unlink()
