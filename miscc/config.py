@@ -83,6 +83,8 @@ DEFAULTS: dict = {
             'BF16': True,           # bfloat16 autocast for forward passes (GPU, or CPU with native bf16)
             'CHANNELS_LAST': True,  # GPU: channels-last memory format for G, D and images
             'COMPILE': False,       # torch.compile the generator (D needs double backward for MA-GP)
+            'COMPILE_MODE': 'default',  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs),
+                                        # 'max-autotune' or 'max-autotune-no-cudagraphs'
         },
         'MAX_STEPS': 0,             # stop (saving the training state) after this many steps; 0: no limit
         'LOG_INTERVAL': 50,         # steps between progress-bar/TensorBoard loss updates

@@ -87,8 +87,11 @@ class GANUpdate:
                  fused_magp: bool = False, bf16: bool = False, channels_last: bool = False):
         self.netG, self.netD = netG, netD
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
-        self.G, self.D = G or netG, D or netD
-        self.T, self.I = T or text_encoder, I or image_encoder
+        # `is None`, not `or`: a compiled module raises on bool() (it forwards len())
+        self.G = netG if G is None else G
+        self.D = netD if D is None else D
+        self.T = text_encoder if T is None else T
+        self.I = image_encoder if I is None else I
         self.optG, self.optD, self.optE = optG, optD, optE
         self.finetune = optE is not None
         self.distributed = distributed
@@ -208,25 +211,33 @@ class GANUpdate:
         return dict(zip(names, values))
 
 
-def apply_fast_model_options(cfg, netG: nn.Module, netD: nn.Module):
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def apply_fast_model_options(cfg, netG: nn.Module, netD: nn.Module, wrap=None) -> nn.Module:
     """Model-side options: TRAIN.CONV_GRADFIX for D's convolutions; with TRAIN.FAST the lean
-    SSCBN, and on GPU channels-last G/D and a compiled G. Returns the generator module to call
-    (compiled or not)."""
+    SSCBN, on GPU channels-last G/D, and COMPILE. Returns the generator module to call:
+    ``wrap(netG)`` (the device wrapper, e.g. DDP; netG without ``wrap``), compiled on top
+    with COMPILE."""
     train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
     on_gpu = next(netG.parameters()).device.type == 'cuda'
     if train.CONV_GRADFIX not in ('auto', 'on', 'off'):
         raise ConfigError(f"TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got '{train.CONV_GRADFIX}'")
+    if fast.COMPILE_MODE not in COMPILE_MODES:
+        raise ConfigError(f"TRAIN.FAST_OPTIONS.COMPILE_MODE must be one of {', '.join(map(repr, COMPILE_MODES))}, "
+                          f"got '{fast.COMPILE_MODE}'")
     netD.set_conv_gradfix(train.CONV_GRADFIX == 'on' or (train.CONV_GRADFIX == 'auto' and on_gpu))
-    if not train.FAST:
-        return netG
-    if fast.LEAN_SSCBN:
+    if train.FAST and fast.LEAN_SSCBN:
         netG.set_lean_sscbn(True)
-    if on_gpu and fast.CHANNELS_LAST:
+    if train.FAST and on_gpu and fast.CHANNELS_LAST:
         netG.to(memory_format=torch.channels_last)
         netD.to(memory_format=torch.channels_last)
-    if fast.COMPILE:
-        return torch.compile(netG)
-    return netG
+    generator = netG if wrap is None else wrap(netG)
+    if train.FAST and fast.COMPILE:
+        # the wrapper is compiled, not wrapped around a compiled module: torch.compile(DDP(G))
+        # is the order DDP supports (its graph breaks at bucket boundaries)
+        generator = torch.compile(generator, mode=None if fast.COMPILE_MODE == 'default' else fast.COMPILE_MODE)
+    return generator
 
 
 def make_optimizers(cfg, netG, netD, text_encoder=None, image_encoder=None, finetune: bool = False):
@@ -255,6 +266,10 @@ class GANTrainer:
         self.dist = init_distributed()
         cuda_rank = self.dist.local_rank if self.dist.distributed and cfg.DEVICE != 'cpu' else None
         self.setup = device_from_config(cfg, local_rank=cuda_rank)
+        if cfg.TRAIN.FAST and cfg.TRAIN.FAST_OPTIONS.COMPILE and self.setup.data_parallel:
+            raise ConfigError(f"TRAIN.FAST_OPTIONS.COMPILE=True is not supported with several GPUs in one process "
+                              f"(DataParallel, DEVICE={cfg.DEVICE}): run one process per GPU with torchrun, or set "
+                              f"TRAIN.FAST_OPTIONS.COMPILE=False")
         self.device = self.setup.device
         seed_everything(cfg.SEED + self.dist.rank)
         if self.device.type == 'cuda':
@@ -308,8 +323,8 @@ class GANTrainer:
         self.fixed = self._fixed_samples(state)
 
         # Wrap for several devices last, so states load into the bare modules.
-        generator = apply_fast_model_options(cfg, self.netG, self.netD)
-        self.G = wrap_for_devices(generator, self.setup, self.dist, sync_bn=True)
+        self.G = apply_fast_model_options(
+            cfg, self.netG, self.netD, wrap=lambda g: wrap_for_devices(g, self.setup, self.dist, sync_bn=True))
         self.D = wrap_for_devices(self.netD, self.setup, self.dist, sync_bn=False)
         if finetune:
             self.T = wrap_for_devices(self.text_encoder, self.setup, self.dist, sync_bn=False)

@@ -212,6 +212,29 @@ def test_missing_damsm_encoder_is_a_clear_error(tiny_setup, capsys):
     assert re.search(r'vocabulary of \d+ words but the text encoder expects 5', capsys.readouterr().err)
 
 
+def test_compiled_generator_trains_and_saves_official_keys(tiny_setup, monkeypatch):
+    real = torch.compile       # the eager backend: dynamo's wrapper and capture, no code generation
+    monkeypatch.setattr(torch, 'compile', lambda module, **kw: real(module, backend='eager', **kw))
+    argv = overrides(tiny_setup, out='compiled', **{'TRAIN.MAX_EPOCH': 1, 'TRAIN.FAST': True,
+                                                    'TRAIN.FAST_OPTIONS.COMPILE': True})
+    assert gan_main(False, argv) == 0
+    (run,) = run_dirs(tiny_setup, 'compiled')
+    state = torch.load(run / 'models' / 'netG_001.pth', weights_only=True)
+    build_generator(load_config(*_split(argv))).load_state_dict(state, strict=True)
+
+
+def test_compile_with_data_parallel_is_a_config_error(tiny_setup, monkeypatch, capsys):
+    import miscc.trainer
+    from miscc.utils import DeviceSetup
+    monkeypatch.setattr(miscc.trainer, 'device_from_config',
+                        lambda cfg, local_rank=None: DeviceSetup(torch.device('cpu'), [0, 1]))
+    argv = overrides(tiny_setup, out='dp', **{'TRAIN.FAST': True, 'TRAIN.FAST_OPTIONS.COMPILE': True})
+    assert gan_main(False, argv) == 2
+    err = capsys.readouterr().err
+    assert 'TRAIN.FAST_OPTIONS.COMPILE=True' in err and 'torchrun' in err
+    assert not (tiny_setup / 'dp').exists()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
