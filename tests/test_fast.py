@@ -144,3 +144,26 @@ def test_compile_wraps_the_device_wrapper(monkeypatch):
     cfg.TRAIN.FAST_OPTIONS.COMPILE_MODE = 'fastest'
     with pytest.raises(ConfigError, match=r"TRAIN.FAST_OPTIONS.COMPILE_MODE must be one of .*'reduce-overhead'.*got 'fastest'"):
         apply_fast_model_options(cfg, netG, netD)
+
+
+def test_gpu_option_set_on_cpu_gives_the_same_losses():
+    """What TRAIN.FAST turns on for CUDA, but bf16: channels-last G, D and images, the
+    first-order-only convolution backward in D (CONV_GRADFIX), lean SSCBN, fused MA-GP."""
+    nets = _nets()
+    plain = _update(nets, fused_magp=True)
+    gpu_like = _update(nets, fused_magp=True, channels_last=True)
+    gpu_like.netG.set_lean_sscbn(True)
+    gpu_like.netD.set_conv_gradfix(True)
+    for net in (gpu_like.netG, gpu_like.netD):
+        net.to(memory_format=torch.channels_last)
+    assert gpu_like.netD.conv_img.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not gpu_like.netD.conv_img.weight.is_contiguous()
+    for step in range(2):          # the second iteration sees the stepped weights and Adam states
+        torch.manual_seed(20 + step)
+        a = plain(*_batch(3 + step))
+        torch.manual_seed(20 + step)
+        b = gpu_like(*_batch(3 + step))
+        for k in ('errD', 'errG', 'DAMSM', 'MAGP'):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
+    for (name, p), q in zip(plain.netD.named_parameters(), gpu_like.netD.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
