@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .utils import file_sha256
+
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'caption_plan', 'noise_for', 'encode_texts',
            'generate_test_images', 'save_test_images', 'resume_point', 'generator_record',
            'other_generator', 'mask_grid', 'save_grid',
@@ -165,7 +167,6 @@ def generator_record(out_dir: str) -> dict | None:
 def other_generator(out_dir: str, generator: str) -> str | None:
     """Who made the images in ``out_dir`` when that is not ``generator`` (by SHA-256): the
     recorded path, quoted, or 'an unrecorded generator'; None for its own images or none."""
-    from .utils import file_sha256
     if not _read_manifest(os.path.join(out_dir, 'manifest.jsonl')):
         return None
     record = generator_record(out_dir)
@@ -182,7 +183,6 @@ def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) 
     ``generator.json`` when the folder is started), so earlier results are never silently
     mixed with new ones.
     """
-    from .utils import file_sha256
     entries = _read_manifest(os.path.join(out_dir, 'manifest.jsonl'))
     if not entries:
         leftovers = [f for f in os.listdir(out_dir) if f.endswith('.png')] if os.path.isdir(out_dir) else []

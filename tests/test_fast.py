@@ -93,22 +93,9 @@ def test_fast_config_turns_on_bf16_only_where_it_pays(monkeypatch):
     assert not GANUpdate.from_config(load_config(None, []), netG, netD, text, image, optG, optD).bf16
 
 
-def _eager_compile(monkeypatch):
-    """torch.compile through dynamo without code generation: the same wrapper and graph
-    capture as the real thing, the same numerics as eager, seconds instead of minutes."""
-    real = torch.compile
-    compiled = []
-
-    def compile_eager(module, mode=None):
-        compiled.append((module, mode))
-        return real(module, backend='eager')
-    monkeypatch.setattr(torch, 'compile', compile_eager)
-    return compiled
-
-
-def test_compiled_generator_trains_like_the_plain_one(monkeypatch):
+def test_compiled_generator_trains_like_the_plain_one(eager_compile):
     from miscc.trainer import apply_fast_model_options
-    compiled = _eager_compile(monkeypatch)
+    compiled = eager_compile
     cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.COMPILE=True', 'TRAIN.FAST_OPTIONS.BF16=False'])
     plain_cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.BF16=False'])
     results = []
@@ -129,9 +116,9 @@ def test_compiled_generator_trains_like_the_plain_one(monkeypatch):
         torch.testing.assert_close(state_b[k], state_a[k], rtol=1e-5, atol=1e-6)
 
 
-def test_compile_wraps_the_device_wrapper(monkeypatch):
+def test_compile_wraps_the_device_wrapper(eager_compile):
     from miscc.trainer import apply_fast_model_options
-    compiled = _eager_compile(monkeypatch)
+    compiled = eager_compile
     netG, netD = _nets()[:2]
     wrapper = torch.nn.Sequential(netG)          # stands for DDP(netG)
     cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.COMPILE=True'])

@@ -212,12 +212,11 @@ def test_missing_damsm_encoder_is_a_clear_error(tiny_setup, capsys):
     assert re.search(r'vocabulary of \d+ words but the text encoder expects 5', capsys.readouterr().err)
 
 
-def test_compiled_generator_trains_and_saves_official_keys(tiny_setup, monkeypatch):
-    real = torch.compile       # the eager backend: dynamo's wrapper and capture, no code generation
-    monkeypatch.setattr(torch, 'compile', lambda module, **kw: real(module, backend='eager', **kw))
+def test_compiled_generator_trains_and_saves_official_keys(tiny_setup, eager_compile):
     argv = overrides(tiny_setup, out='compiled', **{'TRAIN.MAX_EPOCH': 1, 'TRAIN.FAST': True,
                                                     'TRAIN.FAST_OPTIONS.COMPILE': True})
     assert gan_main(False, argv) == 0
+    assert len(eager_compile) == 1
     (run,) = run_dirs(tiny_setup, 'compiled')
     state = torch.load(run / 'models' / 'netG_001.pth', weights_only=True)
     build_generator(load_config(*_split(argv))).load_state_dict(state, strict=True)
