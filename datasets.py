@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -37,7 +36,9 @@ import torchvision.transforms as T
 from nltk.tokenize import RegexpTokenizer
 from PIL import Image
 
-from miscc.safe_pickle import PickleLoadError, safe_load
+from miscc.core.files import atomic_write
+from miscc.data.safe_pickle import PickleLoadError, safe_load
+from miscc.data.synthetic import ensure_synthetic_birds
 
 __all__ = ['DataError', 'TextDataset', 'RealImageDataset', 'Batch', 'collate_sorted',
            'build_dataset', 'build_real_image_dataset', 'tokenize', 'encode_caption',
@@ -61,7 +62,7 @@ class DataError(ValueError):
 def _where_to_get(dataset_name: str, data_dir: str, what: str = 'metadata') -> str:
     """The sentence telling the user where the missing piece comes from."""
     if dataset_name == 'synthetic_birds':
-        return (f"create the synthetic set with 'python -m miscc.synthetic --out {data_dir}' "
+        return (f"create the synthetic set with 'python -m miscc.data.synthetic --out {data_dir}' "
                 f"(or delete the incomplete folder; a config with DATASET_NAME "
                 f"'synthetic_birds' creates it when it is missing)")
     if dataset_name == 'coco':
@@ -289,20 +290,9 @@ def crop_box(bbox: Sequence[int], width: int, height: int):
 
 # --------------------------------------------------------------------------- vocabulary cache
 def _atomic_pickle(obj: Any, path: str) -> None:
-    """Write ``obj`` with pickle protocol 2 to ``path`` via a temporary file and rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(obj, f, protocol=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)   # mkstemp makes it private; the cache is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` with pickle protocol 2 to ``path`` atomically."""
+    with atomic_write(path, 'wb', fsync=True) as f:
+        pickle.dump(obj, f, protocol=2)
 
 
 def _read_all_captions(data_dir: str, keys: Sequence[str], captions_per_image: int,
@@ -481,28 +471,17 @@ class _ViewCache:
         os.makedirs(cache_dir, exist_ok=True)
         resize = T.Resize(self.side)
         shapes, offsets, pos = [], [], 0
-        fd, tmp = tempfile.mkstemp(prefix='.cache.', dir=cache_dir)
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                for key in keys:
-                    arr = np.asarray(resize(source.load(key)), dtype=np.uint8)
-                    f.write(arr.tobytes())
-                    shapes.append(list(arr.shape))
-                    offsets.append(pos)
-                    pos += arr.nbytes
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.base + '.u8')
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(self.base + '.u8', 'wb') as f:
+            for key in keys:
+                arr = np.asarray(resize(source.load(key)), dtype=np.uint8)
+                f.write(arr.tobytes())
+                shapes.append(list(arr.shape))
+                offsets.append(pos)
+                pos += arr.nbytes
         index = {'keys': list(keys), 'side': self.side, 'bytes': pos,
                  'shapes': shapes, 'offsets': offsets}
-        fd, tmp = tempfile.mkstemp(prefix='.cache.', dir=cache_dir)
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        with atomic_write(self.base + '.json', 'w') as f:
             json.dump(index, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.base + '.json')
         return index
 
     def __getstate__(self):
@@ -688,7 +667,6 @@ def _config_paths(cfg, split: str):
         raise DataError(f"DATASET_NAME must be one of {', '.join(DATASET_NAMES)}, got {name!r}")
     data_dir = cfg.DATA_DIR or default_data_dir(name)
     if name == 'synthetic_birds':
-        from miscc.synthetic import ensure_synthetic_birds
         s = cfg.SYNTHETIC
         ensure_synthetic_birds(data_dir, num_train=s.NUM_TRAIN, num_test=s.NUM_TEST,
                                image_size=s.IMAGE_SIZE, seed=s.SEED)

@@ -6,7 +6,7 @@
 """
 import sys
 
-from miscc.evaluation import eval_main
+from miscc.cli import eval_main
 
 if __name__ == '__main__':
     sys.exit(eval_main('FID'))

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from datasets import TextDataset, collate_sorted  # noqa: E402
-from miscc.synthetic import ensure_synthetic_birds  # noqa: E402
+from miscc.data.synthetic import ensure_synthetic_birds  # noqa: E402
 
 
 def _throughput(dataset, workers: int, batch_size: int, batches: int) -> float:

@@ -18,7 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from miscc.config import ConfigError, load_config  # noqa: E402
+from miscc.core.config import ConfigError, load_config  # noqa: E402
 from miscc.demo import checkpoint_accuracies, finished_demo_runs  # noqa: E402
 
 

@@ -34,10 +34,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from miscc.config import load_config  # noqa: E402
-from miscc.trainer import GANUpdate, apply_fast_model_options, make_optimizers  # noqa: E402
-from miscc.utils import configure_cpu_allocator  # noqa: E402
-from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER  # noqa: E402
+from datasets import Batch  # noqa: E402
+from miscc.core.config import load_config  # noqa: E402
+from miscc.core.runtime import configure_cpu_allocator  # noqa: E402
+from miscc.families import family_of  # noqa: E402
+from miscc.training.gan import apply_fast_model_options  # noqa: E402
+from models import CNN_ENCODER, RNN_ENCODER  # noqa: E402
 
 VOCAB = 5450
 
@@ -53,17 +55,23 @@ def random_batch(batch: int, size: int, seed: int):
 
 
 def build_ours(args, device, overrides=()):
+    """Our update at the benchmark's settings: a callable (images, captions, lengths, class ids)
+    -> losses like the official one, and the bare (netG, netD, text encoder, image encoder)."""
     cfg = load_config(None, [f'TRAIN.NF={args.nf}', f'TREE.BASE_SIZE={args.size}',
                              f'TRAIN.FAST={args.mode == "fast"}', *overrides])
+    family = family_of(cfg)
     torch.manual_seed(0)
-    netG = NetG(args.nf, 100, args.size).to(device)
-    netD = NetD(args.nf, args.size).to(device)
+    nets = {k: net.to(device) for k, net in family.build_networks(cfg).items()}
     text_encoder = RNN_ENCODER(VOCAB).to(device).eval().requires_grad_(False)
     image_encoder = CNN_ENCODER(256, input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(device).eval().requires_grad_(False)
-    optG, optD, _ = make_optimizers(cfg, netG, netD)
-    generator = apply_fast_model_options(cfg, netG, netD)
-    update = GANUpdate.from_config(cfg, netG, netD, text_encoder, image_encoder, optG, optD, G=generator)
-    return update, (netG, netD, text_encoder, image_encoder)
+    optimizers = family.make_optimizers(cfg, nets)
+    encoders = {'text_encoder': text_encoder, 'image_encoder': image_encoder}
+    modules = dict(nets, netG=apply_fast_model_options(cfg, family, nets), **encoders)
+    update = family.make_update(cfg, nets, modules, encoders, optimizers)
+
+    def step(images, captions, lengths, class_ids):
+        return update(Batch(images, captions, lengths, class_ids, [''] * len(images)))
+    return step, (nets['netG'], nets['netD'], text_encoder, image_encoder)
 
 
 def load_official(repo: str):
@@ -218,7 +226,7 @@ def main(argv=None):
                         help='compare --iters faithful iterations with official ones (needs --official-repo)')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='config overrides')
     parser.add_argument('--allocator', choices=['keep', 'system'], default=None,
-                        help="CPU memory policy (the CPU_ALLOCATOR key, miscc.utils.configure_cpu_allocator); "
+                        help="CPU memory policy (the CPU_ALLOCATOR key, miscc.core.runtime.configure_cpu_allocator); "
                              "default: the config's ('keep') for our modes, 'system' for the official code, "
                              "which sets none")
     parser.add_argument('--profile', type=int, default=0, metavar='N',

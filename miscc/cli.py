@@ -1,4 +1,5 @@
-"""Command line of ``main.py`` and ``main_finetune.py``: train, or generate with B_VALIDATION=True."""
+"""The command lines of the five scripts: ``main.py`` / ``main_finetune.py`` (train, the demo,
+or generate with B_VALIDATION=True), ``pretrain_DAMSM.py``, ``eval_IS.py`` / ``eval_FID.py``."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +7,17 @@ import os
 import sys
 import warnings
 
-import torch
-from tqdm import tqdm
-
 from datasets import DataError
 
-from .build import generator_text_encoder, load_generator, load_text_encoder, text_encoder_vocab_size
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .sampling import (CaptionError, encode_texts, generate_test_images, mask_grid, noise_for, resume_point,
-                       save_grid, save_test_images)
-from .utils import device_from_config, seed_everything
+from .core.checkpoint import CheckpointError
+from .core.config import ConfigError, load_config
+from .demo import run_demo
+from .evaluation.generation import CaptionError, generate
+from .evaluation.scores import evaluate
+from .training.damsm import DAMSMTrainer
+from .training.gan import GANTrainer
 
-__all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'generate', 'USER_ERRORS']
+__all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'eval_main', 'USER_ERRORS']
 
 # Errors caused by the command's input (config, files, data, captions): printed as one
 # line, without a traceback. Anything else is a bug and keeps its traceback.
@@ -65,53 +64,6 @@ def _read_captions(args) -> list:
     return texts
 
 
-def generate(cfg, user_captions=()) -> str:
-    """B_VALIDATION=True: images of the test captions (SAMPLE.NUM, with masks and
-    manifest.jsonl), or a grid for ``user_captions``. Returns the output folder."""
-    from datasets import build_dataset, encode_caption
-
-    if not cfg.TRAIN.NET_G:
-        raise ConfigError('B_VALIDATION=True needs the generator to sample from: set TRAIN.NET_G=path/netG_XXX.pth')
-    setup = device_from_config(cfg)
-    seed_everything(cfg.SEED)
-    # A generator fine-tuned together with its text encoder must use that encoder.
-    text_path = generator_text_encoder(cfg, cfg.TRAIN.NET_G)
-    n_words = text_encoder_vocab_size(text_path)
-    dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
-    text_encoder = load_text_encoder(cfg, text_path, n_words, setup.device).eval()
-    netG = load_generator(cfg, cfg.TRAIN.NET_G, setup.device).eval()
-    base = os.path.splitext(cfg.TRAIN.NET_G)[0]
-    batch_size = cfg.SAMPLE.BATCH_SIZE or cfg.TRAIN.BATCH_SIZE
-
-    if user_captions:
-        out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions')
-        caps, lens, texts = encode_texts(user_captions, dataset.wordtoix, cfg.TEXT.WORDS_NUM, encode_caption)
-        per = cfg.SAMPLE.PER_CAPTION
-        with torch.no_grad():
-            _, sent = text_encoder(caps.to(setup.device), lens)
-            sent = sent.repeat_interleave(per, dim=0)
-            noise = noise_for(range(len(sent)), cfg.GAN.Z_DIM, cfg.SAMPLE.SEED).to(setup.device)
-            images, masks = netG(noise, sent)
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, 'captions_grid.png')
-        save_grid(mask_grid(images, masks, rows=len(images)), path)
-        with open(os.path.join(out_dir, 'captions.txt'), 'w', encoding='utf-8') as f:
-            f.write(''.join(f'rows {i * per + 1}-{(i + 1) * per}: {t}\n' for i, t in enumerate(texts)))
-        print(f'{len(images)} images ({per} per caption) with their masks: {path}')
-        return out_dir
-
-    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'valid')
-    num = cfg.SAMPLE.NUM
-    start = resume_point(out_dir, dataset, num, generator=cfg.TRAIN.NET_G)
-    bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)
-    batches = generate_test_images(netG, text_encoder, dataset, num, batch_size, setup.device,
-                                   seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM, start=start)
-    manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))
-    bar.close()
-    print(f'{num} images and masks in {out_dir} (manifest: {manifest})')
-    return out_dir
-
-
 def gan_main(finetune: bool, argv=None) -> int:
     """Entry point of main.py (finetune=False) and main_finetune.py (finetune=True)."""
     name = 'main_finetune.py' if finetune else 'main.py'
@@ -125,14 +77,12 @@ def gan_main(finetune: bool, argv=None) -> int:
         if cfg.DEMO.RUN:
             if finetune or cfg.B_VALIDATION:
                 raise ConfigError('DEMO.RUN=True runs the whole demo; use it with main.py and without B_VALIDATION')
-            from .demo import run_demo
             run_demo(cfg)
         elif cfg.B_VALIDATION:
             with warnings.catch_warnings():
                 warnings.simplefilter('always')
                 generate(cfg, captions)
         else:
-            from .trainer import GANTrainer
             GANTrainer(cfg, finetune=finetune).fit()
     except USER_ERRORS as e:
         print(f'{name}: error: {e}', file=sys.stderr)
@@ -147,9 +97,39 @@ def damsm_main(argv=None) -> int:
         cfg = config_from_args(args)
         if args.caption or args.captions:
             raise ConfigError('--caption/--captions belong to main.py B_VALIDATION=True')
-        from .damsm_trainer import DAMSMTrainer
         DAMSMTrainer(cfg).fit()
     except USER_ERRORS as e:
         print(f'pretrain_DAMSM.py: error: {e}', file=sys.stderr)
         return 2
+    return 0
+
+
+def eval_main(metric: str, argv=None) -> int:
+    """Entry point of eval_IS.py (metric 'IS') and eval_FID.py ('FID')."""
+    script = f'eval_{metric}.py'
+    parser = argparse.ArgumentParser(description=f'{metric} of generated images (folder or generator checkpoint)')
+    parser.add_argument('--cfg', dest='cfg_file', default='cfg/bird.yml', help='YAML config file')
+    parser.add_argument('--images', default='', help='folder of generated images (B_VALIDATION=True output)')
+    parser.add_argument('--netG', default='', help='generator checkpoint: images generated in memory')
+    parser.add_argument('--num', type=int, default=0, help=f'number of images (default EVAL.NUM_{metric})')
+    parser.add_argument('--out', default='', help='result JSON (default: next to the images)')
+    parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.cfg_file, args.overrides).freeze()
+        result = evaluate(cfg, metric, args.images, args.netG, args.num, args.out,
+                          command=' '.join([script] + (sys.argv[1:] if argv is None else list(argv))))
+    except USER_ERRORS as e:
+        print(f'{script}: error: {e}', file=sys.stderr)
+        return 2
+    line = f"{metric} = {result['value']:.4f}" + (f" +- {result['std']:.4f}" if result.get('std') is not None else '')
+    line += f" over {result['count']} images"
+    if 'kid' in result:
+        line += f"; KID = {result['kid']['value']:.5f} +- {result['kid']['std']:.5f}"
+    if 'domain_classifier' in result:
+        line += f"; domain-classifier IS = {result['domain_classifier']['value']:.4f}"
+    if 'mean' in result.get('r_precision', {}):
+        line += f"; R-precision = {result['r_precision']['mean']:.4f} +- {result['r_precision']['std']:.4f}"
+    print(line)
+    print(f"written to {result['json']}")
     return 0

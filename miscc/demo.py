@@ -16,19 +16,30 @@ Running the command again skips finished stages and continues an interrupted one
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import sys
 import time
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .config import ConfigError, load_config
-from .engine import find_latest_state, read_progress
+from datasets import RealImageDataset
+
+from .core.config import ConfigError, load_config
+from .core.files import read_json, read_jsonl, write_json
+from .data.synthetic import ensure_synthetic_birds, judge_body_colour
+from .evaluation.generation import generate, generate_test_images, load_generation_stack, to_uint8_image
+from .evaluation.outputs import other_generator, read_manifest, save_png
+from .evaluation.scores import caption_r_precision
+from .training.damsm import DAMSMTrainer
+from .training.driver import find_latest_state, read_progress
+from .training.gan import GANTrainer
 
 __all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'finished_demo_runs', 'body_colour_accuracy',
            'checkpoint_accuracies', 'caption_grid']
@@ -61,7 +72,6 @@ def gan_config(cfg, text_encoder: str):
 
 # ----------------------------------------------------------------------------- stages
 def _stage_data(cfg):
-    from .synthetic import ensure_synthetic_birds
     s = cfg.SYNTHETIC
     ensure_synthetic_birds(cfg.DATA_DIR, s.NUM_TRAIN, s.NUM_TEST, s.IMAGE_SIZE, s.SEED)
     return {'data_dir': cfg.DATA_DIR}
@@ -97,7 +107,6 @@ def finished_demo_runs(cfg) -> tuple[str, str]:
 
 
 def _stage_damsm(cfg):
-    from .damsm_trainer import DAMSMTrainer
     dcfg = damsm_config(cfg)
     prefix = f'{dcfg.DATASET_NAME}_demo_'
     run, done = _finished_run(dcfg.OUTPUT_DIR, prefix, dcfg.TRAIN.MAX_EPOCH)
@@ -115,7 +124,6 @@ def _stage_damsm(cfg):
 
 
 def _stage_gan(cfg, text_encoder: str):
-    from .trainer import GANTrainer
     gcfg = gan_config(cfg, text_encoder)
     run, done = _finished_run(gcfg.OUTPUT_DIR, f'{gcfg.DATASET_NAME}_demo_', gcfg.TRAIN.MAX_EPOCH)
     if not done:
@@ -138,11 +146,8 @@ def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int
 
 
 def _stage_generate(cfg, text_encoder: str, netg: str):
-    from .cli import generate
-    from .sampling import other_generator
-    from datasets import TextDataset
-    num = cfg.DEMO.NUM_IMAGES or len(TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
-                                                 dataset_name=cfg.DATASET_NAME).filenames)
+    stack = load_generation_stack(cfg, netg, 'cpu', text_encoder_path=text_encoder)
+    num = cfg.DEMO.NUM_IMAGES or len(stack.dataset.filenames)
     out = os.path.join(cfg.OUTPUT_DIR, 'generated')
     made_by = other_generator(out, netg)
     if made_by:
@@ -152,32 +157,23 @@ def _stage_generate(cfg, text_encoder: str, netg: str):
     generate(_generation_config(cfg, text_encoder, netg, out, num))
     grid_dir = os.path.join(cfg.OUTPUT_DIR, 'captions')
     generate(_generation_config(cfg, text_encoder, netg, grid_dir, num), list(cfg.DEMO.GRID_CAPTIONS))
-    grid = caption_grid(cfg, text_encoder, netg, os.path.join(cfg.OUTPUT_DIR, 'grid.png'))
+    grid = caption_grid(cfg, stack, os.path.join(cfg.OUTPUT_DIR, 'grid.png'))
     return {'images': out, 'manifest': os.path.join(out, 'manifest.jsonl'),
             'captions_grid': os.path.join(grid_dir, 'captions_grid.png'), 'grid': grid}
 
 
 @torch.no_grad()
-def caption_grid(cfg, text_encoder_path: str, netg_path: str, path: str) -> str:
+def caption_grid(cfg, stack, path: str) -> str:
     """PNG of ``DEMO.GRID_PER_CAPTION`` images (fixed noise) per ``DEMO.GRID_CAPTIONS`` caption,
-    one row per caption with the caption written on its left. Returns ``path``."""
-    from PIL import ImageDraw
-    from datasets import TextDataset, encode_caption
-    from .build import load_generator, load_text_encoder, text_encoder_vocab_size
-    from .sampling import encode_texts, noise_for, to_uint8_image
-
-    n_words = text_encoder_vocab_size(text_encoder_path)
-    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
-    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
-    netG = load_generator(cfg, netg_path, 'cpu').eval()
-    caps, lens, texts = encode_texts(list(cfg.DEMO.GRID_CAPTIONS), vocab.wordtoix, cfg.TEXT.WORDS_NUM,
-                                     encode_caption)
+    one row per caption with the caption written on its left, from a generation stack.
+    Returns ``path``."""
+    caps, lens, texts = stack.encode(list(cfg.DEMO.GRID_CAPTIONS))
     per = cfg.DEMO.GRID_PER_CAPTION
-    _, sent = text_encoder(caps, lens, text_encoder.init_hidden(len(caps)))
+    sent = stack.sentences(caps, lens)
     # the same noise in every row: columns differ by noise, rows by caption only
-    noise = noise_for(range(per), cfg.GAN.Z_DIM, cfg.SAMPLE.SEED).repeat(len(caps), 1)
-    images, _ = netG(noise, sent.repeat_interleave(per, dim=0))
-    images = to_uint8_image(images).permute(0, 2, 3, 1).numpy()
+    noise = stack.noise(range(per), cfg.SAMPLE.SEED).repeat(len(caps), 1)
+    images, _ = stack.generate(noise, sent.repeat_interleave(per, dim=0))
+    images = to_uint8_image(images).permute(0, 2, 3, 1).cpu().numpy()
     size, label_width, pad = images.shape[1], 220, 2
     canvas = Image.new('RGB', (label_width + per * (size + pad), len(caps) * (size + pad)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -195,18 +191,14 @@ def caption_grid(cfg, text_encoder_path: str, netg_path: str, path: str) -> str:
             draw.text((4, y + 4 + 12 * i), ln, fill=(0, 0, 0))
         for col in range(per):
             canvas.paste(Image.fromarray(images[row * per + col]), (label_width + col * (size + pad), y))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.png'
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    save_png(np.asarray(canvas), path)
     return path
 
 
 # ----------------------------------------------------------------------------- report
 def body_colour_accuracy(images, keys, body_of_key: dict) -> float:
     """Fraction of ``images`` (N x H x W x 3 uint8) whose judged body colour
-    (``miscc.synthetic.judge_body_colour``) is the body colour of their key."""
-    from .synthetic import judge_body_colour
+    (``miscc.data.synthetic.judge_body_colour``) is the body colour of their key."""
     judged = judge_body_colour(images)
     return float(np.mean([j == body_of_key[k] for j, k in zip(judged, keys)]))
 
@@ -216,25 +208,16 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
     """Yield ``{'epoch', 'checkpoint', 'body_colour_accuracy'}`` for every ``netG_XXX.pth`` in
     ``run_dir/models``, in epoch order, on the images the generate stage would make from it
     (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU."""
-    import glob
-    import re
-    from datasets import build_dataset
-    from .build import load_generator, load_text_encoder, text_encoder_vocab_size
-    from .sampling import generate_test_images
-
-    n_words = text_encoder_vocab_size(text_encoder_path)
-    dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
-    text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, 'cpu').eval()
-    body = {k: a['body'] for k, a in _load_attributes(cfg.DATA_DIR).items()}
-    num = num or len(dataset.filenames)
     checkpoints = sorted(glob.glob(os.path.join(run_dir, 'models', 'netG_[0-9]*.pth')))
     if not checkpoints:
         raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
+    stack = load_generation_stack(cfg, checkpoints[0], 'cpu', text_encoder_path=text_encoder_path)
+    body = {k: a['body'] for k, a in _load_attributes(cfg.DATA_DIR).items()}
+    num = num or len(stack.dataset.filenames)
     for path in checkpoints:
-        netG = load_generator(cfg, path, 'cpu').eval()
+        stack = stack.with_generator(path)
         images, keys = [], []
-        for batch in generate_test_images(netG, text_encoder, dataset, num, cfg.SAMPLE.BATCH_SIZE or 50, 'cpu',
-                                          seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM):
+        for batch in generate_test_images(stack, num, cfg.SAMPLE.BATCH_SIZE or 50, seed=cfg.SAMPLE.SEED):
             images.append(batch.images.permute(0, 2, 3, 1).numpy())
             keys += batch.keys
         yield {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': path,
@@ -242,19 +225,12 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
 
 
 def _load_attributes(data_dir: str) -> dict:
-    path = os.path.join(data_dir, 'attributes.jsonl')
-    with open(path, 'r', encoding='utf-8') as f:
-        return {a['key']: a for a in map(json.loads, filter(str.strip, f))}
+    return {a['key']: a for a in read_jsonl(os.path.join(data_dir, 'attributes.jsonl'))}
 
 
 def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
-    from datasets import RealImageDataset
-    from .evaluation import caption_r_precision
-
-    manifest = results['generate']['manifest']
-    with open(manifest, 'r', encoding='utf-8') as f:
-        entries = [json.loads(line) for line in f if line.strip()]
-    folder = os.path.dirname(manifest)
+    folder = results['generate']['images']
+    entries = read_manifest(folder)
     fake = np.stack([np.asarray(Image.open(os.path.join(folder, e['file'])).convert('RGB')) for e in entries])
     attrs = _load_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
@@ -279,7 +255,7 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
             'generated': round(body_colour_accuracy(fake, keys, body), 4),
             'real': round(body_colour_accuracy(real.permute(0, 2, 3, 1).numpy(), keys, body), 4),
             'chance': round(1 / 10, 4),
-            'measure': 'miscc.synthetic.judge_body_colour: the most frequent palette colour among the '
+            'measure': 'miscc.data.synthetic.judge_body_colour: the most frequent palette colour among the '
                        'pixels nearest to a palette colour (background and off-palette pixels ignored)'},
         'r_precision': dict(rp, protocol='true caption vs 99 random mismatched test captions, cosine of '
                                          'DAMSM global codes, 10 runs', chance=0.01),
@@ -291,10 +267,7 @@ def run_demo(cfg) -> dict:
     """Run (or finish) every stage; write and return ``OUTPUT_DIR/report.json``'s content."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     times_path = os.path.join(cfg.OUTPUT_DIR, 'stage_seconds.json')
-    times = {}
-    if os.path.isfile(times_path):
-        with open(times_path, 'r', encoding='utf-8') as f:
-            times = json.load(f)
+    times = read_json(times_path) if os.path.isfile(times_path) else {}
     results = {}
     overall = tqdm(total=len(STAGES), desc='demo', unit='stage', position=0, dynamic_ncols=True)
     for name in STAGES:
@@ -313,8 +286,7 @@ def run_demo(cfg) -> dict:
             results[name] = _stage_report(cfg, results['damsm']['text_encoder'], results)
         # seconds spent on each stage, summed over the invocations that worked on it
         times[name] = round(times.get(name, 0.0) + time.time() - start, 1)
-        with open(times_path, 'w', encoding='utf-8') as f:
-            json.dump(times, f, indent=1)
+        write_json(times_path, times)
         overall.update(1)
     overall.close()
     report = dict(results['report'])
@@ -331,10 +303,7 @@ def run_demo(cfg) -> dict:
         'damsm_run': results['damsm']['run'],
     }
     path = os.path.join(cfg.OUTPUT_DIR, 'report.json')
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, report)
     print(json.dumps({k: report[k] for k in ('body_colour_accuracy', 'r_precision')}, indent=1))
     print(f'report: {path}')
     return report

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchvision.models import inception_v3
 
 __all__ = ['RNN_ENCODER', 'CNN_ENCODER', 'inception_imagenet_state', 'INCEPTION_TRUNK',
            'INCEPTION_FILENAMES']
@@ -82,7 +83,6 @@ class RNN_ENCODER(nn.Module):
 
 
 def _inception_trunk() -> nn.Module:
-    from torchvision.models import inception_v3
     # init_weights=False skips torchvision's slow truncated-normal init; the trunk is
     # either replaced by loaded weights or used as a random feature extractor in tests.
     return inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
@@ -109,8 +109,8 @@ def inception_imagenet_state(path: str = '') -> dict:
                 f"ImageNet Inception-v3 weights not found: no {INCEPTION_FILENAMES[0]} in the torch "
                 f"hub cache '{hub_dir}'. Download {INCEPTION_URL} into that folder, or set "
                 f"PRETRAINED.INCEPTION=/path/to/{INCEPTION_FILENAMES[0]}.")
-    from miscc.checkpoint import load_file
-    return load_file(candidates[0])
+    # weights_only: a tensor file never runs code on loading
+    return torch.load(candidates[0], map_location='cpu', weights_only=True)
 
 
 class CNN_ENCODER(nn.Module):

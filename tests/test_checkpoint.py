@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from miscc.checkpoint import (CheckpointError, load_file, load_model_state, model_state_dict,
+from miscc.core.checkpoint import (CheckpointError, load_file, load_model_state, model_state_dict,
                               save_atomic, strip_prefixes)
 from models import NetD, NetG, RNN_ENCODER
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from miscc.config import ConfigError, default_config, load_config, parse_overrides
+from miscc.core.config import ConfigError, default_config, load_config, parse_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miscc.config import ConfigError, load_config
-from miscc.losses import matching_aware_gp
-from miscc.trainer import apply_fast_model_options
+from miscc.core.config import ConfigError, load_config
+from miscc.families import family_of
+from miscc.families.losses import matching_aware_gp
+from miscc.training.gan import apply_fast_model_options
 from models import NetD, NetG
 from models.conv_gradfix import Conv2d, _Conv, conv2d
 
@@ -14,6 +15,7 @@ from models.conv_gradfix import Conv2d, _Conv, conv2d
 CONFIGS = [(3, 1, 1, 7, True), (4, 2, 1, 8, False), (4, 2, 1, 9, True), (1, 1, 0, 5, True), (4, 1, 0, 4, False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('k,s,p,size,bias', CONFIGS)
 def test_first_and_second_gradients_are_exact_in_float64(k, s, p, size, bias):
     gen = torch.Generator().manual_seed(k * 10 + size)
@@ -29,6 +31,7 @@ def test_first_and_second_gradients_are_exact_in_float64(k, s, p, size, bias):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
+@pytest.mark.slow
 def test_transposed_form_used_for_input_gradients_is_exact():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 5, 5, dtype=torch.double, generator=gen, requires_grad=True)
@@ -89,12 +92,13 @@ def test_autocast_bf16_runs_in_bf16_and_returns_float32_weight_gradients():
 
 def test_config_choice_and_auto():
     netG, netD = NetG(4, 100, 64, 32), NetD(4, 64, 32)
-    apply_fast_model_options(load_config(None, []), netG, netD)      # auto on a CPU: built-in path
+    nets, family = {'netG': netG, 'netD': netD}, family_of(load_config(None, []))
+    apply_fast_model_options(load_config(None, []), family, nets)      # auto on a CPU: built-in path
     assert not netD.conv_img.fast_gradients
-    apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=on']), netG, netD)
+    apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=on']), family, nets)
     assert netD.conv_img.fast_gradients
     with pytest.raises(ConfigError, match="TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got 'yes'"):
-        apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=yes']), netG, netD)
+        apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=yes']), family, nets)
 
 
 def test_magp_first_derivative_skips_weight_gradients_but_its_backward_has_them(monkeypatch):

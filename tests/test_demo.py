@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from miscc.cli import gan_main
-from miscc.config import ConfigError, load_config
+from miscc.core.config import ConfigError, load_config
 from miscc.demo import checkpoint_accuracies, finished_demo_runs
-from miscc.utils import file_sha256
+from miscc.core.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +21,9 @@ TREE: {BASE_SIZE: 64}
 TRAIN: {BATCH_SIZE: 8, MAX_EPOCH: 1, SNAPSHOT_INTERVAL: 1, ENCODER_LR: 0.002, LOG_INTERVAL: 1}
 DAMSM: {RANDOM_TRUNK: True, ATTENTION_INTERVAL: 1}
 """
+
+# every test here trains or generates end to end: seconds to minutes each
+pytestmark = pytest.mark.slow
 
 
 def test_demo_pipeline_at_toy_scale(tmp_path, capsys):

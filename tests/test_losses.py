@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from miscc.losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
+from miscc.families.losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
                           matching_aware_gp, sent_loss, words_loss)
-from miscc.metrics import r_precision
+from miscc.evaluation.metrics import r_precision
 
 
 def per_sample_word_similarity(regions, words, lens, gamma1, gamma2):

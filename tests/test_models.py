@@ -162,6 +162,7 @@ def reference_generator_forward(g, noise, sent):
     return torch.tanh(x), masks
 
 
+@pytest.mark.slow
 def test_generator_equals_reference_formulas_with_random_weights():
     torch.manual_seed(1)
     g = NetG(ngf=4, nz=100, img_size=64)
@@ -224,6 +225,7 @@ def test_rnn_encoder_contract():
         RNN_ENCODER(50, rnn_type='TRANSFORMER')
 
 
+@pytest.mark.slow
 def test_cnn_encoder_contract_any_input_size():
     torch.manual_seed(0)
     cnn = CNN_ENCODER(256).eval()
@@ -234,6 +236,7 @@ def test_cnn_encoder_contract_any_input_size():
     assert trainable == {'emb_features', 'emb_cnn_code'}
 
 
+@pytest.mark.slow
 def test_cnn_encoder_smaller_input_size_same_weights():
     torch.manual_seed(0)
     cnn = CNN_ENCODER(32).eval()

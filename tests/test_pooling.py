@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miscc.losses import matching_aware_gp
+from miscc.families.losses import matching_aware_gp
 from models import NetD
 from models.pooling import _AvgPool2x, avg_pool2x
 

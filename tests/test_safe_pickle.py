@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import CUB_META
-from miscc.safe_pickle import PickleLoadError, UnsafePickleError, safe_load, safe_loads
+from helpers import CUB_META
+from miscc.data.safe_pickle import PickleLoadError, UnsafePickleError, safe_load, safe_loads
 
 
 def test_real_python2_pickles_load_without_numpy_deprecations():

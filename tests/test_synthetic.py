@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from datasets import TextDataset, build_dataset, load_bboxes, tokenize
-from miscc.config import default_config
-from miscc.safe_pickle import safe_load
-from miscc.synthetic import (BACKGROUNDS, LABELS, PALETTE, class_folder, class_pairs,
+from miscc.core.config import default_config
+from miscc.data.safe_pickle import safe_load
+from miscc.data.synthetic import (BACKGROUNDS, LABELS, PALETTE, class_folder, class_pairs,
                              ensure_synthetic_birds, main, make_captions, make_synthetic_birds,
                              judge_body_colour, render_bird, sample_attributes)
 

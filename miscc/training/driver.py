@@ -1,26 +1,34 @@
-"""Training machinery shared by GAN training and DAMSM pretraining: deterministic data order,
-run folders and logging, full training states with exact resume, and clean stopping."""
+"""The epoch driver every trainer shares (GAN training and DAMSM pretraining): where a run
+starts (run folder, epoch, step), deterministic data order, the epoch loop with TRAIN.MAX_STEPS
+and stop signals, full training states with exact resume, and the logger's lifetime.
+
+A trainer supplies only its step, its end-of-epoch work and its state (``Driver``'s protocol).
+"""
 from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import random
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_file, save_atomic
-from .utils import rng_state, sample_seeds, set_rng_state
+from ..core.checkpoint import CheckpointError, load_file, save_atomic
+from ..core.config import ConfigError
+from ..core.files import read_json, write_json
+from ..core.runtime import DistEnv, make_run_dir, rng_state, sample_seeds, set_rng_state
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
-           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path', 'state_in_folder', 'resolve_start', 'STATE_NAME',
-           'read_progress', 'NonFiniteLossError', 'check_finite']
+           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path',
+           'state_in_folder', 'resolve_start', 'STATE_NAME', 'read_progress', 'NonFiniteLossError',
+           'check_finite', 'StartPoint', 'resolve_start_point', 'EpochSummary', 'Driver']
 
 STATE_NAME = 'state_last.pth'
 
@@ -124,6 +132,8 @@ class RunLogger:
     def __init__(self, log_dir: str | None):
         self.writer = None
         if log_dir is not None:
+            # imported here, not at the top: tensorboard imports TensorFlow when it is installed,
+            # seconds that scripts without a logger (evaluation, generation) should not pay
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir)
 
@@ -186,31 +196,26 @@ def save_training_state(models_dir: str, state: dict, progress: dict) -> str:
     state = dict(state, progress=progress, rng=rng_state(), saved_at=time.time())
     path = os.path.join(models_dir, STATE_NAME)
     save_atomic(state, path)
-    tmp = path[:-len('.pth')] + '.json.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(progress, f, indent=1)
-    os.replace(tmp, path[:-len('.pth')] + '.json')
+    write_json(path[:-len('.pth')] + '.json', progress)
     return path
 
 
-def load_training_state(path: str) -> dict:
-    """Load a training state (weights_only) and restore the RNG states it holds."""
+def load_training_state(path: str, restore_rng: bool = True) -> dict:
+    """Load a training state (weights_only); with ``restore_rng`` also restore the RNG states
+    it holds (the driver restores them itself, right before the first step)."""
     state = load_file(path)
     if not isinstance(state, dict) or 'progress' not in state or 'rng' not in state:
         raise CheckpointError(f"'{path}' is not a training state written by this code "
                               f"(expected keys 'progress' and 'rng')")
-    set_rng_state(state['rng'])
+    if restore_rng:
+        set_rng_state(state['rng'])
     return state
 
 
 def read_progress(state_path: str) -> dict | None:
     """The small JSON beside a training state, or None."""
     path = state_path[:-len('.pth')] + '.json'
-    if not os.path.isfile(path):
-        return None
-    with open(path, 'r', encoding='utf-8') as f:
-        return json.load(f)
-
+    return read_json(path) if os.path.isfile(path) else None
 
 
 def find_latest_state(output_dir: str, prefix: str) -> str | None:
@@ -258,3 +263,142 @@ def resolve_start(target: str, restore: bool, cfg, key: str):
         return 'state', target
     return 'file', target
 
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class StartPoint:
+    """Where a run starts: ``kind`` 'none' (from scratch), 'state' (a training state at ``path``,
+    continued exactly) or 'weights' (model files at ``path``, fresh optimisers: the trainer
+    loads them and sets ``epoch``). ``step`` batches of ``epoch`` are already done."""
+    kind: str = 'none'
+    path: str = ''
+    epoch: int = 1
+    step: int = 0
+    global_step: int = 0
+
+
+def resolve_start_point(cfg, key: str, state_for_file=None) -> StartPoint:
+    """The start point of config ``key`` (``TRAIN.NET_G`` / ``TRAIN.NET_E``: a run folder, a state
+    file or a model file; empty with ``RESTORE=True``: the newest state of this data set and
+    config). For a model file, ``state_for_file(path)`` may name the training state that
+    continues exactly from it; otherwise the file's weights are the start."""
+    kind, path = resolve_start(cfg.get(key), cfg.RESTORE, cfg, key)
+    if kind == 'file':
+        state = state_for_file(path) if state_for_file is not None else None
+        return StartPoint('state', state) if state else StartPoint('weights', path)
+    return StartPoint(kind, path)
+
+
+@dataclass
+class EpochSummary:
+    """What the driver hands a trainer at the end of an epoch."""
+    epoch: int
+    last: dict                 # losses of the last step
+    means: dict                # mean losses over the steps of this invocation
+    steps: int                 # steps run in this epoch by this invocation
+    started: float             # time.time() when this invocation began the epoch
+
+
+class Driver:
+    """The epoch loop with exact resume.
+
+    The ``trainer`` provides: ``kind`` ('gan', 'damsm'), ``name`` (progress-bar prefix),
+    ``net_key`` (the config key to resume with), ``describe(steps_per_epoch) -> str``,
+    ``begin_epoch(epoch, first_step)``, ``train_step(batch) -> {loss: float}``,
+    ``step_scalars() -> dict`` (logged with the losses), ``end_of_epoch(summary)``,
+    ``state_dict() -> dict``, ``load_state_dict(state)`` and ``progress_fields() -> dict``.
+
+    The driver makes the seeded loader over ``dataset``, loads a 'state' start (the trainer's
+    part through ``load_state_dict``, the RNG right before the first step), creates or reuses
+    the run folder (``run_dir``, ``models_dir``) and the TensorBoard ``logger`` on the main
+    process, and writes the training state after every epoch and when it stops early.
+    """
+
+    def __init__(self, cfg, trainer, dataset, collate_fn, batch_size: int, start: StartPoint, device,
+                 dist_env: DistEnv | None = None):
+        self.cfg, self.trainer, self.start, self.device = cfg, trainer, start, device
+        self.dist = dist_env or DistEnv()
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
+        self.loader = make_loader(dataset, self.sampler, collate_fn, cfg.WORKERS, pin_memory=device.type == 'cuda')
+        self.rng = None
+        run_dir = None
+        if start.kind == 'state':
+            state = load_training_state(start.path, restore_rng=False)
+            kind = state.get('kind', 'gan')   # GAN states of earlier versions carry no kind
+            if kind != trainer.kind:
+                raise ConfigError(f"'{start.path}' is a {kind} training state, not a {trainer.kind} one; "
+                                  f"resume it with {'pretrain_DAMSM.py' if kind == 'damsm' else 'main.py'}")
+            trainer.load_state_dict(state)
+            progress = state['progress']
+            start.epoch, start.step, start.global_step = progress['next_epoch'], progress['next_step'], progress['global_step']
+            self.rng = state['rng']
+            run_dir = os.path.dirname(os.path.dirname(os.path.abspath(start.path)))
+        self.global_step = start.global_step
+        if run_dir is None and self.dist.is_main:
+            run_dir = make_run_dir(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME)
+        self.run_dir = run_dir
+        self.models_dir = os.path.join(run_dir, 'models') if run_dir else None
+        self.logger = RunLogger(os.path.join(run_dir, 'log') if self.dist.is_main else None)
+
+    def save_state(self, epoch_done: int, next_epoch: int, next_step: int) -> None:
+        """The training state after ``epoch_done`` epochs and ``next_step`` steps of the next (main process)."""
+        if not self.dist.is_main:
+            return
+        progress = {'epoch': epoch_done, 'next_epoch': next_epoch, 'next_step': next_step,
+                    'global_step': self.global_step, **self.trainer.progress_fields()}
+        save_training_state(self.models_dir, dict(self.trainer.state_dict(), kind=self.trainer.kind), progress)
+
+    def _stop(self, stop: StopFlag) -> bool:
+        limit = self.cfg.TRAIN.MAX_STEPS
+        return stop.agreed(self.dist.distributed, self.device) or bool(limit and self.global_step >= limit)
+
+    def fit(self) -> str | None:
+        """Train from the start point to TRAIN.MAX_EPOCH (or a stop); returns the run folder."""
+        t, train, main = self.trainer, self.cfg.TRAIN, self.dist.is_main
+        steps_per_epoch = len(self.sampler)
+        if main:
+            print(f'run folder: {self.run_dir}\n{t.describe(steps_per_epoch)}')
+        if self.rng is not None:   # exact resume: the generators as they were at the save
+            set_rng_state(self.rng)
+        with StopFlag() as stop:
+            for epoch in range(self.start.epoch, train.MAX_EPOCH + 1):
+                first = self.start.step if epoch == self.start.epoch else 0
+                t.begin_epoch(epoch, first)
+                self.sampler.set_epoch(epoch, first)
+                bar = tqdm(total=steps_per_epoch, initial=first, disable=not main, dynamic_ncols=True,
+                           desc=f'{t.name}epoch {epoch}/{train.MAX_EPOCH}', leave=False)
+                began = window_start = time.time()
+                sums, window_images, step, losses = {}, 0, first, {}
+                for batch in self.loader:
+                    losses = t.train_step(batch)
+                    step += 1
+                    self.global_step += 1
+                    check_finite(losses, epoch, step, self.global_step)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    window_images += batch.images.size(0) * self.dist.world_size
+                    bar.update(1)
+                    if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
+                        shown = t.postfix_losses or losses
+                        bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
+                        elapsed = max(time.time() - window_start, 1e-9)
+                        self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
+                        self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
+                                            self.global_step)
+                        window_start, window_images = time.time(), 0
+                    if self._stop(stop) and step < steps_per_epoch:
+                        bar.close()
+                        self.save_state(epoch - 1, epoch, step)
+                        if main:
+                            print(f'stopped at epoch {epoch}, step {step}; training state saved in '
+                                  f'{self.models_dir}. Resume with RESTORE=True {t.net_key}={self.run_dir}')
+                        self.logger.close()
+                        return self.run_dir
+                bar.close()
+                done = step - first
+                t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
+                self.save_state(epoch, epoch + 1, 0)
+                if self._stop(stop):
+                    break
+        self.logger.close()
+        return self.run_dir

@@ -8,7 +8,6 @@ image size, feature and weights, and recomputed when any of them changes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -21,15 +20,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+import torch_fidelity.feature_extractor_inceptionv3 as fe
+from torch_fidelity.metric_fid import fid_features_to_statistics
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torchvision.models import inception_v3
 from tqdm import tqdm
 
-from .config import ConfigError, load_config
-from .metrics import frechet_distance, inception_score
-from .utils import file_sha256
+from datasets import DataError, build_real_image_dataset, encode_caption
+
+from ..core.checkpoint import load_file, load_model_state
+from ..core.config import ConfigError
+from ..core.files import atomic_write, file_sha256, write_json
+from ..core.runtime import device_from_config
+from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
+from .generation import generate_test_images, load_generation_stack, test_captions
+from .metrics import frechet_distance, inception_score, r_precision
+from .outputs import read_manifest
 
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
            'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
-           'caption_r_precision', 'evaluate', 'eval_main']
+           'caption_r_precision', 'evaluate', 'TooFewCaptions']
 
 FID_WEIGHTS_NAME = 'weights-inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + FID_WEIGHTS_NAME)
@@ -61,8 +71,6 @@ def inception_extractor(cfg, features: list, device):
     Returns ``(extractor, weights_tag)``. The weights are read here with ``weights_only=True``
     and handed over, so the library neither downloads nor unpickles anything itself.
     """
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    from .checkpoint import load_file
     with ExitStack() as stack:
         if cfg.EVAL.RANDOM_WEIGHTS:
             # Random extractor of the same architecture (tests): keep PyTorch's initialisation.
@@ -93,7 +101,6 @@ class ImageSource:
 
 
 def _read_image(path: str) -> np.ndarray:
-    from datasets import DataError
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert('RGB'))
@@ -104,14 +111,10 @@ def _read_image(path: str) -> np.ndarray:
 def folder_source(folder: str, num: int, batch_size: int) -> ImageSource:
     """Images of ``folder`` (PNG/JPG; the ``fm_*`` masks are skipped): the files of its
     ``manifest.jsonl`` in order when there is one (captions known), else sorted names."""
-    from datasets import DataError
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder '{folder}' not found")
-    manifest = os.path.join(folder, 'manifest.jsonl')
-    entries = []
-    if os.path.isfile(manifest):
-        with open(manifest, 'r', encoding='utf-8') as f:
-            entries = [json.loads(line) for line in f if line.strip()]
+    entries = read_manifest(folder)
+    if entries:
         files = [e['file'] for e in entries]
     else:
         def natural(name):
@@ -141,23 +144,14 @@ def folder_source(folder: str, num: int, batch_size: int) -> ImageSource:
 def generator_source(cfg, netg_path: str, num: int, device) -> ImageSource:
     """Images generated in memory by the generator at ``netg_path`` from the test captions
     (the same plan and noise as ``B_VALIDATION=True``)."""
-    from datasets import build_dataset
-    from .build import generator_text_encoder, load_generator, load_text_encoder, text_encoder_vocab_size
-    from .sampling import generate_test_images
-
-    text_path = generator_text_encoder(cfg, netg_path)   # a fine-tuned generator's own encoder
-    n_words = text_encoder_vocab_size(text_path)
-    dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
-    text_encoder = load_text_encoder(cfg, text_path, n_words, device).eval()
-    netG = load_generator(cfg, netg_path, device).eval()
+    stack = load_generation_stack(cfg, netg_path, device)   # a fine-tuned generator's own encoder
 
     def batches():
-        for b in generate_test_images(netG, text_encoder, dataset, num, cfg.EVAL.BATCH_SIZE, device,
-                                      seed=cfg.SAMPLE.SEED, nz=cfg.GAN.Z_DIM):
+        for b in generate_test_images(stack, num, cfg.EVAL.BATCH_SIZE, seed=cfg.SAMPLE.SEED):
             yield b.images, b.captions, b.keys
     out_dir = os.path.splitext(netg_path)[0]
     return ImageSource(f"generator '{netg_path}'", num, batches, out_dir, has_captions=True,
-                       info={'text_encoder': text_path})
+                       info={'text_encoder': stack.text_encoder_path})
 
 
 # ----------------------------------------------------------------------------- features
@@ -185,7 +179,6 @@ def extract(extractor, batches, total: int, device, desc: str, on_batch=None) ->
 
 
 def _statistics(features: torch.Tensor) -> tuple:
-    from torch_fidelity.metric_fid import fid_features_to_statistics
     stats = fid_features_to_statistics(features)
     return stats['mu'], stats['sigma']
 
@@ -195,7 +188,6 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
     (CUB bounding-box crop), resized to ``image_size``: read from the cache when its key
     matches, else computed and cached. Returns a dict with 'mu', 'sigma', 'features',
     'count', 'cached' (whether it came from the cache) and 'path'."""
-    from datasets import build_real_image_dataset
     dims = str(cfg.EVAL.FID_DIMS)
     cache_dir = cfg.EVAL.CACHE_DIR or os.path.join(cfg.DATA_DIR, 'fid_cache')
     key = f'{cfg.DATASET_NAME}_{split}_{image_size}px_pool{dims}_{tag["sha256"][:16]}'
@@ -216,11 +208,9 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
             yield torch.stack([dataset[i][0] for i in range(s, min(s + batch, len(dataset)))])
     (features,) = extract(extractor, batches(), len(dataset), device, f'real {split} images')
     mu, sigma = _statistics(features)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mu=mu, sigma=sigma, features=features.float().numpy(), count=len(dataset),
-             meta=json.dumps(meta))
-    os.replace(tmp, path)
+    with atomic_write(path, 'wb') as f:
+        np.savez(f, mu=mu, sigma=sigma, features=features.float().numpy(), count=len(dataset),
+                 meta=json.dumps(meta))
     return {'mu': mu, 'sigma': sigma, 'features': features, 'count': len(dataset), 'cached': False, 'path': path}
 
 
@@ -241,16 +231,17 @@ def damsm_codes(image_encoder, text_encoder, images: torch.Tensor, captions: tor
     return torch.cat(img_codes), torch.cat(txt_codes)
 
 
+class TooFewCaptions(ValueError):
+    """R-precision cannot be computed: fewer distinct captions than candidates."""
+
+
 def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, captions: list, keys: list,
                         device='cpu') -> dict:
     """R-precision (AttnGAN protocol) of uint8 images with their caption texts, using the
-    DAMSM encoders at ``text_encoder_path`` (and its image_encoder file); captions of the
-    same key are never drawn as mismatches."""
-    from datasets import TextDataset, encode_caption
-    from .build import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
-    from .metrics import r_precision
+    DAMSM encoders at ``text_encoder_path`` (and its image_encoder file) and the config's test
+    vocabulary; captions of the same key are never drawn as mismatches."""
     n_words = text_encoder_vocab_size(text_encoder_path)
-    vocab = TextDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    vocab = test_captions(cfg, n_words)
     text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, device).eval()
     image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], device).eval()
     encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
@@ -258,7 +249,10 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
     lens = torch.tensor([max(int(n), 1) for _, n, _ in encoded])
     group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     img, txt = damsm_codes(image_encoder, text_encoder, images, caps, lens, device=device)
-    mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
+    try:
+        mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
+    except ValueError as e:   # too few distinct captions for 99 mismatches
+        raise TooFewCaptions(str(e)) from None
     return {'mean': mean, 'std': std, 'count': len(images), 'text_encoder': os.path.abspath(text_encoder_path)}
 
 
@@ -266,8 +260,6 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
 def _domain_classifier(cfg, device):
     """Optional IS classifier: torchvision Inception-v3 with EVAL.CLASSIFIER_CLASSES outputs;
     input uint8 -> logits (resized to 299, ImageNet normalisation)."""
-    from torchvision.models import inception_v3
-    from .checkpoint import load_model_state
     net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=cfg.EVAL.CLASSIFIER_CLASSES)
     if not os.path.isfile(cfg.EVAL.CLASSIFIER):
         raise FileNotFoundError(f"EVAL.CLASSIFIER='{cfg.EVAL.CLASSIFIER}' not found")
@@ -299,8 +291,6 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
              command: str = '') -> dict:
     """Compute ``metric`` ('IS' or 'FID') of a folder (``images``) or a generator (``netg``);
     write the result JSON (``out`` or next to the images) and return it."""
-    from .build import damsm_paths
-    from .utils import device_from_config
     if bool(images) == bool(netg):
         raise ConfigError('give exactly one of --images DIR or --netG FILE')
     device = device_from_config(cfg).device
@@ -353,7 +343,6 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
         result.update(value=frechet_distance(mu, sigma, ref['mu'], ref['sigma']), std=None, dims=int(dims),
                       reference={'count': ref['count'], 'cache': ref['path'], 'from_cache': ref['cached']})
         if cfg.EVAL.KID:
-            from torch_fidelity.metric_kid import kid_features_to_metric
             subset = min(1000, len(feats), len(ref['features']))
             kid = kid_features_to_metric(feats.float(), ref['features'].float(), kid_subsets=100,
                                          kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
@@ -363,46 +352,11 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
         try:
             result['r_precision'] = caption_r_precision(cfg, text_path, torch.cat(kept['images']),
                                                         kept['captions'], kept['keys'], device)
-        except ValueError as e:   # too few distinct captions for 99 mismatches
+        except TooFewCaptions as e:
             if cfg.EVAL.R_PRECISION == 'on':
                 raise ConfigError(f'EVAL.R_PRECISION=on: {e}') from None
             result['r_precision'] = {'skipped': str(e)}
     path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + '.tmp', path)
+    write_json(path, result)
     result['json'] = path
     return result
-
-
-def eval_main(metric: str, argv=None) -> int:
-    """Entry point of eval_IS.py (metric 'IS') and eval_FID.py ('FID')."""
-    from .cli import USER_ERRORS
-    script = f'eval_{metric}.py'
-    parser = argparse.ArgumentParser(description=f'{metric} of generated images (folder or generator checkpoint)')
-    parser.add_argument('--cfg', dest='cfg_file', default='cfg/bird.yml', help='YAML config file')
-    parser.add_argument('--images', default='', help='folder of generated images (B_VALIDATION=True output)')
-    parser.add_argument('--netG', default='', help='generator checkpoint: images generated in memory')
-    parser.add_argument('--num', type=int, default=0, help=f'number of images (default EVAL.NUM_{metric})')
-    parser.add_argument('--out', default='', help='result JSON (default: next to the images)')
-    parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
-    args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.cfg_file, args.overrides).freeze()
-        result = evaluate(cfg, metric, args.images, args.netG, args.num, args.out,
-                          command=' '.join([script] + (sys.argv[1:] if argv is None else list(argv))))
-    except USER_ERRORS as e:
-        print(f'{script}: error: {e}', file=sys.stderr)
-        return 2
-    line = f"{metric} = {result['value']:.4f}" + (f" +- {result['std']:.4f}" if result.get('std') is not None else '')
-    line += f" over {result['count']} images"
-    if 'kid' in result:
-        line += f"; KID = {result['kid']['value']:.5f} +- {result['kid']['std']:.5f}"
-    if 'domain_classifier' in result:
-        line += f"; domain-classifier IS = {result['domain_classifier']['value']:.4f}"
-    if 'mean' in result.get('r_precision', {}):
-        line += f"; R-precision = {result['r_precision']['mean']:.4f} +- {result['r_precision']['std']:.4f}"
-    print(line)
-    print(f"written to {result['json']}")
-    return 0

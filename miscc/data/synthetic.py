@@ -20,7 +20,7 @@ Files (all written to a temporary folder that is renamed into place when complet
 
 The same parameters give byte-identical files. Create the set with::
 
-    python -m miscc.synthetic --out data/synthetic_birds [--train 2000 --test 500 --size 256 --seed 0]
+    python -m miscc.data.synthetic --out data/synthetic_birds [--train 2000 --test 500 --size 256 --seed 0]
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -368,7 +369,6 @@ def _write_set(root: str, num_train: int, num_test: int, image_size: int, seed: 
     step = 50
     jobs = [(root, seed, s, min(s + step, total), image_size) for s in range(0, total, step)]
     if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
             chunks = list(pool.map(_write_range, jobs))
     else:
@@ -457,7 +457,7 @@ def ensure_synthetic_birds(out_dir: str, num_train: int = 2000, num_test: int = 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m miscc.synthetic',
+    p = argparse.ArgumentParser(prog='python -m miscc.data.synthetic',
                                 description='Create the synthetic birds data set (CUB layout).')
     p.add_argument('--out', default='data/synthetic_birds', help='folder to create')
     p.add_argument('--train', type=int, default=2000, help='number of train images')

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from miscc.build import load_image_encoder, load_text_encoder, text_encoder_vocab_size
+from miscc.families.encoders import load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from miscc.cli import damsm_main
-from miscc.config import load_config
-from miscc.damsm_trainer import DAMSMTrainer, attention_grid, damsm_lr
+from miscc.core.config import load_config
+from miscc.training.damsm import DAMSMTrainer, attention_grid, damsm_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,7 @@ def test_learning_rate_schedule_is_attngan_s():
     assert damsm_lr(0.002, 600) == damsm_lr(0.002, 115) < 0.0002
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(synthetic_small, tmp_path):
     from datasets import collate_sorted
     trainer = DAMSMTrainer(config(overrides(synthetic_small, tmp_path)))
@@ -53,6 +54,7 @@ def test_a_few_steps_lower_the_loss(synthetic_small, tmp_path):
     assert trainable == {'emb_features', 'emb_cnn_code'}
 
 
+@pytest.mark.slow
 def test_snapshots_load_into_main_py_encoders_and_resume_is_exact(synthetic_small, tmp_path):
     assert damsm_main(overrides(synthetic_small, tmp_path / 'straight')) == 0
     (run,) = (tmp_path / 'straight').iterdir()
@@ -117,8 +119,9 @@ def test_attention_grid_layout_and_brightness():
     assert big.size == (6 * 128, 3 * (128 + 14))
 
 
+@pytest.mark.slow
 def test_validation_reports_r_precision_and_logs_it(tmp_path, capsys):
-    from miscc.synthetic import make_synthetic_birds
+    from miscc.data.synthetic import make_synthetic_birds
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     data = tmp_path / 'synthetic_birds'
     make_synthetic_birds(str(data), num_train=8, num_test=104, image_size=128, seed=11, workers=1)
@@ -146,6 +149,7 @@ def test_validation_reports_r_precision_and_logs_it(tmp_path, capsys):
     assert 'R-precision skipped: 16 test pairs, it needs at least 100' in line
 
 
+@pytest.mark.slow
 def test_train_step_clips_only_the_rnn_gradients(synthetic_small, tmp_path, monkeypatch):
     from datasets import collate_sorted
     trainer = DAMSMTrainer(config(overrides(synthetic_small, tmp_path, **{'TRAIN.RNN_GRAD_CLIP': 0.01})))

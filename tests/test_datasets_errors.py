@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import make_birds_layout, real_keys
+from helpers import make_birds_layout, real_keys
 from datasets import CUB_IMAGES_URL, CUB_METADATA_URL, DataError, TextDataset
 
 
@@ -23,7 +23,7 @@ def test_missing_data_folder_says_where_to_download(tmp_path):
 
 
 def test_missing_synthetic_folder_says_how_to_create_it(tmp_path):
-    with pytest.raises(DataError, match=r'python -m miscc\.synthetic --out'):
+    with pytest.raises(DataError, match=r'python -m miscc\.data\.synthetic --out'):
         _build(tmp_path / 'syn', dataset_name='synthetic_birds')
 
 

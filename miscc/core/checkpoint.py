@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import re
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
+from .config import ConfigError
+from .files import atomic_write
+
 __all__ = ['CheckpointError', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
-           'model_state_dict', 'load_model_state', 'check_state_dict']
+           'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
+           'sibling_checkpoint']
 
 _SHOW = 5  # keys listed per category in mismatch errors
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
@@ -41,21 +45,10 @@ def load_file(path: str, map_location='cpu'):
 
 
 def save_atomic(obj, path: str) -> None:
-    """Write ``torch.save(obj)`` to a temporary file beside ``path`` and rename it into place,
-    so an interrupted save never leaves a half-written file under ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save(obj)`` to ``path`` through ``atomic_write`` (flushed to disk before the
+    rename), so an interrupted save never leaves a half-written file under ``path``."""
+    with atomic_write(path, 'wb', fsync=True) as f:
+        torch.save(obj, f)
 
 
 def strip_prefixes(state: Mapping) -> dict:
@@ -128,3 +121,19 @@ def load_model_state(model: nn.Module, source, strict: bool = True) -> nn.Module
         check_state_dict(model, state, name)
     unwrap_model(model).load_state_dict(state, strict=strict)
     return model
+
+
+def checkpoint_epoch(path: str) -> int:
+    """Epoch number in a ``netG_120.pth``-style name (the digits after the last '_')."""
+    match = re.search(r'_(\d+)\.pth$', os.path.basename(path))
+    if not match:
+        raise ConfigError(f"cannot read an epoch from '{path}': expected a name like netG_120.pth")
+    return int(match.group(1))
+
+
+def sibling_checkpoint(netg_path: str, name: str) -> str:
+    """``.../netG_120.pth`` -> ``.../<name>_120.pth`` (netD, text_encoder, image_encoder)."""
+    head, base = os.path.split(netg_path)
+    if not base.startswith('netG'):
+        raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
+    return os.path.join(head, name + base[len('netG'):])

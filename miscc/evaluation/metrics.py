@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import linalg
+from torch_fidelity.metric_isc import isc_features_to_metric
 
 __all__ = ['r_precision', 'frechet_distance', 'inception_score']
 
@@ -52,7 +54,6 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple:
     """IS of class logits N x C: ``exp(E_x KL(p(y|x) || p(y)))`` on each of ``splits``
     consecutive chunks (no shuffling, as the original protocol); returns ``(mean, std)``.
     Computed by torch-fidelity's formula."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
     if logits.dim() != 2 or logits.size(0) < splits:
         raise ValueError(f'inception_score needs N x C logits with N >= splits={splits}, got {tuple(logits.shape)}')
     out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=False)
@@ -67,7 +68,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     When the product is singular, ``eps`` is added to both diagonals; an imaginary part of
     the square root beyond numerical noise is an error.
     """
-    from scipy import linalg
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from miscc.config import ConfigError, load_config
-from miscc.utils import configure_cpu_allocator
+from miscc.core.config import ConfigError, load_config
+from miscc.core.runtime import configure_cpu_allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # test looks at the median round.
 PROBE = r'''
 import json, resource, sys, torch
-from miscc.utils import configure_cpu_allocator
+from miscc.core.runtime import configure_cpu_allocator
 applied = configure_cpu_allocator(sys.argv[1])
 def step():
     a = torch.ones(16 * 2 ** 20); b = torch.ones(3 * 2 ** 20); c = a + 1
@@ -42,6 +42,7 @@ def _probe(mode):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.system() != 'Linux' or not platform.libc_ver()[0] == 'glibc',
                     reason='mallopt is glibc-specific')
 def test_keep_reuses_freed_memory_without_page_faults():

@@ -21,16 +21,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from datasets import build_dataset, collate_sorted
 from models import CNN_ENCODER, RNN_ENCODER
 
-from .build import damsm_paths, text_encoder_vocab_size
-from .checkpoint import load_model_state, model_state_dict, save_atomic
-from .config import ConfigError
-from .engine import (EpochBatchSampler, RunLogger, StopFlag, check_finite, load_training_state,
-                     make_loader, resolve_start, save_training_state)
-from .losses import sent_loss, words_loss
-from .metrics import r_precision
-from .utils import device_from_config, make_run_dir, seed_everything
+from ..core.checkpoint import load_model_state, model_state_dict, save_atomic
+from ..core.config import ConfigError
+from ..core.runtime import device_from_config, seed_everything
+from ..evaluation.metrics import r_precision
+from ..evaluation.outputs import save_png
+from ..families.encoders import damsm_paths, text_encoder_vocab_size
+from ..families.losses import sent_loss, words_loss
+from .driver import Driver, EpochBatchSampler, EpochSummary, make_loader, resolve_start_point
 
 __all__ = ['DAMSMTrainer', 'damsm_lr', 'damsm_step_losses', 'attention_grid', 'R_PRECISION_CANDIDATES']
 
@@ -94,11 +95,11 @@ def attention_grid(images: torch.Tensor, att_maps, words: list, max_rows: int = 
 
 
 class DAMSMTrainer:
-    """Builds data, encoders and the optimiser from a DAMSM config and trains (``fit``)."""
+    """Builds data, encoders and the optimiser from a DAMSM config and trains (``fit``) on the driver."""
+    kind, name, net_key = 'damsm', 'DAMSM ', 'TRAIN.NET_E'
+    postfix_losses = ()
 
     def __init__(self, cfg):
-        from datasets import build_dataset, collate_sorted   # the data layer is top level
-
         if int(os.environ.get('WORLD_SIZE', '1')) > 1:
             raise ConfigError('pretrain_DAMSM.py runs in one process; start it without torchrun')
         self.cfg = cfg
@@ -107,75 +108,78 @@ class DAMSMTrainer:
         seed_everything(cfg.SEED)
         train = cfg.TRAIN
 
-        self.resume_kind, self.resume_path = self._resolve_resume()
-        expected = text_encoder_vocab_size(self.resume_path, 'TRAIN.NET_E') if self.resume_kind == 'weights' else None
+        self.start = resolve_start_point(cfg, 'TRAIN.NET_E')
+        weights = self.start.kind == 'weights'
+        expected = text_encoder_vocab_size(self.start.path, 'TRAIN.NET_E') if weights else None
         self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=expected)
         self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=expected)
         self.n_words = self.dataset.n_words
 
-        if cfg.DAMSM.RANDOM_TRUNK:
-            trunk = None
-        else:
-            trunk = cfg.PRETRAINED.INCEPTION or 'hub'
+        trunk = None if cfg.DAMSM.RANDOM_TRUNK else (cfg.PRETRAINED.INCEPTION or 'hub')
         self.text_encoder = RNN_ENCODER(self.n_words, nhidden=cfg.TEXT.EMBEDDING_DIM,
                                         rnn_type=cfg.RNN_TYPE).to(self.device)
         self.image_encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, inception_weights=trunk,
                                          input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(self.device)
         self.params = [p for p in list(self.text_encoder.parameters()) + list(self.image_encoder.parameters())
                        if p.requires_grad]
+        if weights:
+            self.start.epoch = self._load_weights(self.start.path)
+        self.optimizer = self._new_optimizer(self.start.epoch)
 
-        self.start_epoch, self.start_step, self.global_step = 1, 0, 0
-        self.run_dir = None
-        self.optimizer_state = None
-        self._load_start()
-        self.optimizer = self._new_optimizer(self.start_epoch)
-        if self.optimizer_state is not None:
-            self.optimizer.load_state_dict(self.optimizer_state)
-
-        self.sampler = EpochBatchSampler(len(self.dataset), train.BATCH_SIZE, cfg.SEED)
-        self.loader = make_loader(self.dataset, self.sampler, collate_sorted, cfg.WORKERS,
-                                  pin_memory=self.device.type == 'cuda')
+        self.driver = Driver(cfg, self, self.dataset, collate_sorted, train.BATCH_SIZE, self.start, self.device)
+        self.run_dir, self.models_dir, self.logger = self.driver.run_dir, self.driver.models_dir, self.driver.logger
         self.valid_sampler = EpochBatchSampler(len(self.test_dataset), min(train.BATCH_SIZE, len(self.test_dataset)),
                                                cfg.SEED, shuffle=False)
         self.valid_loader = make_loader(self.test_dataset, self.valid_sampler, collate_sorted, cfg.WORKERS,
                                         pin_memory=self.device.type == 'cuda')
-        if self.run_dir is None:
-            self.run_dir = make_run_dir(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME)
-        self.models_dir = os.path.join(self.run_dir, 'models')
-        self.logger = RunLogger(os.path.join(self.run_dir, 'log'))
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.driver.global_step
 
     # ------------------------------------------------------------------ start / resume
-    def _resolve_resume(self):
-        kind, path = resolve_start(self.cfg.TRAIN.NET_E, self.cfg.RESTORE, self.cfg, 'TRAIN.NET_E')
-        return ('weights' if kind == 'file' else kind), path
+    def _load_weights(self, path: str) -> int:
+        """AttnGAN's NET_E: text_encoder<N>.pth and the image_encoder<N>.pth beside it; returns N + 1."""
+        text_path, image_path = damsm_paths(path)
+        load_model_state(self.text_encoder, text_path)
+        if not os.path.isfile(image_path):
+            raise FileNotFoundError(f"continuing from '{text_path}' needs the image encoder '{image_path}'")
+        load_model_state(self.image_encoder, image_path)
+        digits = ''.join(ch for ch in os.path.basename(text_path) if ch.isdigit())
+        return int(digits) + 1 if digits else 1
 
-    def _load_start(self):
-        if self.resume_kind == 'state':
-            state = load_training_state(self.resume_path)
-            if state.get('kind') != 'damsm':
-                raise ConfigError(f"'{self.resume_path}' is not a DAMSM training state")
-            load_model_state(self.text_encoder, state['text_encoder'])
-            load_model_state(self.image_encoder, state['image_encoder'])
-            self.optimizer_state = state['optimizer']
-            progress = state['progress']
-            self.start_epoch, self.start_step = progress['next_epoch'], progress['next_step']
-            self.global_step = progress['global_step']
-            self.run_dir = os.path.dirname(os.path.dirname(os.path.abspath(self.resume_path)))
-        elif self.resume_kind == 'weights':
-            # AttnGAN's NET_E: text_encoder<N>.pth and the image_encoder<N>.pth beside it; epoch N+1 next
-            text_path, image_path = damsm_paths(self.resume_path)
-            load_model_state(self.text_encoder, text_path)
-            if not os.path.isfile(image_path):
-                raise FileNotFoundError(f"continuing from '{text_path}' needs the image encoder '{image_path}'")
-            load_model_state(self.image_encoder, image_path)
-            digits = ''.join(ch for ch in os.path.basename(text_path) if ch.isdigit())
-            self.start_epoch = int(digits) + 1 if digits else 1
+    def load_state_dict(self, state: dict) -> None:
+        load_model_state(self.text_encoder, state['text_encoder'])
+        load_model_state(self.image_encoder, state['image_encoder'])
+        self.optimizer = self._new_optimizer(state['progress']['next_epoch'])
+        self.optimizer.load_state_dict(state['optimizer'])
+
+    def state_dict(self) -> dict:
+        return {'text_encoder': model_state_dict(self.text_encoder),
+                'image_encoder': model_state_dict(self.image_encoder),
+                'optimizer': self.optimizer.state_dict(), 'config': repr(self.cfg)}
+
+    def progress_fields(self) -> dict:
+        return {}
 
     def _new_optimizer(self, epoch: int):
         lr = damsm_lr(self.cfg.TRAIN.ENCODER_LR, epoch, self.cfg.DAMSM.LR_DECAY)
-        return torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), foreach=True)  # as in make_optimizers
+        return torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), foreach=True)  # as the GAN optimisers
 
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ the driver's protocol
+    def describe(self, steps_per_epoch: int) -> str:
+        return (f'{len(self.dataset)} training images, {steps_per_epoch} steps per epoch, batch '
+                f'{self.cfg.TRAIN.BATCH_SIZE} on {self.device}'
+                + (' (random Inception trunk)' if self.cfg.DAMSM.RANDOM_TRUNK else ''))
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        if first_step == 0:    # AttnGAN starts every epoch with a new Adam
+            self.optimizer = self._new_optimizer(epoch)
+
     def train_step(self, batch) -> dict:
         self.text_encoder.train()
         self.image_encoder.train()
@@ -187,6 +191,23 @@ class DAMSMTrainer:
         torch.nn.utils.clip_grad_norm_(self.text_encoder.parameters(), self.cfg.TRAIN.RNN_GRAD_CLIP)
         self.optimizer.step()
         return {'w_loss': out['w'].item(), 's_loss': out['s'].item()}
+
+    def step_scalars(self) -> dict:
+        return {'lr': self.optimizer.param_groups[0]['lr']}
+
+    def end_of_epoch(self, summary: EpochSummary) -> None:
+        """Validation (printed and logged), then the snapshot files every SNAPSHOT_INTERVAL epochs."""
+        epoch, train = summary.epoch, self.cfg.TRAIN
+        valid = self.validate(epoch)
+        self.logger.scalars({f'valid/{k}': v for k, v in valid.items() if k != 'pairs'}, epoch)
+        tqdm.write(self.report_line(epoch, summary.means, valid, self.optimizer.param_groups[0]['lr'],
+                                    time.time() - summary.started))
+        if epoch % train.SNAPSHOT_INTERVAL == 0 or epoch == train.MAX_EPOCH:
+            self.save_snapshot(epoch)
+
+    def fit(self) -> str:
+        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
+        return self.driver.fit()
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
@@ -230,10 +251,8 @@ class DAMSMTrainer:
         if interval and first is not None and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH):
             batch, att_maps = first
             words = [[self.dataset.ixtoword[int(i)] for i in cap[:n]] for cap, n in zip(batch.captions, batch.cap_lens)]
-            path = os.path.join(self.run_dir, 'samples', f'attention_{epoch:03d}.png')
             grid = attention_grid(batch.images, att_maps, words)
-            grid.save(path + '.tmp.png')
-            os.replace(path + '.tmp.png', path)
+            save_png(np.array(grid), os.path.join(self.run_dir, 'samples', f'attention_{epoch:03d}.png'))
             self.logger.image('attention', torch.from_numpy(np.array(grid)).permute(2, 0, 1), epoch)
         return result
 
@@ -251,68 +270,8 @@ class DAMSMTrainer:
         return line
 
     # ------------------------------------------------------------------ outputs
-    def save_state(self, epoch_done: int, next_epoch: int, next_step: int) -> None:
-        state = {'kind': 'damsm', 'text_encoder': model_state_dict(self.text_encoder),
-                 'image_encoder': model_state_dict(self.image_encoder),
-                 'optimizer': self.optimizer.state_dict(), 'config': repr(self.cfg)}
-        save_training_state(self.models_dir, state, {'epoch': epoch_done, 'next_epoch': next_epoch,
-                                                     'next_step': next_step, 'global_step': self.global_step})
-
     def save_snapshot(self, epoch: int) -> None:
         """``text_encoder<epoch>.pth`` / ``image_encoder<epoch>.pth``: the names main.py's
         ``TEXT.DAMSM_NAME`` expects, official keys."""
         save_atomic(model_state_dict(self.text_encoder), os.path.join(self.models_dir, f'text_encoder{epoch}.pth'))
         save_atomic(model_state_dict(self.image_encoder), os.path.join(self.models_dir, f'image_encoder{epoch}.pth'))
-
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> str:
-        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
-        cfg, train = self.cfg, self.cfg.TRAIN
-        steps_per_epoch = len(self.sampler)
-        print(f'run folder: {self.run_dir}\n{len(self.dataset)} training images, {steps_per_epoch} steps '
-              f'per epoch, batch {train.BATCH_SIZE} on {self.device}'
-              + (' (random Inception trunk)' if cfg.DAMSM.RANDOM_TRUNK else ''))
-        with StopFlag() as stop:
-            for epoch in range(self.start_epoch, train.MAX_EPOCH + 1):
-                first = self.start_step if epoch == self.start_epoch else 0
-                if first == 0:    # AttnGAN starts every epoch with a new Adam
-                    self.optimizer = self._new_optimizer(epoch)
-                lr = self.optimizer.param_groups[0]['lr']
-                self.sampler.set_epoch(epoch, first)
-                bar = tqdm(total=steps_per_epoch, initial=first, desc=f'DAMSM epoch {epoch}/{train.MAX_EPOCH}',
-                           dynamic_ncols=True, leave=False)
-                step, start, sums = first, time.time(), {'w_loss': 0.0, 's_loss': 0.0}
-                for batch in self.loader:
-                    losses = self.train_step(batch)
-                    step += 1
-                    self.global_step += 1
-                    check_finite(losses, epoch, step, self.global_step)
-                    for k in sums:
-                        sums[k] += losses[k]
-                    bar.update(1)
-                    if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
-                        bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items()})
-                        self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
-                        self.logger.scalars({'lr': lr}, self.global_step)
-                    limit_hit = train.MAX_STEPS and self.global_step >= train.MAX_STEPS
-                    if (stop.requested or limit_hit) and step < steps_per_epoch:
-                        bar.close()
-                        self.save_state(epoch - 1, epoch, step)
-                        print(f'stopped at epoch {epoch}, step {step}; training state saved in {self.models_dir}. '
-                              f'Resume with RESTORE=True TRAIN.NET_E={self.run_dir}')
-                        self.logger.close()
-                        return self.run_dir
-                bar.close()
-                done = step - first
-                valid = self.validate(epoch)
-                self.logger.scalars({f'valid/{k}': v for k, v in valid.items() if k != 'pairs'}, epoch)
-                means = {k: v / max(done, 1) for k, v in sums.items()}
-                line = self.report_line(epoch, means, valid, lr, time.time() - start)
-                tqdm.write(line)
-                if epoch % train.SNAPSHOT_INTERVAL == 0 or epoch == train.MAX_EPOCH:
-                    self.save_snapshot(epoch)
-                self.save_state(epoch, epoch + 1, 0)
-                if stop.requested or (train.MAX_STEPS and self.global_step >= train.MAX_STEPS):
-                    break
-        self.logger.close()
-        return self.run_dir

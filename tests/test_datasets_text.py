@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_birds_layout, real_keys
+from helpers import make_birds_layout, real_keys
 from datasets import (Batch, TextDataset, build_dataset, build_vocabulary, collate_sorted,
                       encode_caption, pad_caption, read_caption_file, tokenize)
-from miscc.config import default_config
+from miscc.core.config import default_config
 
 
 def test_tokenize_like_the_official_code():
@@ -174,7 +174,7 @@ def test_encode_caption_drops_and_reports_unknown_words():
 
 def _coco_layout(root, image_folder):
     """A COCO-style folder: 5 captions per image, no boxes, no class ids."""
-    from conftest import write_jpeg
+    from helpers import write_jpeg
     keys = {'train': ['COCO_train2014_000000000009', 'COCO_train2014_000000000025'],
             'test': ['COCO_val2014_000000000042']}
     for split, names in keys.items():

@@ -10,12 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from miscc.checkpoint import CheckpointError
-from miscc.engine import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
+from miscc.core.checkpoint import CheckpointError
+from miscc.training.driver import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
-from miscc.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
-from miscc.sampling import caption_plan, generator_record, mask_grid, noise_for, other_generator, resume_point
-from miscc.utils import make_run_dir, select_device
+from miscc.training.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
+from miscc.evaluation.generation import mask_grid
+from miscc.evaluation.outputs import caption_plan, generator_record, other_generator, resume_point
+from miscc.families import noise_for
+from miscc.core.runtime import make_run_dir, select_device
 
 
 def test_epoch_sampler_is_a_permutation_per_epoch_and_resumes_mid_epoch():
@@ -228,3 +230,101 @@ def test_resume_point_checks_the_generator(tmp_path):
     (out / 'generator.json').unlink()
     with pytest.raises(FileExistsError, match='holds images of an unrecorded generator'):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g1))
+
+
+# ----------------------------------------------------------------------------- the driver
+class _Items(torch.utils.data.Dataset):
+    """Items shaped like TextDataset's: (image, caption, length, class id, key)."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), float(i)), torch.zeros(3, dtype=torch.long), 1, 0, f'k{i}'
+
+
+class _ToyTrainer:
+    """The driver's protocol around one weight: each step adds the batch mean and a random draw."""
+    kind, name, net_key, postfix_losses = 'gan', '', 'TRAIN.NET_G', ()
+
+    def __init__(self):
+        self.w = torch.zeros(())
+        self.epochs, self.summaries, self.loaded = [], [], None
+
+    def describe(self, steps):
+        return f'{steps} steps'
+
+    def begin_epoch(self, epoch, first):
+        self.epochs.append((epoch, first))
+
+    def train_step(self, batch):
+        self.w += batch.images.mean() + torch.rand(())
+        return {'loss': float(self.w)}
+
+    def step_scalars(self):
+        return {'lr': 0.1}
+
+    def end_of_epoch(self, summary):
+        self.summaries.append(summary)
+
+    def state_dict(self):
+        return {'w': self.w.clone(), 'finetune': False}
+
+    def load_state_dict(self, state):
+        self.w, self.loaded = state['w'].clone(), state
+
+    def progress_fields(self):
+        return {'finetune': False}
+
+
+def _toy_run(tmp_path, start=None, **keys):
+    from datasets import collate_sorted
+    from miscc.core.config import load_config
+    from miscc.training.driver import Driver, StartPoint
+    over = {'OUTPUT_DIR': tmp_path, 'DATASET_NAME': 'birds', 'CONFIG_NAME': 'toy', 'TRAIN.MAX_EPOCH': 3,
+            'TRAIN.LOG_INTERVAL': 1, 'WORKERS': 0, **keys}
+    cfg = load_config(None, [f'{k}={v}' for k, v in over.items()])
+    trainer = _ToyTrainer()
+    torch.manual_seed(0)
+    driver = Driver(cfg, trainer, _Items(), collate_sorted, 4, start or StartPoint(), torch.device('cpu'))
+    return trainer, driver, driver.fit()
+
+
+def test_driver_runs_epochs_and_writes_the_state(tmp_path):
+    trainer, driver, run = _toy_run(tmp_path)
+    assert trainer.epochs == [(1, 0), (2, 0), (3, 0)] and driver.global_step == 6   # 10 items: 2 batches of 4
+    assert [s.epoch for s in trainer.summaries] == [1, 2, 3] and all(s.steps == 2 for s in trainer.summaries)
+    assert read_progress(f'{run}/models/state_last.pth') == {'epoch': 3, 'next_epoch': 4, 'next_step': 0,
+                                                             'global_step': 6, 'finetune': False}
+    state = load_training_state(f'{run}/models/state_last.pth')
+    assert state['kind'] == 'gan' and torch.equal(state['w'], trainer.w)
+
+
+def test_driver_stop_and_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    from miscc.training.driver import RunLogger, resolve_start_point
+    from miscc.core.config import load_config
+    closed = []
+    monkeypatch.setattr(RunLogger, 'close', lambda self: closed.append(True))
+    full, _, _ = _toy_run(tmp_path / 'full')
+    part, _, run = _toy_run(tmp_path / 'part', **{'TRAIN.MAX_STEPS': 3})
+    assert closed == [True, True]                        # the logger is closed on an early stop too
+    assert read_progress(f'{run}/models/state_last.pth')['next_step'] == 1
+    cfg = load_config(None, [f'OUTPUT_DIR={tmp_path / "part"}', 'DATASET_NAME=birds', 'CONFIG_NAME=toy',
+                             'RESTORE=True'])
+    start = resolve_start_point(cfg, 'TRAIN.NET_G')
+    assert start.kind == 'state'
+    torch.manual_seed(123)                               # whatever came before, the state's RNG is used
+    resumed, driver, run2 = _toy_run(tmp_path / 'part', start=start)
+    assert run2 == run and resumed.epochs[0] == (2, 1)
+    assert torch.equal(resumed.w, full.w) and driver.global_step == 6
+
+
+def test_driver_refuses_a_state_of_another_kind(tmp_path):
+    from miscc.core.config import ConfigError
+    from miscc.training.driver import StartPoint
+    _, _, run = _toy_run(tmp_path)
+    state = load_training_state(f'{run}/models/state_last.pth')
+    state['kind'] = 'damsm'
+    torch.save(state, tmp_path / 'damsm_state.pth')
+    with pytest.raises(ConfigError, match="is a damsm training state, not a gan one; resume it with pretrain_DAMSM.py"):
+        _toy_run(tmp_path, start=StartPoint('state', str(tmp_path / 'damsm_state.pth')))

@@ -11,21 +11,24 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from miscc.build import build_discriminator, build_generator
-from miscc.checkpoint import load_model_state
+from miscc.core.checkpoint import load_model_state
 from miscc.cli import gan_main
-from miscc.config import load_config
-from miscc.engine import NonFiniteLossError
-from miscc.trainer import resolve_resume
+from miscc.core.config import load_config
+from miscc.families import build_networks
+from miscc.training.driver import NonFiniteLossError
+from miscc.training.gan import resolve_resume
 from models import RNN_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# every test here trains or generates end to end: seconds to minutes each
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
     """8 train / 4 test synthetic birds and random DAMSM encoders for their vocabulary."""
-    from conftest import make_synthetic_with_encoders
+    from helpers import make_synthetic_with_encoders
     root = make_synthetic_with_encoders(tmp_path_factory.mktemp('train'), 8, 4, seed=3, epoch=5)
     return root
 
@@ -57,12 +60,12 @@ def test_main_writes_official_checkpoints_state_samples_and_log(tiny_setup, main
     assert names == ['netD_001.pth', 'netD_002.pth', 'netG_001.pth', 'netG_002.pth',
                      'state_last.json', 'state_last.pth']
     cfg = load_config(*_split(overrides(tiny_setup)))
-    for name, build in (('netG_002.pth', build_generator), ('netD_002.pth', build_discriminator)):
+    for name, net in (('netG_002.pth', 'netG'), ('netD_002.pth', 'netD')):
         state = torch.load(main_run / 'models' / name, weights_only=True)
         assert not any(k.startswith('module.') for k in state)
-        fresh = build(cfg)
+        fresh = build_networks(cfg)[net]
         fresh.load_state_dict(state, strict=True)       # as the official code loads it
-        load_model_state(build(cfg), str(main_run / 'models' / name))
+        load_model_state(build_networks(cfg)[net], str(main_run / 'models' / name))
     progress = json.loads((main_run / 'models' / 'state_last.json').read_text())
     assert progress == {'epoch': 2, 'next_epoch': 3, 'next_step': 0, 'global_step': 4, 'finetune': False}
     grid = Image.open(main_run / 'samples' / 'epoch_002.png')
@@ -164,7 +167,7 @@ def test_exact_resume_gives_bit_identical_weights(tiny_setup):
 
 
 def test_non_finite_loss_stops_without_overwriting(tiny_setup, main_run, monkeypatch):
-    import miscc.trainer
+    import miscc.families.ssagan
     out = tiny_setup / 'nan'
     assert gan_main(False, overrides(tiny_setup, out='nan', **{'TRAIN.MAX_EPOCH': 1})) == 0
     (run,) = run_dirs(tiny_setup, 'nan')
@@ -172,7 +175,7 @@ def test_non_finite_loss_stops_without_overwriting(tiny_setup, main_run, monkeyp
 
     def exploding(logits):
         return logits.mean() * float('nan')
-    monkeypatch.setattr(miscc.trainer, 'generator_adversarial_loss', exploding)
+    monkeypatch.setattr(miscc.families.ssagan, 'generator_adversarial_loss', exploding)
     with pytest.raises(NonFiniteLossError, match=r'epoch 2, step 1 \(global step 3\): .*errG=nan'):
         gan_main(False, overrides(tiny_setup, out='nan', **{'RESTORE': True}))
     after = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
@@ -219,13 +222,13 @@ def test_compiled_generator_trains_and_saves_official_keys(tiny_setup, eager_com
     assert len(eager_compile) == 1
     (run,) = run_dirs(tiny_setup, 'compiled')
     state = torch.load(run / 'models' / 'netG_001.pth', weights_only=True)
-    build_generator(load_config(*_split(argv))).load_state_dict(state, strict=True)
+    build_networks(load_config(*_split(argv)))['netG'].load_state_dict(state, strict=True)
 
 
 def test_compile_with_data_parallel_is_a_config_error(tiny_setup, monkeypatch, capsys):
-    import miscc.trainer
-    from miscc.utils import DeviceSetup
-    monkeypatch.setattr(miscc.trainer, 'device_from_config',
+    import miscc.training.gan
+    from miscc.core.runtime import DeviceSetup
+    monkeypatch.setattr(miscc.training.gan, 'device_from_config',
                         lambda cfg, local_rank=None: DeviceSetup(torch.device('cpu'), [0, 1]))
     argv = overrides(tiny_setup, out='dp', **{'TRAIN.FAST': True, 'TRAIN.FAST_OPTIONS.COMPILE': True})
     assert gan_main(False, argv) == 2
@@ -245,7 +248,7 @@ def _ddp_worker(rank, world, port, argv, out):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from miscc.cli import config_from_args, parse_args
-    from miscc.trainer import GANTrainer
+    from miscc.training.gan import GANTrainer
     trainer = GANTrainer(config_from_args(parse_args(argv, 'test')))
     run_dir = trainer.fit()
     torch.save({'netG': trainer.netG.state_dict(), 'netD': trainer.netD.state_dict(), 'run_dir': run_dir,

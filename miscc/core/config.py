@@ -43,12 +43,15 @@ DEFAULTS: dict = {
     'WORKERS': 6,
     'SEED': 100,                    # the official scripts seed everything with 100
     'CPU_ALLOCATOR': 'keep',        # 'keep': freed CPU memory is reused, not returned to the system
-                                    # (no page faults on every step; see miscc.utils); 'system'
+                                    # (no page faults on every step; see miscc.core.runtime); 'system'
     'RNN_TYPE': 'LSTM',             # 'LSTM' or 'GRU'
     'B_VALIDATION': False,          # True: generate evaluation images instead of training
     'RESTORE': False,               # True: continue from the last training state of TRAIN.NET_G's run
     'USE_SN': False,                # official key, unused
     'loss': 'hinge',                # official key; hinge is the only loss
+    'MODEL': {
+        'NAME': 'ssagan',           # generator family (miscc/families): 'ssagan'
+    },
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
         'BASE_SIZE': 64,            # image size: 64, 128 or 256 (299 for DAMSM pretraining)

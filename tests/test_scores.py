@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-import miscc.evaluation as evaluation
-from miscc.config import load_config
-from miscc.evaluation import eval_main, reference_statistics
-from miscc.metrics import frechet_distance, inception_score
+import miscc.evaluation.scores as evaluation
+from miscc.cli import eval_main
+from miscc.core.config import load_config
+from miscc.evaluation.metrics import frechet_distance, inception_score
+from miscc.evaluation.scores import reference_statistics
+from miscc.families import build_networks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +59,11 @@ def test_frechet_distance_closed_forms():
 @pytest.fixture(scope='module')
 def eval_setup(tmp_path_factory):
     """Synthetic birds (8 train / 110 test), random DAMSM encoders and a random 64 px generator."""
-    from conftest import make_synthetic_with_encoders
-    from miscc.build import build_generator
+    from helpers import make_synthetic_with_encoders
     root = make_synthetic_with_encoders(tmp_path_factory.mktemp('eval'), 8, 110, seed=5, epoch=1, nef=32,
                                         input_size=75)
     cfg = load_config(None, _overrides(root))
-    torch.save(build_generator(cfg).state_dict(), root / 'netG_001.pth')
+    torch.save(build_networks(cfg)['netG'].state_dict(), root / 'netG_001.pth')
     return root
 
 
@@ -81,6 +82,7 @@ def _argv(root, *args, **extra):
     return ['--cfg', str(ROOT / 'cfg' / 'bird.yml'), *map(str, args)] + _overrides(root, **extra)
 
 
+@pytest.mark.slow
 def test_is_and_fid_from_a_generator_and_from_its_folder(eval_setup, capsys):
     root = eval_setup
     netg = root / 'netG_001.pth'
@@ -113,6 +115,7 @@ def test_is_and_fid_from_a_generator_and_from_its_folder(eval_setup, capsys):
     assert fid2['reference']['from_cache'] and fid2['value'] == pytest.approx(fid['value'], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_reference_cache_is_reused_and_invalidated(eval_setup, monkeypatch):
     root = eval_setup
     cfg = load_config(None, _overrides(root, **{'EVAL.CACHE_DIR': root / 'cache2'})).freeze()
@@ -163,6 +166,7 @@ def test_bad_inputs_are_named(eval_setup, tmp_path, capsys, monkeypatch):
     assert 'weights-inception-2015-12-05-6726825d.pth' in err and str(tmp_path / 'torch_home') in err
 
 
+@pytest.mark.slow
 def test_domain_classifier_is_is_reported(eval_setup, tmp_path):
     from torchvision.models import inception_v3
     root = eval_setup
@@ -185,3 +189,24 @@ def test_domain_classifier_is_is_reported(eval_setup, tmp_path):
     argv = _argv(root, '--images', folder, **{'EVAL.CLASSIFIER': tmp_path / 'other.pth',
                                               'EVAL.CLASSIFIER_CLASSES': 3})
     assert eval_main('IS', argv) == 2
+
+
+@pytest.mark.slow
+def test_r_precision_on_a_coco_layout_with_five_captions(tmp_path):
+    """COCO has 5 captions per image: the R-precision vocabulary must come from the config's
+    CAPTIONS_PER_IMAGE (a fixed 10 made it a data error, reported as 'skipped')."""
+    from helpers import make_coco_layout
+    from miscc.evaluation.scores import caption_r_precision
+    from models import CNN_ENCODER, RNN_ENCODER
+    keys = make_coco_layout(tmp_path / 'coco', 4, 100)
+    cfg = load_config(None, ['DATASET_NAME=coco', f'DATA_DIR={tmp_path / "coco"}', 'TEXT.CAPTIONS_PER_IMAGE=5',
+                             'TREE.BASE_SIZE=64', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=75']).freeze()
+    from datasets import build_dataset
+    n_words = build_dataset(cfg, 'test', augment=False).n_words
+    torch.manual_seed(0)
+    torch.save(RNN_ENCODER(n_words, nhidden=32).state_dict(), tmp_path / 'text_encoder1.pth')
+    torch.save(CNN_ENCODER(32, input_size=75).state_dict(), tmp_path / 'image_encoder1.pth')
+    images = torch.randint(0, 256, (100, 3, 64, 64), dtype=torch.uint8)
+    captions = [(tmp_path / 'coco' / 'text' / (k + '.txt')).read_text().splitlines()[0] for k in keys['test']]
+    result = caption_r_precision(cfg, str(tmp_path / 'text_encoder1.pth'), images, captions, keys['test'])
+    assert result['count'] == 100 and 0.0 <= result['mean'] <= 1.0 and result['std'] >= 0.0

@@ -12,11 +12,15 @@ module this numpy has, so old files load without the ``numpy.core`` deprecation.
 """
 from __future__ import annotations
 
+import codecs
+import collections
 import importlib
 import io
 import os
 import pickle
 from typing import Any
+
+import numpy as np
 
 __all__ = ['PickleLoadError', 'UnsafePickleError', 'safe_load', 'safe_loads']
 
@@ -58,10 +62,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return super().find_class('builtins', name)
         if module == '_codecs' and name == 'encode':
             # Python 3 writes bytes in protocol <= 2 as _codecs.encode(text, 'latin1').
-            import codecs
             return codecs.encode
         elif module == 'collections' and name == 'OrderedDict':
-            import collections
             return collections.OrderedDict
         elif module in ('numpy.core.multiarray', 'numpy._core.multiarray') \
                 and name in _NUMPY_MULTIARRAY:
@@ -70,8 +72,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             # protocol 5 arrays; object dtypes cannot come through a raw buffer
             return getattr(_numpy_core_module('numeric'), name)
         elif module == 'numpy' and name in _NUMPY_TOP:
-            import numpy
-            return getattr(numpy, name)
+            return getattr(np, name)
         raise UnsafePickleError(
             f"refusing to unpickle '{self._source}': it refers to the global "
             f"'{module}.{name}', which a data-set pickle never needs (only lists, dicts, "

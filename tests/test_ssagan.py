@@ -1,11 +1,15 @@
-"""The fast training options: each one against the faithful computation it replaces."""
+"""The SSA-GAN update (miscc/families/ssagan.py) and its fast options: each one against the
+faithful computation it replaces."""
 import copy
 
 import pytest
 import torch
 
-from miscc.config import ConfigError, load_config
-from miscc.trainer import GANUpdate, make_optimizers
+from helpers import as_batch, ssagan_update
+from miscc.core.config import ConfigError, load_config
+from miscc.families import family_of
+from miscc.families.ssagan import UpdateOptions
+from miscc.training.gan import apply_fast_model_options
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER
 
 VOCAB = 30
@@ -17,7 +21,7 @@ def _batch(seed=0, size=64, bsz=3):
     lens = torch.tensor([7, 5, 4])[:bsz]
     captions = torch.randint(1, VOCAB, (bsz, 18), generator=gen)
     captions[torch.arange(18)[None] >= lens[:, None]] = 0
-    return images, captions, lens, torch.tensor([1, 2, 3])[:bsz]
+    return as_batch(images, captions, lens, torch.tensor([1, 2, 3])[:bsz])
 
 
 def _nets():
@@ -33,10 +37,7 @@ def _nets():
 
 
 def _update(nets, **options):
-    netG, netD, text, image = (copy.deepcopy(n) for n in nets)
-    cfg = load_config(None, [])
-    optG, optD, _ = make_optimizers(cfg, netG, netD)
-    return GANUpdate(netG, netD, text, image, optG, optD, **options)
+    return ssagan_update(*(copy.deepcopy(n) for n in nets), **options)
 
 
 def test_lean_sscbn_computes_the_same_images():
@@ -56,9 +57,9 @@ def test_fused_magp_takes_one_d_step_on_the_same_losses():
     nets = _nets()
     faithful, fused = _update(nets), _update(nets, fused_magp=True)
     torch.manual_seed(5)
-    a = faithful(*_batch())
+    a = faithful(_batch())
     torch.manual_seed(5)
-    b = fused(*_batch())
+    b = fused(_batch())
     # the hinge terms see the same D and the same fakes; the penalty is taken on the real pass
     # before the D step (faithful: after it), so it differs while the hinge losses agree
     for k in ('errD', 'errD_real', 'errD_fake', 'errD_mismatch'):
@@ -72,9 +73,9 @@ def test_bf16_autocast_on_cpu_gives_close_finite_losses():
     nets = _nets()
     full, half = _update(nets), _update(nets, bf16=True)
     torch.manual_seed(7)
-    a = full(*_batch(1))
+    a = full(_batch(1))
     torch.manual_seed(7)
-    b = half(*_batch(1))
+    b = half(_batch(1))
     for k in ('errD', 'errG', 'DAMSM'):
         assert torch.isfinite(torch.tensor(b[k])), k
         assert b[k] == pytest.approx(a[k], rel=0.05, abs=0.05), k
@@ -83,30 +84,28 @@ def test_bf16_autocast_on_cpu_gives_close_finite_losses():
 def test_fast_config_turns_on_bf16_only_where_it_pays(monkeypatch):
     nets = _nets()
     cfg = load_config(None, ['TRAIN.FAST=True'])
-    netG, netD, text, image = nets
-    optG, optD, _ = make_optimizers(cfg, netG, netD)
+    cpu = next(nets[0].parameters()).device
     monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: False)
-    assert not GANUpdate.from_config(cfg, netG, netD, text, image, optG, optD).bf16
+    assert not UpdateOptions.from_config(cfg, cpu, finetune=False).bf16
     monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: True)
-    update = GANUpdate.from_config(cfg, netG, netD, text, image, optG, optD)
+    update = ssagan_update(*nets, cfg=cfg).opts
     assert update.bf16 and update.fused_magp and not update.channels_last
-    assert not GANUpdate.from_config(load_config(None, []), netG, netD, text, image, optG, optD).bf16
+    assert not UpdateOptions.from_config(load_config(None, []), cpu, finetune=False).bf16
 
 
+@pytest.mark.slow
 def test_compiled_generator_trains_like_the_plain_one(eager_compile):
-    from miscc.trainer import apply_fast_model_options
     compiled = eager_compile
     cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.COMPILE=True', 'TRAIN.FAST_OPTIONS.BF16=False'])
     plain_cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.BF16=False'])
     results = []
     for c in (plain_cfg, cfg):
         netG, netD, text, image = (copy.deepcopy(n) for n in _nets())
-        generator = apply_fast_model_options(c, netG, netD)
-        optG, optD, _ = make_optimizers(c, netG, netD)
-        update = GANUpdate.from_config(c, netG, netD, text, image, optG, optD, G=generator)
+        generator = apply_fast_model_options(c, family_of(c), {'netG': netG, 'netD': netD})
+        update = ssagan_update(netG, netD, text, image, G=generator, cfg=c)
         assert (update.G is netG) == (c is plain_cfg)
         torch.manual_seed(11)
-        results.append((update(*_batch(2)), netG.state_dict()))
+        results.append((update(_batch(2)), netG.state_dict()))
     assert [mode for _, mode in compiled] == [None]
     (a, state_a), (b, state_b) = results
     for k in ('errD', 'errG', 'DAMSM', 'MAGP'):
@@ -117,22 +116,23 @@ def test_compiled_generator_trains_like_the_plain_one(eager_compile):
 
 
 def test_compile_wraps_the_device_wrapper(eager_compile):
-    from miscc.trainer import apply_fast_model_options
     compiled = eager_compile
     netG, netD = _nets()[:2]
+    family, nets = family_of(load_config(None, [])), {'netG': netG, 'netD': netD}
     wrapper = torch.nn.Sequential(netG)          # stands for DDP(netG)
     cfg = load_config(None, ['TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.COMPILE=True'])
-    generator = apply_fast_model_options(cfg, netG, netD, wrap=lambda g: wrapper)
+    generator = apply_fast_model_options(cfg, family, nets, wrap=lambda g: wrapper)
     assert compiled == [(wrapper, None)] and generator._orig_mod is wrapper
-    assert apply_fast_model_options(load_config(None, []), netG, netD, wrap=lambda g: wrapper) is wrapper
+    assert apply_fast_model_options(load_config(None, []), family, nets, wrap=lambda g: wrapper) is wrapper
     cfg.TRAIN.FAST_OPTIONS.COMPILE_MODE = 'reduce-overhead'
-    apply_fast_model_options(cfg, netG, netD)
+    apply_fast_model_options(cfg, family, nets)
     assert compiled[-1] == (netG, 'reduce-overhead')
     cfg.TRAIN.FAST_OPTIONS.COMPILE_MODE = 'fastest'
     with pytest.raises(ConfigError, match=r"TRAIN.FAST_OPTIONS.COMPILE_MODE must be one of .*'reduce-overhead'.*got 'fastest'"):
-        apply_fast_model_options(cfg, netG, netD)
+        apply_fast_model_options(cfg, family, nets)
 
 
+@pytest.mark.slow
 def test_gpu_option_set_on_cpu_gives_the_same_losses():
     """What TRAIN.FAST turns on for CUDA, but bf16: channels-last G, D and images, the
     first-order-only convolution backward in D (CONV_GRADFIX), lean SSCBN, fused MA-GP."""
@@ -147,9 +147,9 @@ def test_gpu_option_set_on_cpu_gives_the_same_losses():
     assert not gpu_like.netD.conv_img.weight.is_contiguous()
     for step in range(2):          # the second iteration sees the stepped weights and Adam states
         torch.manual_seed(20 + step)
-        a = plain(*_batch(3 + step))
+        a = plain(_batch(3 + step))
         torch.manual_seed(20 + step)
-        b = gpu_like(*_batch(3 + step))
+        b = gpu_like(_batch(3 + step))
         for k in ('errD', 'errG', 'DAMSM', 'MAGP'):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
     for (name, p), q in zip(plain.netD.named_parameters(), gpu_like.netD.parameters()):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime
-import hashlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -13,9 +12,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 __all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
            'init_distributed', 'seed_everything',
-           'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds', 'file_sha256']
+           'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
 
 
 @dataclass
@@ -100,7 +101,6 @@ def configure_cpu_allocator(mode: str) -> bool:
     Returns True when a setting was applied (glibc only; elsewhere this is a no-op).
     """
     if mode not in CPU_ALLOCATOR_MODES:
-        from .config import ConfigError
         raise ConfigError(f"CPU_ALLOCATOR must be one of {', '.join(CPU_ALLOCATOR_MODES)}, got {mode!r}")
     if mode == 'system':
         return False
@@ -179,12 +179,3 @@ def make_run_dir(output_dir: str, dataset: str, config_name: str, now: datetime.
     for sub in ('models', 'log', 'samples'):
         os.makedirs(os.path.join(run, sub))
     return run
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()

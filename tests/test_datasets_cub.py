@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CUB_META, make_birds_layout, real_keys, write_jpeg
+from helpers import CUB_META, make_birds_layout, real_keys, write_jpeg
 from datasets import (RealImageDataset, TextDataset, crop_box, load_bboxes, load_class_ids,
                       load_filenames)
 
@@ -114,7 +114,7 @@ def test_mini_layout_item_and_eval_view(mini_birds):
 def test_training_view_resizes_crops_and_flips(tmp_path):
     keys = real_keys('train')[:2]
     root = make_birds_layout(tmp_path / 'birds', keys, real_keys('test')[:1], images=False)
-    from conftest import real_boxes
+    from helpers import real_boxes
     # Left half of the crop red, right half green: a flip swaps them.
     box = crop_box(real_boxes()[keys[0]], 500, 400)
     from PIL import Image

@@ -1,0 +1,1 @@
+"""Config, files, checkpoints and run-time set-up: the layer everything else builds on."""

@@ -1,0 +1,1 @@
+"""Data-set helpers below the loaders of ``datasets.py``: restricted unpickling, synthetic birds."""

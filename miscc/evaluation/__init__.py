@@ -1,0 +1,1 @@
+"""Generation from a trained generator, its output folders, and the evaluation metrics."""

@@ -1,0 +1,24 @@
+"""Generator families, chosen by the config key ``MODEL.NAME``: each is a file of networks in
+``models/`` and a module here with its update (see ``base.Family``)."""
+from __future__ import annotations
+
+from ..core.config import ConfigError
+from .base import Family, Update, noise_for
+from .ssagan import SSAGAN
+
+__all__ = ['FAMILIES', 'Family', 'Update', 'family_of', 'build_networks', 'noise_for']
+
+FAMILIES = {family.name: family for family in (SSAGAN(),)}
+
+
+def family_of(cfg) -> Family:
+    """The family ``cfg.MODEL.NAME`` names; ConfigError listing the known ones otherwise."""
+    name = cfg.MODEL.NAME
+    if name not in FAMILIES:
+        raise ConfigError(f"MODEL.NAME must be one of {', '.join(map(repr, FAMILIES))}, got {name!r}")
+    return FAMILIES[name]
+
+
+def build_networks(cfg) -> dict:
+    """Freshly initialised networks of the config's family, on the CPU (``{'netG': ..., ...}``)."""
+    return family_of(cfg).build_networks(cfg)

@@ -1,0 +1,119 @@
+"""What the shared loop, sampling and evaluation need from a generator family.
+
+A family (``MODEL.NAME``) is a file of networks in ``models/`` and a module here that builds
+them from the config, names their checkpoint files and holds the update (the optimisers and
+one training iteration). Everything else (data, the epoch loop, checkpoints, sampling,
+metrics) is shared.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..core.checkpoint import load_model_state
+
+__all__ = ['Family', 'Update', 'noise_for', 'frozen', 'autocast', 'optimizer_step']
+
+
+def noise_for(indices: Iterable[int], nz: int, seed: int) -> torch.Tensor:
+    """len(indices) x nz standard normal noise; image n's noise depends only on (seed, n),
+    so results do not depend on the batch size and an interrupted run can resume."""
+    gen = torch.Generator()
+    rows = []
+    for n in indices:
+        gen.manual_seed(seed * 1_000_003 + int(n))
+        rows.append(torch.randn(nz, generator=gen))
+    return torch.stack(rows)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Temporarily stop gradients into the modules' parameters (inputs still get them): the
+    G step needs dD/dx, not dD/dtheta, and skipping the latter changes no result."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def autocast(enabled: bool, device: torch.device):
+    """bfloat16 autocast on ``device`` when ``enabled``, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """zero_grad (to None), backward, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class Update:
+    """One training iteration of a family: ``update(batch) -> {loss name: float}``.
+
+    ``optimizers`` maps the training-state key of each optimiser (``'optimizerG'``...) to it;
+    ``last_real`` / ``last_fake`` hold the last iteration's images for TensorBoard.
+    """
+    optimizers: dict
+    last_real: torch.Tensor | None = None
+    last_fake: torch.Tensor | None = None
+
+    def __call__(self, batch) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Family:
+    """A generator family. Subclasses set ``name`` and ``networks`` and implement
+    ``build_networks`` and ``make_update``; the rest has defaults that fit SSA-GAN-like models.
+
+    ``networks``: the keys of ``build_networks``' dict, which are also the training-state keys
+    and the stems of the per-epoch files (``netG_120.pth``); ``networks[0]`` is the generator.
+    ``save_intervals``: which TRAIN key sets each network's save interval.
+    """
+    name = ''
+    networks: tuple = ('netG', 'netD')
+    save_intervals: dict = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL'}
+
+    def build_networks(self, cfg) -> dict:
+        """Freshly initialised networks on the CPU, keyed by ``networks``."""
+        raise NotImplementedError
+
+    def build_generator(self, cfg) -> nn.Module:
+        return self.build_networks(cfg)[self.networks[0]]
+
+    def load_weights(self, module: nn.Module, path: str, name: str) -> nn.Module:
+        """Load network ``name`` from a checkpoint file (ours or a released one), strictly."""
+        return load_model_state(module, path)
+
+    def noise(self, cfg, indices: Iterable[int], seed: int) -> torch.Tensor:
+        """Sampling noise of images ``indices`` (len x GAN.Z_DIM), see ``noise_for``."""
+        return noise_for(indices, cfg.GAN.Z_DIM, seed)
+
+    def generate(self, netG: nn.Module, noise: torch.Tensor, sent: torch.Tensor):
+        """``(images B x 3 x S x S in [-1, 1], masks)``: masks a list of B x 1 x s x s maps in
+        [0, 1] from coarse to fine (empty when the family has none)."""
+        out = netG(noise, sent)
+        return (out[0], list(out[1])) if isinstance(out, tuple) else (out, [])
+
+    def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
+        """Family-specific model options (fast kernels, ...) applied before wrapping."""
+
+    def make_optimizers(self, cfg, nets: dict, text_encoder=None, image_encoder=None,
+                        finetune: bool = False) -> dict:
+        """Optimisers keyed by their training-state names (``'optimizerG'``...)."""
+        raise NotImplementedError
+
+    def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
+                    finetune: bool = False, distributed: bool = False) -> Update:
+        """The update on the bare ``nets`` and ``encoders`` (``'text_encoder'``, ``'image_encoder'``),
+        their device-wrapped forms ``modules`` (the keys of both) and ``optimizers``."""
+        raise NotImplementedError

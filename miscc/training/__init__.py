@@ -1,0 +1,1 @@
+"""The epoch driver and the trainers built on it (GAN training, DAMSM pretraining)."""

@@ -1,0 +1,143 @@
+"""Helpers shared by the tests: the real CUB metadata, small generated data sets, random
+encoders, and the SSA-GAN update built from bare modules."""
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets import Batch, TextDataset, crop_box
+from miscc.core.config import load_config
+from miscc.data.synthetic import make_synthetic_birds
+from miscc.families.ssagan import SSAGANUpdate, UpdateOptions, make_optimizers
+from models import CNN_ENCODER, RNN_ENCODER
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+CUB_META = FIXTURES / 'cub_metadata'
+
+# Real CUB-style captions, with the oddities of the real files: an empty line,
+# a line without words, more lines than needed.
+CAPTION_LINES = (FIXTURES / 'example_captions_bird.txt').read_text().splitlines()
+
+
+def real_keys(split):
+    with open(CUB_META / split / 'filenames.pickle', 'rb') as f:
+        return pickle.load(f)
+
+
+def real_boxes():
+    ids = dict(line.split() for line in (CUB_META / 'images.txt').read_text().splitlines())
+    out = {}
+    for line in (CUB_META / 'bounding_boxes.txt').read_text().splitlines():
+        i, *box = line.split()
+        out[ids[i][:-4]] = tuple(int(float(v)) for v in box)
+    return out
+
+
+def write_jpeg(path, size=(500, 400), box=None, inside=(220, 20, 20), outside=(20, 20, 220)):
+    """A JPEG of ``size`` in ``outside`` colour with the rectangle ``box`` in ``inside``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = Image.new('RGB', size, outside)
+    if box is not None:
+        img.paste(inside, tuple(box))
+    img.save(path, format='JPEG', quality=95)
+
+
+def make_birds_layout(root, train_keys, test_keys, captions=None, images=True,
+                      image_size=(500, 400), copy_meta=True):
+    """A ``data/birds`` folder with the real metadata files and the given split keys.
+
+    ``captions``: key -> text of its caption file (default: 12 real captions, rotated
+    per key, plus an empty and a word-less line). Images are written at every key
+    when ``images`` is true, red inside the official crop and blue outside.
+    """
+    root = Path(root)
+    (root / 'CUB_200_2011').mkdir(parents=True, exist_ok=True)
+    if copy_meta:
+        shutil.copy(CUB_META / 'images.txt', root / 'CUB_200_2011' / 'images.txt')
+        shutil.copy(CUB_META / 'bounding_boxes.txt', root / 'CUB_200_2011' / 'bounding_boxes.txt')
+    real_ids = {}
+    for split in ('train', 'test'):
+        with open(CUB_META / split / 'class_info.pickle', 'rb') as f:
+            ids = pickle.load(f, encoding='latin1')
+        real_ids.update({k: int(c) for k, c in zip(real_keys(split), ids)})
+    boxes = real_boxes()
+    for split, keys in (('train', train_keys), ('test', test_keys)):
+        (root / split).mkdir(exist_ok=True)
+        with open(root / split / 'filenames.pickle', 'wb') as f:
+            pickle.dump(list(keys), f, protocol=0)
+        with open(root / split / 'class_info.pickle', 'wb') as f:
+            pickle.dump([np.int64(real_ids[k]) for k in keys], f, protocol=2)
+    for n, key in enumerate(list(train_keys) + list(test_keys)):
+        if captions is not None:
+            text = captions[key]
+        else:
+            lines = [CAPTION_LINES[(n + i) % len(CAPTION_LINES)] for i in range(12)]
+            text = '\n'.join(lines[:3] + ['', '...'] + lines[3:]) + '\n'
+        path = root / 'text' / (key + '.txt')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding='utf-8')
+        if images:
+            write_jpeg(root / 'CUB_200_2011' / 'images' / (key + '.jpg'), image_size,
+                       crop_box(boxes[key], *image_size))
+    return root
+
+
+def make_synthetic_with_encoders(root, num_train: int, num_test: int, seed: int, epoch: int,
+                                 nef: int = 256, input_size: int = 299):
+    """Synthetic birds under ``root/synthetic_birds`` (128 px) and random DAMSM encoders for
+    their vocabulary as ``root/enc/{text,image}_encoder<epoch>.pth``."""
+    data = root / 'synthetic_birds'
+    make_synthetic_birds(str(data), num_train=num_train, num_test=num_test, image_size=128, seed=seed, workers=1)
+    n_words = TextDataset(str(data), 'train', image_size=64, dataset_name='synthetic_birds').n_words
+    torch.manual_seed(0)
+    (root / 'enc').mkdir()
+    torch.save(RNN_ENCODER(n_words, nhidden=nef).state_dict(), root / 'enc' / f'text_encoder{epoch}.pth')
+    torch.save(CNN_ENCODER(nef, input_size=input_size).state_dict(), root / 'enc' / f'image_encoder{epoch}.pth')
+    return root
+
+
+
+
+def as_batch(images, captions, cap_lens, class_ids) -> Batch:
+    """A ``datasets.Batch`` of the given tensors (keys left empty)."""
+    return Batch(images, captions, torch.as_tensor(cap_lens), torch.as_tensor(class_ids), [''] * len(images))
+
+
+def ssagan_update(netG, netD, text_encoder, image_encoder, G=None, cfg=None, **options) -> SSAGANUpdate:
+    """The SSA-GAN update on these bare modules (``G``: the generator module to call, e.g.
+    compiled) with the optimisers of ``cfg`` (default: the defaults) and either the options of
+    ``cfg`` or, without one, ``UpdateOptions(**options)`` (official loss weights)."""
+    nets = {'netG': netG, 'netD': netD}
+    encoders = {'text_encoder': text_encoder, 'image_encoder': image_encoder}
+    modules = dict(nets, **encoders)
+    if G is not None:
+        modules['netG'] = G
+    if cfg is not None:
+        opts = UpdateOptions.from_config(cfg, next(netG.parameters()).device, finetune=False)
+    else:
+        cfg = load_config(None, [])
+        opts = UpdateOptions(**dict(dict(smooth=dict(gamma1=5.0, gamma2=5.0, gamma3=10.0, lam=1.0)), **options))
+    return SSAGANUpdate(nets, modules, encoders, make_optimizers(cfg, nets), opts)
+
+
+def make_coco_layout(root, num_train: int, num_test: int, size=(32, 24)):
+    """A COCO-style folder (images/, text/, split pickles; 5 captions per image, no boxes, no
+    class ids) whose captions differ from key to key. Returns {'train': keys, 'test': keys}."""
+    root = Path(root)
+    words = ['plate', 'bus', 'dog', 'red', 'green', 'street', 'table', 'man', 'two', 'small', 'cat', 'tree']
+    keys = {'train': [f'COCO_train2014_{i:012d}' for i in range(num_train)],
+            'test': [f'COCO_val2014_{i:012d}' for i in range(num_test)]}
+    (root / 'text').mkdir(parents=True, exist_ok=True)
+    for split, names in keys.items():
+        (root / split).mkdir(exist_ok=True)
+        with open(root / split / 'filenames.pickle', 'wb') as f:
+            pickle.dump(names, f, protocol=2)
+        for n, k in enumerate(names):
+            lines = [f'a {words[n % 12]} {words[(n // 12 + j) % 12]} near a {words[(n + 3 * j) % 12]}' for j in range(5)]
+            (root / 'text' / (k + '.txt')).write_text('\n'.join(lines) + '\n')
+            write_jpeg(str(root / 'images' / (k + '.jpg')), size, (0, 0, size[0] // 2, size[1]))
+    return keys

@@ -1,0 +1,58 @@
+"""miscc/core/files.py: atomic writes, JSON lines, SHA-256."""
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+from miscc.core.files import (TEMP_SUFFIX, atomic_write, file_sha256, read_json, read_jsonl, write_json,
+                              write_text)
+
+
+def test_atomic_write_replaces_the_file_only_when_complete(tmp_path):
+    path = tmp_path / 'sub' / 'out.bin'
+    with atomic_write(str(path)) as f:
+        f.write(b'first')
+        # while writing, the target does not exist yet; the temporary file sits beside it
+        (tmp,) = os.listdir(path.parent)
+        assert tmp.startswith('.out.bin.') and tmp.endswith(TEMP_SUFFIX)
+        assert not path.exists()
+    assert path.read_bytes() == b'first' and os.listdir(path.parent) == ['out.bin']
+    with pytest.raises(RuntimeError, match='boom'):
+        with atomic_write(str(path)) as f:
+            f.write(b'half of the second')
+            raise RuntimeError('boom')
+    assert path.read_bytes() == b'first'                     # the old file is untouched
+    assert os.listdir(path.parent) == ['out.bin']            # and no temporary file is left
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    path = tmp_path / 'x.json'
+    write_json(str(path), {'a': 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask   # not mkstemp's private 0600
+
+
+def test_text_and_json_helpers(tmp_path):
+    write_json(str(tmp_path / 'a.json'), {'k': [1, 2]})
+    assert read_json(str(tmp_path / 'a.json')) == {'k': [1, 2]}
+    write_text(str(tmp_path / 't.txt'), 'ünïcode\n')
+    assert (tmp_path / 't.txt').read_text(encoding='utf-8') == 'ünïcode\n'
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w'"):
+        with atomic_write(str(tmp_path / 'x'), 'a'):
+            pass
+
+
+def test_read_jsonl_stops_at_a_cut_line(tmp_path):
+    path = tmp_path / 'm.jsonl'
+    assert read_jsonl(str(path)) == []
+    path.write_text(json.dumps({'n': 0}) + '\n\n' + json.dumps({'n': 1}) + '\n{"n": 2, "fi')
+    assert read_jsonl(str(path)) == [{'n': 0}, {'n': 1}]
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+    data = os.urandom(3 << 20) + b'tail'       # more than one 1 MB block
+    (tmp_path / 'f').write_bytes(data)
+    assert file_sha256(str(tmp_path / 'f')) == hashlib.sha256(data).hexdigest()
