@@ -1,0 +1,214 @@
+"""DF-GAN (2022 and 2020 releases): keys and shapes against the upstream code, forward passes
+against the formulas written out here with functional ops."""
+import json
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+# Keys/shapes of tobran/DF-GAN's classes; how they were listed is in the file's 'about'.
+UPSTREAM = json.loads((FIXTURES / 'dfgan_state_dict_keys.json').read_text())
+
+BUILDERS = {
+    'dfgan_256_nf32': {'NetG': lambda: NetG(32, 100, 256, 256, 3), 'NetD': lambda: NetD(32, 256, 3),
+                       'NetC': lambda: NetC(32, 256)},
+    'dfgan_64_nf8': {'NetG': lambda: NetG(8, 100, 256, 64, 3), 'NetD': lambda: NetD(8, 64, 3),
+                     'NetC': lambda: NetC(8, 256)},
+    'dfgan_v1_256_nf32': {'NetG': lambda: NetG_v1(32, 100), 'NetD': lambda: NetD_v1(32)},
+}
+CASES = [(setting, name) for setting, nets in BUILDERS.items() for name in nets]
+
+
+def build_meta(setting, name):
+    with torch.device('meta'):  # shapes only
+        return BUILDERS[setting][name]()
+
+
+@pytest.mark.parametrize('setting, name', CASES)
+def test_state_dict_keys_and_shapes_match_upstream(setting, name):
+    ours = [[k, list(v.shape)] for k, v in build_meta(setting, name).state_dict().items()]
+    expected = UPSTREAM['models'][setting][name]
+    assert [k for k, _ in ours] == [k for k, _ in expected]   # same keys in the same order
+    assert ours == expected
+
+
+@pytest.mark.parametrize('setting, name', CASES)
+def test_parameter_counts_match_upstream(setting, name):
+    model = build_meta(setting, name)
+    assert sum(p.numel() for p in model.parameters()) == UPSTREAM['parameters'][setting][name]
+
+
+def test_channel_schedule():
+    assert dfgan_channels(32, 256) == [32, 64, 128, 256, 256, 256, 256]
+    assert dfgan_channels(8, 64) == [8, 16, 32, 64, 64]
+    with pytest.raises(ValueError, match='power of two'):
+        dfgan_channels(8, 100)
+
+
+def randomised(model, seed=0, scale=0.2):
+    """Every parameter random (the zero/one initialisations would hide terms of the formulas)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def ref_mlp(state, prefix, y):
+    h = F.relu(F.linear(y, state[prefix + 'linear1.weight'], state[prefix + 'linear1.bias']))
+    return F.linear(h, state[prefix + 'linear2.weight'], state[prefix + 'linear2.bias'])
+
+
+def ref_affine(state, prefix, x, y):
+    gamma = ref_mlp(state, prefix + 'fc_gamma.', y)
+    beta = ref_mlp(state, prefix + 'fc_beta.', y)
+    return gamma[:, :, None, None] * x + beta[:, :, None, None]
+
+
+def ref_conv(state, prefix, x, stride=1, padding=1):
+    return F.conv2d(x, state[prefix + 'weight'], state.get(prefix + 'bias'), stride, padding)
+
+
+def lrelu(x):
+    return torch.where(x > 0, x, 0.2 * x)
+
+
+def reference_netg_2022(state, noise, sent, ngf):
+    """GAN.py's NetG: fc -> 4x4; per block: up x2, shortcut + c2(fuse2(c1(fuse1(x)))) with
+    fuse = lrelu(affine1(lrelu(affine0(x)))) on cat(noise, sent); lrelu -> conv -> tanh."""
+    out = F.linear(noise, state['fc.weight'], state['fc.bias']).view(noise.size(0), 8 * ngf, 4, 4)
+    cond = torch.cat((noise, sent), 1)
+    n_blocks = len({k.split('.')[1] for k in state if k.startswith('GBlocks.')})
+    for i in range(n_blocks):
+        p = f'GBlocks.{i}.'
+        x = F.interpolate(out, scale_factor=2, mode='nearest')
+        h = lrelu(ref_affine(state, p + 'fuse1.affine1.', lrelu(ref_affine(state, p + 'fuse1.affine0.', x, cond)), cond))
+        h = ref_conv(state, p + 'c1.', h)
+        h = lrelu(ref_affine(state, p + 'fuse2.affine1.', lrelu(ref_affine(state, p + 'fuse2.affine0.', h, cond)), cond))
+        h = ref_conv(state, p + 'c2.', h)
+        shortcut = ref_conv(state, p + 'c_sc.', x, padding=0) if p + 'c_sc.weight' in state else x
+        out = shortcut + h
+    return torch.tanh(ref_conv(state, 'to_rgb.1.', lrelu(out)))
+
+
+def ref_down_block(state, p, x):
+    """resD / D_Block: avgpool2(shortcut) + gamma * lrelu(conv3(lrelu(conv4s2(x))))."""
+    res = lrelu(F.conv2d(lrelu(F.conv2d(x, state[p + 'conv_r.0.weight'], None, 2, 1)),
+                         state[p + 'conv_r.2.weight'], None, 1, 1))
+    fin, fout = x.size(1), state[p + 'conv_r.0.weight'].size(0)
+    shortcut = ref_conv(state, p + 'conv_s.', x, padding=0) if fin != fout else x
+    return F.avg_pool2d(shortcut, 2) + state[p + 'gamma'] * res
+
+
+def ref_joint_conv(state, p, features, sent):
+    tiled = sent[:, :, None, None].repeat(1, 1, 4, 4)
+    h = lrelu(F.conv2d(torch.cat((features, tiled), 1), state[p + 'joint_conv.0.weight'], None, 1, 1))
+    return F.conv2d(h, state[p + 'joint_conv.2.weight'], None, 1, 0)
+
+
+def reference_netd_2022(state, image):
+    out = ref_conv(state, 'conv_img.', image)
+    n_blocks = len({k.split('.')[1] for k in state if k.startswith('DBlocks.')})
+    for i in range(n_blocks):
+        out = ref_down_block(state, f'DBlocks.{i}.', out)
+    return out
+
+
+def reference_netg_2020(state, noise, sent, ngf):
+    """model.py's NetG: fc -> 4x4; block0, then (up x2, block i) for i = 1..6;
+    block: shortcut + gamma * c2(lr(a3(lr(a2(c1(lr(a1(lr(a0(x)))))))))) on the sentence."""
+    out = F.linear(noise, state['fc.weight'], state['fc.bias']).view(noise.size(0), 8 * ngf, 4, 4)
+    n_blocks = len({k.split('.')[0] for k in state if k.startswith('block')})
+    for i in range(n_blocks):
+        p = f'block{i}.'
+        if i > 0:
+            out = F.interpolate(out, scale_factor=2, mode='nearest')
+        h = lrelu(ref_affine(state, p + 'affine0.', out, sent))
+        h = ref_conv(state, p + 'c1.', lrelu(ref_affine(state, p + 'affine1.', h, sent)))
+        h = lrelu(ref_affine(state, p + 'affine2.', h, sent))
+        h = ref_conv(state, p + 'c2.', lrelu(ref_affine(state, p + 'affine3.', h, sent)))
+        shortcut = ref_conv(state, p + 'c_sc.', out, padding=0) if p + 'c_sc.weight' in state else out
+        out = shortcut + state[p + 'gamma'] * h
+    return torch.tanh(ref_conv(state, 'conv_img.1.', lrelu(out)))
+
+
+@pytest.mark.parametrize('size', [64, 128])
+def test_generator_2022_equals_reference(size):
+    torch.manual_seed(0)
+    g = randomised(NetG(4, 16, 32, size, 3))
+    noise, sent = torch.randn(3, 16), torch.randn(3, 32)
+    out = g(noise, sent)
+    assert out.shape == (3, 3, size, size) and out.min() >= -1 and out.max() <= 1
+    expected = reference_netg_2022(g.state_dict(), noise, sent, 4)
+    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-4)
+    assert out.std() > 0.1  # not saturated: the comparison sees the whole formula
+
+
+@pytest.mark.parametrize('size', [64, 128])
+def test_discriminator_2022_equals_reference(size):
+    torch.manual_seed(0)
+    d, c = randomised(NetD(4, size, 3), 1), randomised(NetC(4, 32), 2)
+    image, sent = torch.randn(3, 3, size, size), torch.randn(3, 32)
+    features = d(image)
+    assert features.shape == (3, 32, 4, 4)
+    state = d.state_dict()
+    assert torch.allclose(features, reference_netd_2022(state, image), atol=1e-5, rtol=1e-4)
+    logits = c(features, sent)
+    assert logits.shape == (3, 1, 1, 1)
+    assert torch.allclose(logits, ref_joint_conv(c.state_dict(), '', features, sent), atol=1e-5, rtol=1e-4)
+
+
+def test_generator_2020_equals_reference():
+    torch.manual_seed(0)
+    g = randomised(NetG_v1(4, 16, img_size=64, cond_dim=32), scale=0.3)
+    noise, sent = torch.randn(2, 16), torch.randn(2, 32)
+    out = g(noise, sent)
+    assert out.shape == (2, 3, 64, 64)
+    assert torch.allclose(out, reference_netg_2020(g.state_dict(), noise, sent, 4), atol=1e-5, rtol=1e-4)
+    assert out.std() > 0.1
+
+
+def test_discriminator_2020_equals_reference():
+    torch.manual_seed(0)
+    d = randomised(NetD_v1(4, 64, 32))
+    image, sent = torch.randn(2, 3, 64, 64), torch.randn(2, 32)
+    features = d(image)
+    state = d.state_dict()
+    expected = ref_conv(state, 'conv_img.', image)
+    for i in range(4):
+        expected = ref_down_block(state, f'block{i}.', expected)
+    assert torch.allclose(features, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(d.COND_DNET(features, sent), ref_joint_conv(state, 'COND_DNET.', features, sent),
+                          atol=1e-5, rtol=1e-4)
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    affine = Affine(10, 6)
+    x, y = torch.randn(2, 6, 3, 3), torch.randn(2, 10)
+    assert torch.equal(affine(x, y), x)   # gamma starts at 1, beta at 0
+    d = NetD(4, 256, 3)
+    assert all(b.gamma.item() == 0.0 for b in d.DBlocks)
+    # channels 4, 8, 16, 32, 32, 32, 32: the last three blocks keep theirs and skip conv_s
+    assert [b.learned_shortcut for b in d.DBlocks] == [True, True, True, False, False, False]
+    g = NetG_v1(4, 100, img_size=64)
+    assert all(b.gamma.item() == 0.0 for b in g.blocks)
+
+
+def test_generator_2022_conditions_on_noise_and_sentence():
+    torch.manual_seed(0)
+    g = randomised(NetG(4, 8, 16, 64, 3))
+    with torch.no_grad():
+        g.fc.weight.zero_()  # the 4x4 start no longer depends on the noise
+    noise, sent = torch.randn(1, 8), torch.randn(1, 16)
+    other_noise, other_sent = noise.clone(), sent.clone()
+    other_noise[0, 0] += 1.0
+    other_sent[0, 0] += 1.0
+    base = g(noise, sent)
+    # the fusion blocks see cat(noise, sent): either one alone changes the image
+    assert (g(other_noise, sent) - base).abs().max() > 1e-3
+    assert (g(noise, other_sent) - base).abs().max() > 1e-3
