@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from miscc.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
+from models import NetG as SSAGAN_NetG
 from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -212,3 +214,121 @@ def test_generator_2022_conditions_on_noise_and_sentence():
     # the fusion blocks see cat(noise, sent): either one alone changes the image
     assert (g(other_noise, sent) - base).abs().max() > 1e-3
     assert (g(noise, other_sent) - base).abs().max() > 1e-3
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+def upstream_style_state(setting, name, prefix='', seed=0):
+    """Random tensors with exactly the upstream keys and shapes of the fixture."""
+    gen = torch.Generator().manual_seed(seed)
+    return {prefix + k: torch.randn(shape, generator=gen) for k, shape in UPSTREAM['models'][setting][name]}
+
+
+def small_dfgan():
+    return NetG(8, 100, 256, 64, 3), NetD(8, 64, 3), NetC(8, 256)
+
+
+def dfgan_optimizers(netG, netD, netC):
+    """code/src/train.py: Adam(netG) and one Adam over netD's then netC's parameters."""
+    return (torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9)),
+            torch.optim.Adam(list(netD.parameters()) + list(netC.parameters()), lr=4e-4, betas=(0.0, 0.9)))
+
+
+def stepped_optimizers(netG, netD, netC):
+    """DF-GAN's optimisers after one step, so their state holds moments and step counts."""
+    opt_g, opt_d = dfgan_optimizers(netG, netD, netC)
+    for opt in (opt_g, opt_d):
+        for group in opt.param_groups:
+            for p in group['params']:
+                p.grad = torch.randn_like(p)
+        opt.step()
+    return opt_g, opt_d
+
+
+@pytest.mark.parametrize('prefix', ['', 'module.'])
+def test_released_training_state_loads_strictly(tmp_path, prefix):
+    setting = 'dfgan_64_nf8'
+    model = {net: upstream_style_state(setting, name, prefix)
+             for net, name in (('netG', 'NetG'), ('netD', 'NetD'), ('netC', 'NetC'))}
+    opt_g, opt_d = stepped_optimizers(*small_dfgan())
+    path = tmp_path / 'state_epoch_1220.pth'
+    torch.save({'model': model, 'optimizers': {'optimizer_G': opt_g.state_dict(),
+                                               'optimizer_D': opt_d.state_dict()}, 'epoch': 1220}, path)
+    netG, netD, netC = small_dfgan()
+    fresh_g, fresh_d = dfgan_optimizers(netG, netD, netC)
+    info = load_dfgan_checkpoint(str(path), netG, netD, netC, fresh_g, fresh_d)
+    assert info == {'layout': 'dfgan', 'epoch': 1220,
+                    'loaded': ['netG', 'netD', 'netC', 'optimizer_G', 'optimizer_D']}
+    for net, module in (('netG', netG), ('netD', netD), ('netC', netC)):
+        loaded = module.state_dict()
+        for key, value in model[net].items():
+            assert torch.equal(loaded[key[len(prefix):]], value), key
+    saved_d, loaded_d = opt_d.state_dict(), fresh_d.state_dict()
+    assert len(loaded_d['state']) == len(saved_d['state']) > 0
+    for index, state in saved_d['state'].items():
+        assert torch.equal(loaded_d['state'][index]['exp_avg'], state['exp_avg'])
+
+
+def test_plain_generator_state_dict_loads(tmp_path):
+    state = upstream_style_state('dfgan_64_nf8', 'NetG', 'module.')
+    path = tmp_path / 'netG.pth'
+    torch.save(state, path)
+    netG = NetG(8, 100, 256, 64, 3)
+    assert load_dfgan_checkpoint(str(path), netG) == {'layout': 'dfgan', 'epoch': None, 'loaded': ['netG']}
+    assert torch.equal(netG.fc.weight, state['module.fc.weight'])
+    with pytest.raises(CheckpointError, match=r"netG.pth' holds no netD"):
+        load_dfgan_checkpoint(str(path), NetG(8, 100, 256, 64, 3), NetD(8, 64, 3))
+
+
+def test_layout_detection_from_keys():
+    official = json.loads((FIXTURES / 'official_state_dict_keys.json').read_text())['models']
+    keys = lambda pairs: {k: None for k, _ in pairs}  # noqa: E731 - only the names matter
+    models = UPSTREAM['models']
+    assert generator_layout(keys(models['dfgan_256_nf32']['NetG'])) == 'dfgan'
+    assert generator_layout(keys(models['dfgan_v1_256_nf32']['NetG'])) == 'dfgan_v1'
+    assert generator_layout(keys(official['NetG'])) == 'ssagan'
+    for other in (models['dfgan_256_nf32']['NetD'], models['dfgan_256_nf32']['NetC'], official['NetD']):
+        assert generator_layout(keys(other)) is None
+
+
+def test_2020_generator_is_detected_and_needs_its_model(tmp_path):
+    v1 = NetG_v1(8, 100, img_size=64)
+    path = tmp_path / 'netG.pth'
+    torch.save(v1.state_dict(), path)
+    assert read_dfgan_checkpoint(str(path))['layout'] == 'dfgan_v1'
+    with pytest.raises(CheckpointError, match=r"holds a DF-GAN 2020 .* set MODEL.NAME: dfgan_v1"):
+        load_dfgan_checkpoint(str(path), NetG(8, 100, 256, 64, 3))
+    with pytest.raises(CheckpointError, match='MODEL.NAME: dfgan_v1'):
+        load_dfgan_checkpoint(str(path), SSAGAN_NetG(8, 100, img_size=64))
+    fresh = NetG_v1(8, 100, img_size=64)
+    load_dfgan_checkpoint(str(path), fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), v1.state_dict().values()))
+
+
+def test_files_that_fit_no_layout_are_named_with_what_they_hold(tmp_path):
+    netd_file = tmp_path / 'netD_600.pth'
+    torch.save(NetD(8, 64, 3).state_dict(), netd_file)
+    with pytest.raises(CheckpointError, match=r"netD_600.pth' is a discriminator state dict, not a "
+                                              r"generator .* first keys: conv_img.weight"):
+        read_dfgan_checkpoint(str(netd_file))
+    listing = tmp_path / 'list.pth'
+    torch.save([1, 2], listing)
+    with pytest.raises(CheckpointError, match=r"list.pth' holds a list: neither DF-GAN's training state"):
+        read_dfgan_checkpoint(str(listing))
+    no_g = tmp_path / 'state_epoch_010.pth'
+    torch.save({'model': {'netD': NetD(8, 64, 3).state_dict()}, 'epoch': 10}, no_g)
+    with pytest.raises(CheckpointError, match=r"state_epoch_010.pth' has a 'model' entry without a 'netG'"
+                                              r" state dict \(found: netD\)"):
+        read_dfgan_checkpoint(str(no_g))
+    other = tmp_path / 'other.pth'
+    torch.save({'step': torch.tensor(3)}, other)
+    with pytest.raises(CheckpointError, match=r"other.pth' is a state dict of no known generator"):
+        read_dfgan_checkpoint(str(other))
+
+
+def test_wrong_width_names_the_file_and_the_network(tmp_path):
+    netG, netD, netC = NetG(4, 100, 256, 64, 3), NetD(4, 64, 3), NetC(4, 256)
+    path = tmp_path / 'state_epoch_005.pth'
+    torch.save({'model': {'netG': netG.state_dict(), 'netD': netD.state_dict(), 'netC': netC.state_dict()}}, path)
+    with pytest.raises(CheckpointError, match=r"state_epoch_005.pth \[netG\]' does not match NetG:\n  wrong shapes"):
+        load_dfgan_checkpoint(str(path), *small_dfgan())
