@@ -1,6 +1,7 @@
 """DF-GAN (2022 and 2020 releases): keys and shapes against the upstream code, forward passes
 against the formulas written out here with functional ops."""
 import json
+import math
 import pathlib
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from miscc.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
+from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
+                                  generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
 from models import NetG as SSAGAN_NetG
 from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
 
@@ -332,3 +335,176 @@ def test_wrong_width_names_the_file_and_the_network(tmp_path):
     torch.save({'model': {'netG': netG.state_dict(), 'netD': netD.state_dict(), 'netC': netC.state_dict()}}, path)
     with pytest.raises(CheckpointError, match=r"state_epoch_005.pth \[netG\]' does not match NetG:\n  wrong shapes"):
         load_dfgan_checkpoint(str(path), *small_dfgan())
+
+
+# --- the update -----------------------------------------------------------------------------
+
+class PassThrough(torch.nn.Module):
+    """Stand-in image encoder: the features are the input, B x 1."""
+
+    def forward(self, x):
+        return x
+
+
+class ProductHead(torch.nn.Module):
+    """Stand-in matching head: logit_i = w * f_i * s_i (B x 1 features and sentences)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, features, sent):
+        return self.w * features * sent
+
+
+class PassThroughWithHead(PassThrough):
+    """The 2020 layout: the head lives in the discriminator as COND_DNET."""
+
+    def __init__(self):
+        super().__init__()
+        self.COND_DNET = ProductHead()
+
+
+# Hand-computed case: real f = (2, 0.5), sentences s = (0.25, 1), fake f = (-1, 3), w = 1.
+#   matching logits w f s = (0.5, 0.5)        -> relu(1 - .) mean 0.5
+#   rolled mismatch (0.5 * 0.25, 2 * 1)       -> relu(1 + .) = (1.125, 3)      mean 2.0625
+#   fake logits (-0.25, 3)                    -> relu(1 + .) = (0.75, 4)       mean 2.375
+#   MA-GP: dlogit/df = w s, dlogit/ds = w f: |.|^2 = (0.0625 + 4, 1 + 0.25) = (4.0625, 1.25);
+#          2 * mean(|.|^6) = 2 * (4.0625^3 + 1.25^3) / 2 = 67.047119140625 + 1.953125
+#   errD = 0.5 + (2.375 + 2.0625) / 2 + 69.000244140625
+#   d errD / dw = -0.5 + (1.375 + 1.0625) / 2 + 6 * 69.000244140625 (every hinge term active,
+#   the penalty is homogeneous of degree 6 in w)
+REAL = [[2.0], [0.5]]
+SENT = [[0.25], [1.0]]
+FAKE = [[-1.0], [3.0]]
+MAGP_VALUE = 69.000244140625
+
+
+def hand_case():
+    return torch.tensor(REAL), torch.tensor(FAKE), torch.tensor(SENT)
+
+
+def test_d_loss_terms_on_a_hand_computed_case():
+    real, fake, sent = hand_case()
+    losses = discriminator_losses(PassThrough(), ProductHead(), real, fake, sent)
+    expected = dict(errD_real=0.5, errD_mismatch=2.0625, errD_fake=2.375, MAGP=MAGP_VALUE,
+                    errD=0.5 + (2.375 + 2.0625) / 2 + MAGP_VALUE)
+    assert {k: v.item() for k, v in losses.items()} == pytest.approx(expected, rel=1e-6)
+
+
+def test_d_step_takes_one_step_on_hinge_plus_magp_and_leaves_g_alone():
+    real, fake, sent = hand_case()
+    head = ProductHead()
+    g_weight = torch.nn.Parameter(torch.ones(1))
+    fake = fake * g_weight          # fake images with a generator graph
+    lr = 1e-3
+    losses = d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=lr), real, fake, sent)
+    grad_w = -0.5 + (1.375 + 1.0625) / 2 + 6 * MAGP_VALUE
+    assert head.w.item() == pytest.approx(1 - lr * grad_w, rel=1e-6)
+    assert g_weight.grad is None    # the fake images are detached for D
+    assert not any(v.requires_grad for v in losses.values())
+
+
+def test_g_loss_and_step_on_a_hand_computed_case():
+    real, fake, sent = hand_case()
+    head = ProductHead()
+    scale = torch.nn.Parameter(torch.ones(1))     # stand-in generator: fake = scale * FAKE
+    assert generator_loss(PassThrough(), head, fake, sent).item() == pytest.approx(-1.375)
+    losses = g_step(PassThrough(), head, torch.optim.SGD([scale], lr=0.1), scale * fake, sent)
+    assert losses['errG'].item() == pytest.approx(-1.375)
+    # d/dscale -mean(w * scale * f * s) = -mean(f s) = -1.375
+    assert scale.item() == pytest.approx(1 + 0.1 * 1.375)
+    assert head.w.grad is None and head.w.requires_grad   # D got no gradient and is unfrozen again
+
+
+def test_2020_d_step_hinge_then_magp_step():
+    real, fake, sent = hand_case()
+    net = PassThroughWithHead()
+    lr = 1e-3
+    losses = d_step_v1(net, torch.optim.SGD(net.parameters(), lr=lr), real, fake, sent)
+    # mismatch: features 0..B-2 with sentences 1..B-1 -> one pair 2 * 1 -> relu(3) = 3
+    assert losses['errD_mismatch'].item() == pytest.approx(3.0)
+    assert losses['errD'].item() == pytest.approx(0.5 + (2.375 + 3.0) / 2)
+    w1 = 1 - lr * (-0.5 + 1.375 / 2 + 2.0 / 2)            # after the hinge step
+    assert losses['MAGP'].item() == pytest.approx(w1 ** 6 * MAGP_VALUE, rel=1e-6)
+    w2 = w1 - lr * 6 * w1 ** 5 * MAGP_VALUE                # after the MA-GP step
+    assert net.COND_DNET.w.item() == pytest.approx(w2, rel=1e-6)
+
+
+def test_magp_equals_per_sample_autograd_on_the_real_networks():
+    torch.manual_seed(0)
+    netD, netC = randomised(NetD(2, 32, 3).double(), 3, 0.3), randomised(NetC(2, 16).double(), 4, 0.3)
+    real, sent = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    fake = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    gp = discriminator_losses(netD, netC, real, fake, sent)['MAGP']
+    norms = []
+    for i in range(3):   # one sample at a time: dC_i / d(x_i, s_i)
+        x, s = real[i:i + 1].clone().requires_grad_(), sent[i:i + 1].clone().requires_grad_()
+        gx, gs = torch.autograd.grad(netC(netD(x), s).sum(), (x, s))
+        norms.append(torch.sqrt(gx.pow(2).sum() + gs.pow(2).sum()))
+    assert gp.item() == pytest.approx(2.0 * torch.stack(norms).pow(6).mean().item(), rel=1e-9)
+    # and its gradient (double backward) matches a central difference in one weight
+    weight = netC.joint_conv[2].weight
+    (grad,) = torch.autograd.grad(gp, weight)
+    eps, index = 1e-6, (0, 1, 2, 3)
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            weight[index] += sign * eps
+        values.append(discriminator_losses(netD, netC, real, fake, sent)['MAGP'].item())
+        with torch.no_grad():
+            weight[index] -= sign * eps
+    assert grad[index].item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5)
+
+
+def test_optimisers_follow_dfgan():
+    netG, netD, netC = small_dfgan()
+    opt_g, opt_d = build_optimizers(netG, netD, netC)
+    assert opt_g.defaults['lr'] == 1e-4 and opt_d.defaults['lr'] == 4e-4
+    assert opt_g.defaults['betas'] == opt_d.defaults['betas'] == (0.0, 0.9)
+    assert [id(p) for p in opt_d.param_groups[0]['params']] == \
+        [id(p) for p in list(netD.parameters()) + list(netC.parameters())]
+
+
+def test_truncated_noise_distribution():
+    gen = torch.Generator().manual_seed(0)
+    x = truncated_normal((200_000,), generator=gen, dtype=torch.float64)
+    assert x.abs().max() <= 2.0
+    # truncated to [-2, 2]: variance 1 - 2 * 2 * phi(2) / (2 Phi(2) - 1)
+    phi2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    mass = math.erf(2 / math.sqrt(2))
+    assert x.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert x.var().item() == pytest.approx(1 - 4 * phi2 / mass, abs=0.01)
+    # the whole distribution: largest CDF gap against the truncated normal's CDF
+    xs, _ = torch.sort(x)
+    cdf = (0.5 * (1 + torch.erf(xs / math.sqrt(2))) - 0.5 * (1 - mass)) / mass
+    empirical = torch.arange(1, xs.numel() + 1, dtype=torch.float64) / xs.numel()
+    assert (cdf - empirical).abs().max().item() < 0.005
+    noise = sample_noise(4, 100, truncation=True, trunc_rate=0.88, generator=torch.Generator().manual_seed(1))
+    assert noise.shape == (4, 100) and noise.abs().max() <= 2 * 0.88 and noise.abs().max() > 1.5
+    plain = sample_noise(4, 100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, torch.randn(4, 100, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize('version', ['2022', '2020'])
+def test_train_step_runs_and_changes_both_networks(version):
+    torch.manual_seed(0)
+    if version == '2022':
+        size = 32
+        netG, netD, netC = NetG(4, 16, 32, size, 3), NetD(4, size, 3), NetC(4, 32)
+        opt_g, opt_d = build_optimizers(netG, netD, netC)
+    else:
+        size = 64   # SSA-GAN's NetD, used for the 2020 layout, starts at 64 px
+        netG, netD, netC = NetG_v1(4, 16, size, 32), NetD_v1(4, size, 32), None
+        opt_g, opt_d = build_optimizers(netG, netD)
+    before_g = [p.detach().clone() for p in netG.parameters()]
+    before_d = [p.detach().clone() for p in netD.parameters()]
+    real, sent = torch.rand(4, 3, size, size) * 2 - 1, torch.randn(4, 32)
+    if version == '2022':
+        losses = train_step(netG, netD, netC, opt_g, opt_d, real, sent, z_dim=16)
+    else:
+        losses = train_step_v1(netG, netD, opt_g, opt_d, real, sent, z_dim=16)
+    assert set(losses) == {'errD', 'errD_real', 'errD_fake', 'errD_mismatch', 'MAGP', 'errG'}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, netG.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, netD.parameters()))
