@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from miscc.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
+from miscc.config import default_config, load_config
 from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
                                   generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
 from models import NetG as SSAGAN_NetG
@@ -508,3 +509,21 @@ def test_train_step_runs_and_changes_both_networks(version):
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before_g, netG.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, netD.parameters()))
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def test_dfgan_configs_carry_its_published_settings():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert default_config().MODEL.NAME == 'ssagan'
+    for name, epochs, save, captions, fid in (('bird', 1300, 10, 10, 29120), ('coco', 300, 5, 5, 40448)):
+        cfg = load_config(str(root / f'cfg/{name}_dfgan.yml'))
+        assert cfg.MODEL.NAME == 'dfgan' and cfg.TREE.BASE_SIZE == 256
+        assert (cfg.TRAIN.NF, cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.MAX_EPOCH) == (32, 32, epochs)
+        assert (cfg.TRAIN.GENERATOR_LR, cfg.TRAIN.DISCRIMINATOR_LR) == (1e-4, 4e-4)
+        assert (cfg.TRAIN.BETA1, cfg.TRAIN.BETA2) == (0.0, 0.9)
+        assert (cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K) == (6.0, 2.0) and cfg.TRAIN.LAMBDA_DA == 0.0
+        assert (cfg.TRAIN.WARMUP_EPOCHS, cfg.TRAIN.GSAVE_INTERVAL) == (0, save)
+        assert cfg.GAN.Z_DIM == 100 and cfg.TEXT.EMBEDDING_DIM == 256 and cfg.SEED == 100
+        assert cfg.TEXT.CAPTIONS_PER_IMAGE == captions and cfg.EVAL.NUM_FID == fid
+        assert cfg.DFGAN.TRUNCATION is True and cfg.DFGAN.TRUNC_RATE == 0.88
