@@ -492,15 +492,15 @@ def test_train_step_runs_and_changes_both_networks(version):
     torch.manual_seed(0)
     if version == '2022':
         size = 32
-        netG, netD, netC = NetG(4, 16, 32, size, 3), NetD(4, size, 3), NetC(4, 32)
+        netG, netD, netC = NetG(2, 16, 32, size, 3), NetD(2, size, 3), NetC(2, 32)
         opt_g, opt_d = build_optimizers(netG, netD, netC)
     else:
         size = 64   # SSA-GAN's NetD, used for the 2020 layout, starts at 64 px
-        netG, netD, netC = NetG_v1(4, 16, size, 32), NetD_v1(4, size, 32), None
+        netG, netD, netC = NetG_v1(2, 16, size, 32), NetD_v1(2, size, 32), None
         opt_g, opt_d = build_optimizers(netG, netD)
     before_g = [p.detach().clone() for p in netG.parameters()]
     before_d = [p.detach().clone() for p in netD.parameters()]
-    real, sent = torch.rand(4, 3, size, size) * 2 - 1, torch.randn(4, 32)
+    real, sent = torch.rand(3, 3, size, size) * 2 - 1, torch.randn(3, 32)
     if version == '2022':
         losses = train_step(netG, netD, netC, opt_g, opt_d, real, sent, z_dim=16)
     else:
