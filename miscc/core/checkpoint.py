@@ -3,6 +3,11 @@
 Model files (``netG_%03d.pth``, ``text_encoder200.pth``...) are plain state dicts with the
 official key names and no ``module.`` prefix: they load into the official model classes
 and released files load here with ``strict=True``.
+
+DF-GAN's files are read too (``load_dfgan_checkpoint``): the 2022 release's training state
+``{'model': {'netG', 'netD', 'netC'}, 'optimizers': {'optimizer_G', 'optimizer_D'}, 'epoch'}``
+(written under DDP, so its keys may carry ``module.``) and plain generator state dicts, whose
+layout (DF-GAN 2022, DF-GAN 2020 or SSA-GAN) is told by their key names.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from .files import atomic_write
 
 __all__ = ['CheckpointError', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
-           'sibling_checkpoint']
+           'sibling_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
+           'load_dfgan_checkpoint']
 
 _SHOW = 5  # keys listed per category in mismatch errors
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
@@ -137,3 +143,129 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
     if not base.startswith('netG'):
         raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
+# Generator layouts by MODEL.NAME, with the keys that tell them apart.
+GENERATOR_LAYOUTS = {
+    'dfgan': 'DF-GAN 2022 (GBlocks.i.fuse1/fuse2, to_rgb)',
+    'dfgan_v1': 'DF-GAN 2020 (block0..6 with affine0..3, conv_img.1)',
+    'ssagan': 'SSA-GAN (block0..6 with affine0/affine2 batch norms and conv_mask)',
+}
+
+
+def generator_layout(state: Mapping) -> str | None:
+    """The MODEL.NAME whose generator has the keys of ``state`` (wrapper prefixes already
+    stripped): 'dfgan', 'dfgan_v1', 'ssagan', or None when it fits none of them."""
+    keys = set(state)
+    if 'fc.weight' not in keys:
+        return None
+    if 'to_rgb.1.weight' in keys and 'GBlocks.0.fuse1.affine0.fc_gamma.linear1.weight' in keys:
+        return 'dfgan'
+    if 'conv_img.1.weight' in keys and 'block0.affine3.fc_gamma.linear1.weight' in keys:
+        return 'dfgan_v1'
+    if 'conv_mask.0.weight' in keys and 'block0.affine0.batch_norm2d.running_mean' in keys:
+        return 'ssagan'
+    return None
+
+
+def _first_keys(mapping: Mapping, count: int = _SHOW) -> str:
+    keys = [str(k) for k in list(mapping)[:count]]
+    more = f' (+{len(mapping) - count} more)' if len(mapping) > count else ''
+    return ', '.join(keys) + more if keys else '(none)'
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _what_it_is(state: Mapping) -> str:
+    keys = set(state)
+    if 'COND_DNET.joint_conv.0.weight' in keys or any(k.startswith('DBlocks.') for k in keys):
+        return 'a discriminator state dict'
+    if 'joint_conv.0.weight' in keys:
+        return "DF-GAN's NetC (matching head) state dict"
+    if 'encoder.weight' in keys or 'emb_cnn_code.weight' in keys:
+        return 'a DAMSM encoder state dict'
+    return 'a state dict of no known generator'
+
+
+def read_dfgan_checkpoint(source) -> dict:
+    """Read a generator file: DF-GAN 2022's training state or a plain generator state dict.
+
+    ``source`` is a path or an already loaded object. Returns ``{'layout', 'netG', 'netD',
+    'netC', 'optimizers', 'epoch'}``: state dicts without wrapper prefixes (``netD``/``netC``/
+    ``optimizers``/``epoch`` are None for a generator-only file) and the generator's layout
+    (``generator_layout``). A file that fits neither form raises CheckpointError naming it and
+    what it holds.
+    """
+    name = source if isinstance(source, str) else 'checkpoint'
+    obj = load_file(source) if isinstance(source, str) else source
+    out = dict(layout=None, netG=None, netD=None, netC=None, optimizers=None, epoch=None)
+    if isinstance(obj, Mapping) and 'model' in obj:
+        model = obj['model']
+        if not isinstance(model, Mapping) or not _is_state_dict(model.get('netG')):
+            found = _first_keys(model) if isinstance(model, Mapping) else type(model).__name__
+            raise CheckpointError(f"'{name}' has a 'model' entry without a 'netG' state dict (found: "
+                                  f"{found}); DF-GAN's training state is {{'model': {{'netG', 'netD', "
+                                  f"'netC'}}, 'optimizers': ..., 'epoch': ...}}")
+        for net in ('netG', 'netD', 'netC'):
+            if model.get(net) is not None:
+                out[net] = strip_prefixes(model[net])
+        out['optimizers'] = obj.get('optimizers')
+        out['epoch'] = obj.get('epoch')
+        where = f"'{name}' ['model']['netG']"
+    elif _is_state_dict(obj):
+        out['netG'] = strip_prefixes(obj)
+        where = f"'{name}'"
+    else:
+        found = (f'a mapping with keys {_first_keys(obj)}' if isinstance(obj, Mapping)
+                 else f'a {type(obj).__name__}')
+        raise CheckpointError(f"'{name}' holds {found}: neither DF-GAN's training state "
+                              f"({{'model': {{'netG', 'netD', 'netC'}}, 'optimizers': ...}}) nor a "
+                              f"generator state dict")
+    out['layout'] = generator_layout(out['netG'])
+    if out['layout'] is None:
+        known = '; '.join(f'{k}: {v}' for k, v in GENERATOR_LAYOUTS.items())
+        raise CheckpointError(f"{where} is {_what_it_is(out['netG'])}, not a generator of a known "
+                              f"layout ({known}). Its first keys: {_first_keys(out['netG'])}")
+    return out
+
+
+def load_dfgan_checkpoint(source, netG: nn.Module, netD: nn.Module | None = None,
+                          netC: nn.Module | None = None, optimizer_g=None, optimizer_d=None) -> dict:
+    """Load a DF-GAN file (see ``read_dfgan_checkpoint``) strictly into the given modules.
+
+    The generator's layout must be the one of ``netG`` (DF-GAN 2022, 2020 or SSA-GAN; otherwise
+    the error names the MODEL.NAME that fits the file). ``netD``/``netC``/the optimisers are
+    loaded when given, and the file must hold them. Returns ``{'layout', 'epoch', 'loaded'}``.
+    """
+    name = source if isinstance(source, str) else 'checkpoint'
+    ckpt = read_dfgan_checkpoint(source)
+    expected = generator_layout(unwrap_model(netG).state_dict())
+    if ckpt['layout'] != expected:
+        model_kind = GENERATOR_LAYOUTS.get(expected, type(unwrap_model(netG)).__name__)
+        raise CheckpointError(f"'{name}' holds a {GENERATOR_LAYOUTS[ckpt['layout']]} generator, but the "
+                              f"model is {model_kind}: set MODEL.NAME: {ckpt['layout']}")
+    loaded = []
+    for net_name, module in (('netG', netG), ('netD', netD), ('netC', netC)):
+        if module is None:
+            continue
+        state = ckpt[net_name]
+        if state is None:
+            raise CheckpointError(f"'{name}' holds no {net_name} (a generator-only file); "
+                                  f"pass DF-GAN's training state state_epoch_*.pth to restore it")
+        check_state_dict(module, state, f"{name} [{net_name}]")
+        unwrap_model(module).load_state_dict(state, strict=True)
+        loaded.append(net_name)
+    for key, optimizer in (('optimizer_G', optimizer_g), ('optimizer_D', optimizer_d)):
+        if optimizer is None:
+            continue
+        optimizers = ckpt['optimizers']
+        if not isinstance(optimizers, Mapping) or key not in optimizers:
+            raise CheckpointError(f"'{name}' holds no optimizers['{key}'] to restore")
+        try:
+            optimizer.load_state_dict(optimizers[key])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"'{name}' optimizers['{key}'] does not fit the optimiser "
+                                  f"(D's must cover netD then netC parameters, as DF-GAN's): {e}") from None
+        loaded.append(key)
+    return dict(layout=ckpt['layout'], epoch=ckpt['epoch'], loaded=loaded)

@@ -50,7 +50,12 @@ DEFAULTS: dict = {
     'USE_SN': False,                # official key, unused
     'loss': 'hinge',                # official key; hinge is the only loss
     'MODEL': {
-        'NAME': 'ssagan',           # generator family (miscc/families): 'ssagan'
+        'NAME': 'ssagan',           # generator family (miscc/families): 'ssagan', 'dfgan' (DF-GAN 2022),
+                                    # 'dfgan_v1' (DF-GAN 2020)
+    },
+    'DFGAN': {                      # MODEL.NAME 'dfgan' / 'dfgan_v1' only (tobran/DF-GAN code/cfg/bird.yml, coco.yml)
+        'TRUNCATION': True,         # sampling/FID noise: standard normal truncated to [-2, 2], times TRUNC_RATE
+        'TRUNC_RATE': 0.88,         # (training noise is always plain randn)
     },
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)

@@ -1,0 +1,529 @@
+"""DF-GAN (2022 and 2020 releases): keys and shapes against the upstream code, forward passes
+against the formulas written out here with functional ops."""
+import json
+import math
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from miscc.core.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
+from miscc.core.config import default_config, load_config
+from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
+                                  generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
+from models import NetG as SSAGAN_NetG
+from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+# Keys/shapes of tobran/DF-GAN's classes; how they were listed is in the file's 'about'.
+UPSTREAM = json.loads((FIXTURES / 'dfgan_state_dict_keys.json').read_text())
+
+BUILDERS = {
+    'dfgan_256_nf32': {'NetG': lambda: NetG(32, 100, 256, 256, 3), 'NetD': lambda: NetD(32, 256, 3),
+                       'NetC': lambda: NetC(32, 256)},
+    'dfgan_64_nf8': {'NetG': lambda: NetG(8, 100, 256, 64, 3), 'NetD': lambda: NetD(8, 64, 3),
+                     'NetC': lambda: NetC(8, 256)},
+    'dfgan_v1_256_nf32': {'NetG': lambda: NetG_v1(32, 100), 'NetD': lambda: NetD_v1(32)},
+}
+CASES = [(setting, name) for setting, nets in BUILDERS.items() for name in nets]
+
+
+def build_meta(setting, name):
+    with torch.device('meta'):  # shapes only
+        return BUILDERS[setting][name]()
+
+
+@pytest.mark.parametrize('setting, name', CASES)
+def test_state_dict_keys_and_shapes_match_upstream(setting, name):
+    ours = [[k, list(v.shape)] for k, v in build_meta(setting, name).state_dict().items()]
+    expected = UPSTREAM['models'][setting][name]
+    assert [k for k, _ in ours] == [k for k, _ in expected]   # same keys in the same order
+    assert ours == expected
+
+
+@pytest.mark.parametrize('setting, name', CASES)
+def test_parameter_counts_match_upstream(setting, name):
+    model = build_meta(setting, name)
+    assert sum(p.numel() for p in model.parameters()) == UPSTREAM['parameters'][setting][name]
+
+
+def test_channel_schedule():
+    assert dfgan_channels(32, 256) == [32, 64, 128, 256, 256, 256, 256]
+    assert dfgan_channels(8, 64) == [8, 16, 32, 64, 64]
+    with pytest.raises(ValueError, match='power of two'):
+        dfgan_channels(8, 100)
+
+
+def randomised(model, seed=0, scale=0.2):
+    """Every parameter random (the zero/one initialisations would hide terms of the formulas)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def ref_mlp(state, prefix, y):
+    h = F.relu(F.linear(y, state[prefix + 'linear1.weight'], state[prefix + 'linear1.bias']))
+    return F.linear(h, state[prefix + 'linear2.weight'], state[prefix + 'linear2.bias'])
+
+
+def ref_affine(state, prefix, x, y):
+    gamma = ref_mlp(state, prefix + 'fc_gamma.', y)
+    beta = ref_mlp(state, prefix + 'fc_beta.', y)
+    return gamma[:, :, None, None] * x + beta[:, :, None, None]
+
+
+def ref_conv(state, prefix, x, stride=1, padding=1):
+    return F.conv2d(x, state[prefix + 'weight'], state.get(prefix + 'bias'), stride, padding)
+
+
+def lrelu(x):
+    return torch.where(x > 0, x, 0.2 * x)
+
+
+def reference_netg_2022(state, noise, sent, ngf):
+    """GAN.py's NetG: fc -> 4x4; per block: up x2, shortcut + c2(fuse2(c1(fuse1(x)))) with
+    fuse = lrelu(affine1(lrelu(affine0(x)))) on cat(noise, sent); lrelu -> conv -> tanh."""
+    out = F.linear(noise, state['fc.weight'], state['fc.bias']).view(noise.size(0), 8 * ngf, 4, 4)
+    cond = torch.cat((noise, sent), 1)
+    n_blocks = len({k.split('.')[1] for k in state if k.startswith('GBlocks.')})
+    for i in range(n_blocks):
+        p = f'GBlocks.{i}.'
+        x = F.interpolate(out, scale_factor=2, mode='nearest')
+        h = lrelu(ref_affine(state, p + 'fuse1.affine1.', lrelu(ref_affine(state, p + 'fuse1.affine0.', x, cond)), cond))
+        h = ref_conv(state, p + 'c1.', h)
+        h = lrelu(ref_affine(state, p + 'fuse2.affine1.', lrelu(ref_affine(state, p + 'fuse2.affine0.', h, cond)), cond))
+        h = ref_conv(state, p + 'c2.', h)
+        shortcut = ref_conv(state, p + 'c_sc.', x, padding=0) if p + 'c_sc.weight' in state else x
+        out = shortcut + h
+    return torch.tanh(ref_conv(state, 'to_rgb.1.', lrelu(out)))
+
+
+def ref_down_block(state, p, x):
+    """resD / D_Block: avgpool2(shortcut) + gamma * lrelu(conv3(lrelu(conv4s2(x))))."""
+    res = lrelu(F.conv2d(lrelu(F.conv2d(x, state[p + 'conv_r.0.weight'], None, 2, 1)),
+                         state[p + 'conv_r.2.weight'], None, 1, 1))
+    fin, fout = x.size(1), state[p + 'conv_r.0.weight'].size(0)
+    shortcut = ref_conv(state, p + 'conv_s.', x, padding=0) if fin != fout else x
+    return F.avg_pool2d(shortcut, 2) + state[p + 'gamma'] * res
+
+
+def ref_joint_conv(state, p, features, sent):
+    tiled = sent[:, :, None, None].repeat(1, 1, 4, 4)
+    h = lrelu(F.conv2d(torch.cat((features, tiled), 1), state[p + 'joint_conv.0.weight'], None, 1, 1))
+    return F.conv2d(h, state[p + 'joint_conv.2.weight'], None, 1, 0)
+
+
+def reference_netd_2022(state, image):
+    out = ref_conv(state, 'conv_img.', image)
+    n_blocks = len({k.split('.')[1] for k in state if k.startswith('DBlocks.')})
+    for i in range(n_blocks):
+        out = ref_down_block(state, f'DBlocks.{i}.', out)
+    return out
+
+
+def reference_netg_2020(state, noise, sent, ngf):
+    """model.py's NetG: fc -> 4x4; block0, then (up x2, block i) for i = 1..6;
+    block: shortcut + gamma * c2(lr(a3(lr(a2(c1(lr(a1(lr(a0(x)))))))))) on the sentence."""
+    out = F.linear(noise, state['fc.weight'], state['fc.bias']).view(noise.size(0), 8 * ngf, 4, 4)
+    n_blocks = len({k.split('.')[0] for k in state if k.startswith('block')})
+    for i in range(n_blocks):
+        p = f'block{i}.'
+        if i > 0:
+            out = F.interpolate(out, scale_factor=2, mode='nearest')
+        h = lrelu(ref_affine(state, p + 'affine0.', out, sent))
+        h = ref_conv(state, p + 'c1.', lrelu(ref_affine(state, p + 'affine1.', h, sent)))
+        h = lrelu(ref_affine(state, p + 'affine2.', h, sent))
+        h = ref_conv(state, p + 'c2.', lrelu(ref_affine(state, p + 'affine3.', h, sent)))
+        shortcut = ref_conv(state, p + 'c_sc.', out, padding=0) if p + 'c_sc.weight' in state else out
+        out = shortcut + state[p + 'gamma'] * h
+    return torch.tanh(ref_conv(state, 'conv_img.1.', lrelu(out)))
+
+
+@pytest.mark.parametrize('size', [64, 128])
+def test_generator_2022_equals_reference(size):
+    torch.manual_seed(0)
+    g = randomised(NetG(4, 16, 32, size, 3))
+    noise, sent = torch.randn(3, 16), torch.randn(3, 32)
+    out = g(noise, sent)
+    assert out.shape == (3, 3, size, size) and out.min() >= -1 and out.max() <= 1
+    expected = reference_netg_2022(g.state_dict(), noise, sent, 4)
+    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-4)
+    assert out.std() > 0.1  # not saturated: the comparison sees the whole formula
+
+
+@pytest.mark.parametrize('size', [64, 128])
+def test_discriminator_2022_equals_reference(size):
+    torch.manual_seed(0)
+    d, c = randomised(NetD(4, size, 3), 1), randomised(NetC(4, 32), 2)
+    image, sent = torch.randn(3, 3, size, size), torch.randn(3, 32)
+    features = d(image)
+    assert features.shape == (3, 32, 4, 4)
+    state = d.state_dict()
+    assert torch.allclose(features, reference_netd_2022(state, image), atol=1e-5, rtol=1e-4)
+    logits = c(features, sent)
+    assert logits.shape == (3, 1, 1, 1)
+    assert torch.allclose(logits, ref_joint_conv(c.state_dict(), '', features, sent), atol=1e-5, rtol=1e-4)
+
+
+def test_generator_2020_equals_reference():
+    torch.manual_seed(0)
+    g = randomised(NetG_v1(4, 16, img_size=64, cond_dim=32), scale=0.3)
+    noise, sent = torch.randn(2, 16), torch.randn(2, 32)
+    out = g(noise, sent)
+    assert out.shape == (2, 3, 64, 64)
+    assert torch.allclose(out, reference_netg_2020(g.state_dict(), noise, sent, 4), atol=1e-5, rtol=1e-4)
+    assert out.std() > 0.1
+
+
+def test_discriminator_2020_equals_reference():
+    torch.manual_seed(0)
+    d = randomised(NetD_v1(4, 64, 32))
+    image, sent = torch.randn(2, 3, 64, 64), torch.randn(2, 32)
+    features = d(image)
+    state = d.state_dict()
+    expected = ref_conv(state, 'conv_img.', image)
+    for i in range(4):
+        expected = ref_down_block(state, f'block{i}.', expected)
+    assert torch.allclose(features, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(d.COND_DNET(features, sent), ref_joint_conv(state, 'COND_DNET.', features, sent),
+                          atol=1e-5, rtol=1e-4)
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    affine = Affine(10, 6)
+    x, y = torch.randn(2, 6, 3, 3), torch.randn(2, 10)
+    assert torch.equal(affine(x, y), x)   # gamma starts at 1, beta at 0
+    d = NetD(4, 256, 3)
+    assert all(b.gamma.item() == 0.0 for b in d.DBlocks)
+    # channels 4, 8, 16, 32, 32, 32, 32: the last three blocks keep theirs and skip conv_s
+    assert [b.learned_shortcut for b in d.DBlocks] == [True, True, True, False, False, False]
+    g = NetG_v1(4, 100, img_size=64)
+    assert all(b.gamma.item() == 0.0 for b in g.blocks)
+
+
+def test_generator_2022_conditions_on_noise_and_sentence():
+    torch.manual_seed(0)
+    g = randomised(NetG(4, 8, 16, 64, 3))
+    with torch.no_grad():
+        g.fc.weight.zero_()  # the 4x4 start no longer depends on the noise
+    noise, sent = torch.randn(1, 8), torch.randn(1, 16)
+    other_noise, other_sent = noise.clone(), sent.clone()
+    other_noise[0, 0] += 1.0
+    other_sent[0, 0] += 1.0
+    base = g(noise, sent)
+    # the fusion blocks see cat(noise, sent): either one alone changes the image
+    assert (g(other_noise, sent) - base).abs().max() > 1e-3
+    assert (g(noise, other_sent) - base).abs().max() > 1e-3
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+def upstream_style_state(setting, name, prefix='', seed=0):
+    """Random tensors with exactly the upstream keys and shapes of the fixture."""
+    gen = torch.Generator().manual_seed(seed)
+    return {prefix + k: torch.randn(shape, generator=gen) for k, shape in UPSTREAM['models'][setting][name]}
+
+
+def small_dfgan():
+    return NetG(8, 100, 256, 64, 3), NetD(8, 64, 3), NetC(8, 256)
+
+
+def dfgan_optimizers(netG, netD, netC):
+    """code/src/train.py: Adam(netG) and one Adam over netD's then netC's parameters."""
+    return (torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9)),
+            torch.optim.Adam(list(netD.parameters()) + list(netC.parameters()), lr=4e-4, betas=(0.0, 0.9)))
+
+
+def stepped_optimizers(netG, netD, netC):
+    """DF-GAN's optimisers after one step, so their state holds moments and step counts."""
+    opt_g, opt_d = dfgan_optimizers(netG, netD, netC)
+    for opt in (opt_g, opt_d):
+        for group in opt.param_groups:
+            for p in group['params']:
+                p.grad = torch.randn_like(p)
+        opt.step()
+    return opt_g, opt_d
+
+
+@pytest.mark.parametrize('prefix', ['', 'module.'])
+def test_released_training_state_loads_strictly(tmp_path, prefix):
+    setting = 'dfgan_64_nf8'
+    model = {net: upstream_style_state(setting, name, prefix)
+             for net, name in (('netG', 'NetG'), ('netD', 'NetD'), ('netC', 'NetC'))}
+    opt_g, opt_d = stepped_optimizers(*small_dfgan())
+    path = tmp_path / 'state_epoch_1220.pth'
+    torch.save({'model': model, 'optimizers': {'optimizer_G': opt_g.state_dict(),
+                                               'optimizer_D': opt_d.state_dict()}, 'epoch': 1220}, path)
+    netG, netD, netC = small_dfgan()
+    fresh_g, fresh_d = dfgan_optimizers(netG, netD, netC)
+    info = load_dfgan_checkpoint(str(path), netG, netD, netC, fresh_g, fresh_d)
+    assert info == {'layout': 'dfgan', 'epoch': 1220,
+                    'loaded': ['netG', 'netD', 'netC', 'optimizer_G', 'optimizer_D']}
+    for net, module in (('netG', netG), ('netD', netD), ('netC', netC)):
+        loaded = module.state_dict()
+        for key, value in model[net].items():
+            assert torch.equal(loaded[key[len(prefix):]], value), key
+    saved_d, loaded_d = opt_d.state_dict(), fresh_d.state_dict()
+    assert len(loaded_d['state']) == len(saved_d['state']) > 0
+    for index, state in saved_d['state'].items():
+        assert torch.equal(loaded_d['state'][index]['exp_avg'], state['exp_avg'])
+
+
+def test_plain_generator_state_dict_loads(tmp_path):
+    state = upstream_style_state('dfgan_64_nf8', 'NetG', 'module.')
+    path = tmp_path / 'netG.pth'
+    torch.save(state, path)
+    netG = NetG(8, 100, 256, 64, 3)
+    assert load_dfgan_checkpoint(str(path), netG) == {'layout': 'dfgan', 'epoch': None, 'loaded': ['netG']}
+    assert torch.equal(netG.fc.weight, state['module.fc.weight'])
+    with pytest.raises(CheckpointError, match=r"netG.pth' holds no netD"):
+        load_dfgan_checkpoint(str(path), NetG(8, 100, 256, 64, 3), NetD(8, 64, 3))
+
+
+def test_layout_detection_from_keys():
+    official = json.loads((FIXTURES / 'official_state_dict_keys.json').read_text())['models']
+    keys = lambda pairs: {k: None for k, _ in pairs}  # noqa: E731 - only the names matter
+    models = UPSTREAM['models']
+    assert generator_layout(keys(models['dfgan_256_nf32']['NetG'])) == 'dfgan'
+    assert generator_layout(keys(models['dfgan_v1_256_nf32']['NetG'])) == 'dfgan_v1'
+    assert generator_layout(keys(official['NetG'])) == 'ssagan'
+    for other in (models['dfgan_256_nf32']['NetD'], models['dfgan_256_nf32']['NetC'], official['NetD']):
+        assert generator_layout(keys(other)) is None
+
+
+def test_2020_generator_is_detected_and_needs_its_model(tmp_path):
+    v1 = NetG_v1(8, 100, img_size=64)
+    path = tmp_path / 'netG.pth'
+    torch.save(v1.state_dict(), path)
+    assert read_dfgan_checkpoint(str(path))['layout'] == 'dfgan_v1'
+    with pytest.raises(CheckpointError, match=r"holds a DF-GAN 2020 .* set MODEL.NAME: dfgan_v1"):
+        load_dfgan_checkpoint(str(path), NetG(8, 100, 256, 64, 3))
+    with pytest.raises(CheckpointError, match='MODEL.NAME: dfgan_v1'):
+        load_dfgan_checkpoint(str(path), SSAGAN_NetG(8, 100, img_size=64))
+    fresh = NetG_v1(8, 100, img_size=64)
+    load_dfgan_checkpoint(str(path), fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), v1.state_dict().values()))
+
+
+def test_files_that_fit_no_layout_are_named_with_what_they_hold(tmp_path):
+    netd_file = tmp_path / 'netD_600.pth'
+    torch.save(NetD(8, 64, 3).state_dict(), netd_file)
+    with pytest.raises(CheckpointError, match=r"netD_600.pth' is a discriminator state dict, not a "
+                                              r"generator .* first keys: conv_img.weight"):
+        read_dfgan_checkpoint(str(netd_file))
+    listing = tmp_path / 'list.pth'
+    torch.save([1, 2], listing)
+    with pytest.raises(CheckpointError, match=r"list.pth' holds a list: neither DF-GAN's training state"):
+        read_dfgan_checkpoint(str(listing))
+    no_g = tmp_path / 'state_epoch_010.pth'
+    torch.save({'model': {'netD': NetD(8, 64, 3).state_dict()}, 'epoch': 10}, no_g)
+    with pytest.raises(CheckpointError, match=r"state_epoch_010.pth' has a 'model' entry without a 'netG'"
+                                              r" state dict \(found: netD\)"):
+        read_dfgan_checkpoint(str(no_g))
+    other = tmp_path / 'other.pth'
+    torch.save({'step': torch.tensor(3)}, other)
+    with pytest.raises(CheckpointError, match=r"other.pth' is a state dict of no known generator"):
+        read_dfgan_checkpoint(str(other))
+
+
+def test_wrong_width_names_the_file_and_the_network(tmp_path):
+    netG, netD, netC = NetG(4, 100, 256, 64, 3), NetD(4, 64, 3), NetC(4, 256)
+    path = tmp_path / 'state_epoch_005.pth'
+    torch.save({'model': {'netG': netG.state_dict(), 'netD': netD.state_dict(), 'netC': netC.state_dict()}}, path)
+    with pytest.raises(CheckpointError, match=r"state_epoch_005.pth \[netG\]' does not match NetG:\n  wrong shapes"):
+        load_dfgan_checkpoint(str(path), *small_dfgan())
+
+
+# --- the update -----------------------------------------------------------------------------
+
+class PassThrough(torch.nn.Module):
+    """Stand-in image encoder: the features are the input, B x 1."""
+
+    def forward(self, x):
+        return x
+
+
+class ProductHead(torch.nn.Module):
+    """Stand-in matching head: logit_i = w * f_i * s_i (B x 1 features and sentences)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, features, sent):
+        return self.w * features * sent
+
+
+class PassThroughWithHead(PassThrough):
+    """The 2020 layout: the head lives in the discriminator as COND_DNET."""
+
+    def __init__(self):
+        super().__init__()
+        self.COND_DNET = ProductHead()
+
+
+# Hand-computed case: real f = (2, 0.5), sentences s = (0.25, 1), fake f = (-1, 3), w = 1.
+#   matching logits w f s = (0.5, 0.5)        -> relu(1 - .) mean 0.5
+#   rolled mismatch (0.5 * 0.25, 2 * 1)       -> relu(1 + .) = (1.125, 3)      mean 2.0625
+#   fake logits (-0.25, 3)                    -> relu(1 + .) = (0.75, 4)       mean 2.375
+#   MA-GP: dlogit/df = w s, dlogit/ds = w f: |.|^2 = (0.0625 + 4, 1 + 0.25) = (4.0625, 1.25);
+#          2 * mean(|.|^6) = 2 * (4.0625^3 + 1.25^3) / 2 = 67.047119140625 + 1.953125
+#   errD = 0.5 + (2.375 + 2.0625) / 2 + 69.000244140625
+#   d errD / dw = -0.5 + (1.375 + 1.0625) / 2 + 6 * 69.000244140625 (every hinge term active,
+#   the penalty is homogeneous of degree 6 in w)
+REAL = [[2.0], [0.5]]
+SENT = [[0.25], [1.0]]
+FAKE = [[-1.0], [3.0]]
+MAGP_VALUE = 69.000244140625
+
+
+def hand_case():
+    return torch.tensor(REAL), torch.tensor(FAKE), torch.tensor(SENT)
+
+
+def test_d_loss_terms_on_a_hand_computed_case():
+    real, fake, sent = hand_case()
+    losses = discriminator_losses(PassThrough(), ProductHead(), real, fake, sent)
+    expected = dict(errD_real=0.5, errD_mismatch=2.0625, errD_fake=2.375, MAGP=MAGP_VALUE,
+                    errD=0.5 + (2.375 + 2.0625) / 2 + MAGP_VALUE)
+    assert {k: v.item() for k, v in losses.items()} == pytest.approx(expected, rel=1e-6)
+
+
+def test_d_step_takes_one_step_on_hinge_plus_magp_and_leaves_g_alone():
+    real, fake, sent = hand_case()
+    head = ProductHead()
+    g_weight = torch.nn.Parameter(torch.ones(1))
+    fake = fake * g_weight          # fake images with a generator graph
+    lr = 1e-3
+    losses = d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=lr), real, fake, sent)
+    grad_w = -0.5 + (1.375 + 1.0625) / 2 + 6 * MAGP_VALUE
+    assert head.w.item() == pytest.approx(1 - lr * grad_w, rel=1e-6)
+    assert g_weight.grad is None    # the fake images are detached for D
+    assert not any(v.requires_grad for v in losses.values())
+
+
+def test_g_loss_and_step_on_a_hand_computed_case():
+    real, fake, sent = hand_case()
+    head = ProductHead()
+    scale = torch.nn.Parameter(torch.ones(1))     # stand-in generator: fake = scale * FAKE
+    assert generator_loss(PassThrough(), head, fake, sent).item() == pytest.approx(-1.375)
+    losses = g_step(PassThrough(), head, torch.optim.SGD([scale], lr=0.1), scale * fake, sent)
+    assert losses['errG'].item() == pytest.approx(-1.375)
+    # d/dscale -mean(w * scale * f * s) = -mean(f s) = -1.375
+    assert scale.item() == pytest.approx(1 + 0.1 * 1.375)
+    assert head.w.grad is None and head.w.requires_grad   # D got no gradient and is unfrozen again
+
+
+def test_2020_d_step_hinge_then_magp_step():
+    real, fake, sent = hand_case()
+    net = PassThroughWithHead()
+    lr = 1e-3
+    losses = d_step_v1(net, torch.optim.SGD(net.parameters(), lr=lr), real, fake, sent)
+    # mismatch: features 0..B-2 with sentences 1..B-1 -> one pair 2 * 1 -> relu(3) = 3
+    assert losses['errD_mismatch'].item() == pytest.approx(3.0)
+    assert losses['errD'].item() == pytest.approx(0.5 + (2.375 + 3.0) / 2)
+    w1 = 1 - lr * (-0.5 + 1.375 / 2 + 2.0 / 2)            # after the hinge step
+    assert losses['MAGP'].item() == pytest.approx(w1 ** 6 * MAGP_VALUE, rel=1e-6)
+    w2 = w1 - lr * 6 * w1 ** 5 * MAGP_VALUE                # after the MA-GP step
+    assert net.COND_DNET.w.item() == pytest.approx(w2, rel=1e-6)
+
+
+def test_magp_equals_per_sample_autograd_on_the_real_networks():
+    torch.manual_seed(0)
+    netD, netC = randomised(NetD(2, 32, 3).double(), 3, 0.3), randomised(NetC(2, 16).double(), 4, 0.3)
+    real, sent = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    fake = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    gp = discriminator_losses(netD, netC, real, fake, sent)['MAGP']
+    norms = []
+    for i in range(3):   # one sample at a time: dC_i / d(x_i, s_i)
+        x, s = real[i:i + 1].clone().requires_grad_(), sent[i:i + 1].clone().requires_grad_()
+        gx, gs = torch.autograd.grad(netC(netD(x), s).sum(), (x, s))
+        norms.append(torch.sqrt(gx.pow(2).sum() + gs.pow(2).sum()))
+    assert gp.item() == pytest.approx(2.0 * torch.stack(norms).pow(6).mean().item(), rel=1e-9)
+    # and its gradient (double backward) matches a central difference in one weight
+    weight = netC.joint_conv[2].weight
+    (grad,) = torch.autograd.grad(gp, weight)
+    eps, index = 1e-6, (0, 1, 2, 3)
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            weight[index] += sign * eps
+        values.append(discriminator_losses(netD, netC, real, fake, sent)['MAGP'].item())
+        with torch.no_grad():
+            weight[index] -= sign * eps
+    assert grad[index].item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5)
+
+
+def test_optimisers_follow_dfgan():
+    netG, netD, netC = small_dfgan()
+    opt_g, opt_d = build_optimizers(netG, netD, netC)
+    assert opt_g.defaults['lr'] == 1e-4 and opt_d.defaults['lr'] == 4e-4
+    assert opt_g.defaults['betas'] == opt_d.defaults['betas'] == (0.0, 0.9)
+    assert [id(p) for p in opt_d.param_groups[0]['params']] == \
+        [id(p) for p in list(netD.parameters()) + list(netC.parameters())]
+
+
+def test_truncated_noise_distribution():
+    gen = torch.Generator().manual_seed(0)
+    x = truncated_normal((200_000,), generator=gen, dtype=torch.float64)
+    assert x.abs().max() <= 2.0
+    # truncated to [-2, 2]: variance 1 - 2 * 2 * phi(2) / (2 Phi(2) - 1)
+    phi2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    mass = math.erf(2 / math.sqrt(2))
+    assert x.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert x.var().item() == pytest.approx(1 - 4 * phi2 / mass, abs=0.01)
+    # the whole distribution: largest CDF gap against the truncated normal's CDF
+    xs, _ = torch.sort(x)
+    cdf = (0.5 * (1 + torch.erf(xs / math.sqrt(2))) - 0.5 * (1 - mass)) / mass
+    empirical = torch.arange(1, xs.numel() + 1, dtype=torch.float64) / xs.numel()
+    assert (cdf - empirical).abs().max().item() < 0.005
+    noise = sample_noise(4, 100, truncation=True, trunc_rate=0.88, generator=torch.Generator().manual_seed(1))
+    assert noise.shape == (4, 100) and noise.abs().max() <= 2 * 0.88 and noise.abs().max() > 1.5
+    plain = sample_noise(4, 100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, torch.randn(4, 100, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize('version', ['2022', '2020'])
+def test_train_step_runs_and_changes_both_networks(version):
+    torch.manual_seed(0)
+    if version == '2022':
+        size = 32
+        netG, netD, netC = NetG(2, 16, 32, size, 3), NetD(2, size, 3), NetC(2, 32)
+        opt_g, opt_d = build_optimizers(netG, netD, netC)
+    else:
+        size = 64   # SSA-GAN's NetD, used for the 2020 layout, starts at 64 px
+        netG, netD, netC = NetG_v1(2, 16, size, 32), NetD_v1(2, size, 32), None
+        opt_g, opt_d = build_optimizers(netG, netD)
+    before_g = [p.detach().clone() for p in netG.parameters()]
+    before_d = [p.detach().clone() for p in netD.parameters()]
+    real, sent = torch.rand(3, 3, size, size) * 2 - 1, torch.randn(3, 32)
+    if version == '2022':
+        losses = train_step(netG, netD, netC, opt_g, opt_d, real, sent, z_dim=16)
+    else:
+        losses = train_step_v1(netG, netD, opt_g, opt_d, real, sent, z_dim=16)
+    assert set(losses) == {'errD', 'errD_real', 'errD_fake', 'errD_mismatch', 'MAGP', 'errG'}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, netG.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, netD.parameters()))
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def test_dfgan_configs_carry_its_published_settings():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert default_config().MODEL.NAME == 'ssagan'
+    for name, epochs, save, captions, fid in (('bird', 1300, 10, 10, 29120), ('coco', 300, 5, 5, 40448)):
+        cfg = load_config(str(root / f'cfg/{name}_dfgan.yml'))
+        assert cfg.MODEL.NAME == 'dfgan' and cfg.TREE.BASE_SIZE == 256
+        assert (cfg.TRAIN.NF, cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.MAX_EPOCH) == (32, 32, epochs)
+        assert (cfg.TRAIN.GENERATOR_LR, cfg.TRAIN.DISCRIMINATOR_LR) == (1e-4, 4e-4)
+        assert (cfg.TRAIN.BETA1, cfg.TRAIN.BETA2) == (0.0, 0.9)
+        assert (cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K) == (6.0, 2.0) and cfg.TRAIN.LAMBDA_DA == 0.0
+        assert (cfg.TRAIN.WARMUP_EPOCHS, cfg.TRAIN.GSAVE_INTERVAL) == (0, save)
+        assert cfg.GAN.Z_DIM == 100 and cfg.TEXT.EMBEDDING_DIM == 256 and cfg.SEED == 100
+        assert cfg.TEXT.CAPTIONS_PER_IMAGE == captions and cfg.EVAL.NUM_FID == fid
+        assert cfg.DFGAN.TRUNCATION is True and cfg.DFGAN.TRUNC_RATE == 0.88
