@@ -11,6 +11,12 @@ DataParallel wrapper is removed (``from_reference_state_dict``)::
                     projector.projection.{0 Linear, 1 BatchNorm1d}  (conditional only)
                     netD_2.0 Conv2d
 
+The layers are the implementation's, which simplifies the paper's in two places: the paper's
+D has a 1 x 1 convolution + BN + leaky ReLU between the concatenation and the final 4 x 4
+convolution, and its G compresses the text with fully connected + leaky ReLU only (the
+implementation adds BatchNorm1d there). The authors' Torch code (reedscot/icml2016) further
+uses residual blocks and ngf = 128.
+
 One discriminator serves the BCE and the WGAN losses: it returns raw scores (logits).
 The implementation ends ``netD_2`` with a ``Sigmoid`` for the BCE variant and averages
 the critic's scores over the batch inside ``forward`` for the WGAN variant; neither has

@@ -23,7 +23,9 @@ Where the two differ (the paper is followed unless a switch says otherwise):
 - mismatching pair: both codes pair a wrong *image* with the right text (``mismatch='image'``);
   the paper a real image with wrong text (``mismatch='text'``);
 - INT: the implementation's data set returns an ``inter_embed`` that its trainer never uses;
-  INT here follows the paper;
+  INT here follows the paper as its own mean term x ``int_weight`` (the authors' Torch code
+  appends B/2 midpoints of the batch's two halves to G's batch of B and averages the BCE
+  over all 3B/2);
 - it scores probabilities with ``BCELoss``; here ``binary_cross_entropy_with_logits`` on the
   same logits (equal up to BCELoss clamping log at -100);
 - its WGAN critic averages the scores over the batch inside ``forward``; here the losses take
