@@ -37,6 +37,7 @@ from nltk.tokenize import RegexpTokenizer
 from PIL import Image
 
 from miscc.core.files import atomic_write
+from miscc.data.errors import DataError
 from miscc.data.safe_pickle import PickleLoadError, safe_load
 from miscc.data.synthetic import ensure_synthetic_birds
 
@@ -53,10 +54,6 @@ COCO_IMAGES_URL = 'https://cocodataset.org/#download'
 
 BIRD_LAYOUTS = ('birds', 'synthetic_birds')
 DATASET_NAMES = ('birds', 'coco', 'synthetic_birds')
-
-
-class DataError(ValueError):
-    """A data set is missing, incomplete or inconsistent; the message says what to do."""
 
 
 def _where_to_get(dataset_name: str, data_dir: str, what: str = 'metadata') -> str:

@@ -51,7 +51,7 @@ DEFAULTS: dict = {
     'loss': 'hinge',                # official key; hinge is the only loss
     'MODEL': {
         'NAME': 'ssagan',           # generator family (miscc/families): 'ssagan', 'dfgan' (DF-GAN 2022),
-                                    # 'dfgan_v1' (DF-GAN 2020)
+                                    # 'dfgan_v1' (DF-GAN 2020) or 'gan_int_cls' (Reed et al. 2016)
     },
     'DFGAN': {                      # MODEL.NAME 'dfgan' / 'dfgan_v1' only (tobran/DF-GAN code/cfg/bird.yml, coco.yml)
         'TRUNCATION': True,         # sampling/FID noise: standard normal truncated to [-2, 2], times TRUNC_RATE
@@ -119,6 +119,32 @@ DEFAULTS: dict = {
         'B_ATTENTION': True,
         'B_DCGAN': True,
     },
+    'GAN_INT_CLS': {                # MODEL.NAME 'gan_int_cls' (Reed et al. 2016), 64 px; its update
+                                    # is miscc/families/gan_int_cls.py. Adam 2e-4, betas (0.5, 0.999)
+                                    # and batch 64 come from TRAIN.* in its cfg files; noise: GAN.Z_DIM.
+        'LOSS': 'gan',              # 'gan': BCE on D's logits; 'wgan': critic scores, weight clipping
+        'CONDITIONAL': True,        # False: the unconditional ('vanilla') G(z) and D(x); no CLS, no INT
+        'CLS': True,                # matching-aware D: mismatching image/text pairs are scored as fake
+        'MISMATCH': 'text',         # 'text': real image + wrong text (paper); 'image': wrong image +
+                                    # right text (both published codes)
+        'MISMATCH_WEIGHT': 0.5,     # weight of each of D's mismatching and fake terms with CLS (paper:
+                                    # 1/2); 1.0 is the PyTorch implementation's plain sum
+        'INT': True,                # G also learns from interpolated embeddings (never shown to D)
+        'INT_BETA': 0.5,            # interpolation beta * t1 + (1 - beta) * t2 of batch embeddings
+        'INT_WEIGHT': 1.0,          # weight of G's loss on the interpolations
+        'LABEL_SMOOTHING': 0.1,     # one-sided: D's target for real/right pairs is 1 - this (0: off,
+                                    # the paper); 'gan' loss only
+        'FEATURE_MATCHING': 100.0,  # G: x MSE of the batch means of D's 4x4 image features (0: off)
+        'L1': 50.0,                 # G: x mean |G(z, t) - real image| (0: off, the paper)
+        'N_CRITIC': 5,              # 'wgan': critic steps per G step
+        'CRITIC_BURST': True,       # 'wgan': 100 critic steps for the first 25 G steps and every 500th
+        'CLIP': 0.01,               # 'wgan': D's parameters clamped to [-CLIP, CLIP] after each step
+        'PROJECTED_DIM': 128,       # text embedding projected to this size in G and D
+        'NGF': 64,                  # generator width (ngf: 8*NGF channels at 4x4)
+        'NDF': 64,                  # discriminator width (8*NDF channels at 4x4)
+        'D_BATCH_NORM': True,       # False: no BN in D's conv stack (the implementation's 'improved'
+                                    # WGAN critic)
+    },
     'TEXT': {
         'CAPTIONS_PER_IMAGE': 10,
         'EMBEDDING_DIM': 256,
@@ -142,6 +168,16 @@ DEFAULTS: dict = {
         # image at 256 px) and read them memory-mapped: several times faster per worker.
         'CACHE': False,
         'CACHE_DIR': '',            # '' = DATA_DIR/cache
+        # Precomputed text embeddings and images in one HDF5 file (miscc/data/hd5.py, the layout
+        # of the PyTorch GAN-INT-CLS implementation); '' = the DATASET_NAME layout in DATA_DIR
+        # with the DAMSM sentence encoder (TEXT.EMBEDDING_DIM).
+        'HD5_FILE': '',
+        'HD5_EMBEDDING_DIM': 1024,  # size of the file's embeddings (char-CNN-RNN: 1024); the text
+                                    # input size of the networks when HD5_FILE is used
+        'HD5_TRAIN_SPLIT': 'train',  # splits of the file: train, valid, test
+        'HD5_TEST_SPLIT': 'test',
+        'HD5_AUGMENT': False,       # False: whole image resized to BASE_SIZE (the implementation's);
+                                    # True: resize to BASE_SIZE*76/64, random crop and flip
     },
     'SYNTHETIC': {                  # the built-in synthetic birds (DATASET_NAME 'synthetic_birds')
         'NUM_TRAIN': 2000,

@@ -1,0 +1,239 @@
+"""Images with precomputed text embeddings from one HDF5 file, in the layout of the PyTorch
+GAN-INT-CLS implementation (aelnouby/Text-to-Image-Synthesis, convert_cub_to_hd5_script.py,
+convert_flowers_to_hd5_script.py)::
+
+    <split>/<example>/name        string   image file name without extension
+                     /img         opaque   the image file's bytes (JPEG), stored whole
+                     /embeddings  float    E (one caption's char-CNN-RNN embedding, E = 1024),
+                                           or K x E (K captions; one is drawn per item)
+                     /class       string   class folder (e.g. '001.Black_footed_Albatross')
+                     /txt         string   the caption (or K captions, matching the rows)
+
+with splits ``train``, ``valid`` and ``test``. Its converters write five examples per image
+(``<name>_0`` .. ``<name>_4``), captions drawn from the image's ten with replacement.
+
+h5py is imported at the top: this module is only imported when an hd5 file is used.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Dict, List, Optional
+
+import h5py
+import numpy as np
+import torch
+import torch.utils.data as data
+import torchvision.transforms as T
+from PIL import Image
+
+from .errors import DataError
+
+__all__ = ['Hd5Dataset', 'Hd5Error', 'FIELDS', 'SPLITS']
+
+FIELDS = ('name', 'img', 'embeddings', 'class', 'txt')
+SPLITS = ('train', 'valid', 'test')
+_LAYOUT = ("the layout split/example/{name, img, embeddings, class, txt} written by "
+           "convert_cub_to_hd5_script.py / convert_flowers_to_hd5_script.py of "
+           "aelnouby/Text-to-Image-Synthesis")
+
+
+class Hd5Error(DataError):
+    """An hd5 data file is missing or does not have the expected layout."""
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode('utf-8')
+    return str(value)
+
+
+def _to_float_tensor(img: Image.Image) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy())
+    return x.div_(127.5).sub_(1.0)
+
+
+class Hd5Dataset(data.Dataset):
+    """One split of an hd5 file: images in [-1, 1] with a text embedding and a mismatch.
+
+    Item (a dict, collated by the default collate function)::
+
+        image            FloatTensor 3 x S x S in [-1, 1]
+        embedding        FloatTensor E (a random row when the example holds K x E)
+        wrong_image      FloatTensor 3 x S x S, an example of another class
+        wrong_embedding  FloatTensor E, that example's embedding
+        caption          str, the caption of ``embedding`` (trailing newline removed)
+        name             str, the example's ``name`` (the image it comes from)
+        class_id         int, index of its class among the split's sorted class names
+        index            int
+
+    ``augment=False`` (the implementation's view): the whole image resized to S x S
+    (bicubic, PIL's default). ``augment=True`` (the project's training view): resize the
+    short side to ``int(S * 76 / 64)``, random S x S crop, random horizontal flip.
+    Random choices use torch's generator, which DataLoader seeds per worker.
+
+    ``embedding_dim`` (when given) must equal the file's embedding size. Every problem with
+    the file raises ``Hd5Error`` naming the file, split, example and field, and the fix.
+    """
+
+    def __init__(self, path: str, split: str = 'train', image_size: int = 64,
+                 embedding_dim: Optional[int] = None, augment: bool = False,
+                 embedding_key: str = 'DATA.HD5_EMBEDDING_DIM'):
+        path = os.fspath(path)
+        self.path = path
+        self.split = split
+        self.image_size = image_size
+        self.augment = augment
+        self.embedding_key = embedding_key
+        if augment:
+            self.transform = T.Compose([T.Resize(int(image_size * 76 / 64)),
+                                        T.RandomCrop(image_size), T.RandomHorizontalFlip()])
+        else:
+            self.transform = T.Resize((image_size, image_size),
+                                      interpolation=T.InterpolationMode.BICUBIC)
+        self._file: Optional[h5py.File] = None
+
+        with self._open() as f:
+            group = self._split_group(f)
+            self.keys: List[str] = list(group.keys())
+            if not self.keys:
+                raise Hd5Error(f"hd5 file '{path}': split '{split}' holds no examples; "
+                               f"use a file converted with {_LAYOUT}")
+            class_names = [self._class_of(group, key) for key in self.keys]
+            first = self.keys[0]
+            for field in FIELDS:
+                self._field(group, first, field)
+            self.embedding_dim = self._embedding_size(group, first, embedding_dim)
+            self._decode(group, first)
+        self.class_names = sorted(set(class_names))
+        if len(self.class_names) < 2:
+            raise Hd5Error(f"hd5 file '{path}': split '{split}' has one class "
+                           f"('{self.class_names[0]}'); mismatching pairs need examples of "
+                           f"at least two classes")
+        lookup = {c: i for i, c in enumerate(self.class_names)}
+        self.class_ids = np.array([lookup[c] for c in class_names], dtype=np.int64)
+        # Examples grouped by class: a different-class example is one draw from the others.
+        self._by_class = np.argsort(self.class_ids, kind='stable')
+        counts = np.bincount(self.class_ids, minlength=len(self.class_names))
+        self._class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._class_count = counts
+
+    # ---------------------------------------------------------------- file access
+    def _open(self) -> h5py.File:
+        if not os.path.isfile(self.path):
+            raise Hd5Error(f"hd5 file '{self.path}' not found: set DATA.HD5_FILE to a file "
+                           f"converted with {_LAYOUT} (its README links the converted "
+                           f"birds.hdf5 and flowers.hdf5)")
+        try:
+            return h5py.File(self.path, 'r')
+        except OSError as e:
+            raise Hd5Error(f"'{self.path}' is not a readable HDF5 file ({e}); set DATA.HD5_FILE "
+                           f"to a file converted with {_LAYOUT}") from None
+
+    def _split_group(self, f: h5py.File) -> h5py.Group:
+        if self.split not in f or not isinstance(f[self.split], h5py.Group):
+            have = ', '.join(k for k in f.keys()) or 'nothing'
+            raise Hd5Error(f"hd5 file '{self.path}' has no split '{self.split}' (it has: {have}); "
+                           f"name one of its splits (DATA.HD5_TRAIN_SPLIT, DATA.HD5_TEST_SPLIT) "
+                           f"or use a file with the splits {', '.join(SPLITS)} ({_LAYOUT})")
+        return f[self.split]
+
+    def _field(self, group: h5py.Group, key: str, field: str) -> h5py.Dataset:
+        example = group[key]
+        if not isinstance(example, h5py.Group) or field not in example:
+            have = ', '.join(example.keys()) if isinstance(example, h5py.Group) else 'not a group'
+            raise Hd5Error(f"hd5 file '{self.path}', split '{self.split}', example '{key}': "
+                           f"missing field '{field}' (it has: {have}); every example needs "
+                           f"{', '.join(FIELDS)}, as in {_LAYOUT}")
+        return example[field]
+
+    def _class_of(self, group: h5py.Group, key: str) -> str:
+        # one path lookup per example: this runs over the whole split at start-up
+        # (about 0.2 ms an example with h5py)
+        try:
+            value = group[key + '/class'][()]
+        except (KeyError, TypeError, AttributeError):
+            value = self._field(group, key, 'class')[()]
+        return _text(value)
+
+    def _embedding_size(self, group: h5py.Group, key: str, expected: Optional[int]) -> int:
+        shape = self._field(group, key, 'embeddings').shape
+        if len(shape) not in (1, 2) or shape[-1] == 0:
+            raise Hd5Error(f"hd5 file '{self.path}', split '{self.split}', example '{key}': "
+                           f"field 'embeddings' has shape {shape}; expected E or K x E "
+                           f"(one embedding per caption)")
+        size = int(shape[-1])
+        if expected is not None and size != expected:
+            raise Hd5Error(f"hd5 file '{self.path}', split '{self.split}', example '{key}': "
+                           f"field 'embeddings' has size {size} but {self.embedding_key} is "
+                           f"{expected}; set {self.embedding_key}={size} (the file's "
+                           f"char-CNN-RNN embeddings have 1024)")
+        return size
+
+    def _group(self) -> h5py.Group:
+        if self._file is None:            # opened once per process (DataLoader workers too)
+            self._file = self._open()
+        return self._split_group(self._file)
+
+    def __getstate__(self) -> Dict:
+        state = self.__dict__.copy()
+        state['_file'] = None             # h5py handles do not cross processes
+        return state
+
+    # ---------------------------------------------------------------- items
+    def _decode(self, group: h5py.Group, key: str) -> Image.Image:
+        raw = self._field(group, key, 'img')[()]
+        raw = raw.tobytes() if isinstance(raw, np.void) else bytes(np.asarray(raw).tobytes())
+        try:
+            img = Image.open(io.BytesIO(raw))
+            return img.convert('RGB')
+        except (OSError, ValueError) as e:
+            raise Hd5Error(f"hd5 file '{self.path}', split '{self.split}', example '{key}': "
+                           f"field 'img' is not a readable image ({e}); it must hold the "
+                           f"image file's bytes (np.void), as in {_LAYOUT}") from None
+
+    def _image(self, group: h5py.Group, key: str) -> torch.Tensor:
+        return _to_float_tensor(self.transform(self._decode(group, key)))
+
+    def _embedding(self, group: h5py.Group, key: str):
+        """(FloatTensor E, row drawn or None)."""
+        self._embedding_size(group, key, self.embedding_dim)
+        values = np.asarray(self._field(group, key, 'embeddings')[()], dtype=np.float32)
+        if values.ndim == 1:
+            return torch.from_numpy(values), None
+        row = int(torch.randint(values.shape[0], (1,)))
+        return torch.from_numpy(values[row].copy()), row
+
+    def _caption(self, group: h5py.Group, key: str, row: Optional[int]) -> str:
+        txt = self._field(group, key, 'txt')[()]
+        if isinstance(txt, np.ndarray):
+            txt = txt.reshape(-1)[0 if row is None else row]
+        return _text(txt).strip()
+
+    def wrong_index(self, index: int) -> int:
+        """A random example of another class than example ``index`` (uniform over them)."""
+        c = self.class_ids[index]
+        r = int(torch.randint(len(self.keys) - int(self._class_count[c]), (1,)))
+        if r >= self._class_start[c]:
+            r += int(self._class_count[c])
+        return int(self._by_class[r])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Dict:
+        group = self._group()
+        key = self.keys[index]
+        embedding, row = self._embedding(group, key)
+        wrong = self.keys[self.wrong_index(index)]
+        wrong_embedding, _ = self._embedding(group, wrong)
+        return {
+            'image': self._image(group, key),
+            'embedding': embedding,
+            'wrong_image': self._image(group, wrong),
+            'wrong_embedding': wrong_embedding,
+            'caption': self._caption(group, key, row),
+            'name': _text(self._field(group, key, 'name')[()]),
+            'class_id': int(self.class_ids[index]),
+            'index': index,
+        }

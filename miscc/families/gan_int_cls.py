@@ -1,0 +1,343 @@
+"""GAN-INT-CLS update (Reed et al. 2016, "Generative Adversarial Text to Image Synthesis").
+
+Losses as pure functions, and one discriminator step and one generator step that take the
+networks, the optimisers and the batch tensors explicitly (networks: models/gan_int_cls.py).
+
+The paper's Algorithm 1 (GAN-CLS), with s = D's probability::
+
+    s_r = D(x, h)     real image, right text
+    s_w = D(x, h^)    real image, wrong text
+    s_f = D(G(z, h), h)
+    D maximises log s_r + (log(1 - s_w) + log(1 - s_f)) / 2;  G maximises log s_f
+
+and GAN-INT: G also maximises log D(G(z, h_i), h_i) on h_i = beta h1 + (1 - beta) h2,
+beta = 0.5; D never sees the interpolations. Switches (``GanIntClsOptions``) add what the
+PyTorch implementation (aelnouby/Text-to-Image-Synthesis, trainer.py) trains with or offers:
+one-sided label smoothing (D's target for real/right pairs 0.9), feature matching on D's
+4 x 4 image features (x 100), L1 to the real image (x 50), the WGAN loss with weight clipping
+and several critic steps per G step, and the unconditional ("vanilla") variants.
+
+Where the two differ (the paper is followed unless a switch says otherwise):
+- weighting: the implementation sums the three D terms (``mismatch_weight=1``), the paper
+  halves the two mismatching ones (``mismatch_weight=0.5``, also the authors' Torch code);
+- mismatching pair: both codes pair a wrong *image* with the right text (``mismatch='image'``);
+  the paper a real image with wrong text (``mismatch='text'``);
+- INT: the implementation's data set returns an ``inter_embed`` that its trainer never uses;
+  INT here follows the paper as its own mean term x ``int_weight`` (the authors' Torch code
+  appends B/2 midpoints of the batch's two halves to G's batch of B and averages the BCE
+  over all 3B/2);
+- it scores probabilities with ``BCELoss``; here ``binary_cross_entropy_with_logits`` on the
+  same logits (equal up to BCELoss clamping log at -100);
+- its WGAN critic averages the scores over the batch inside ``forward``; here the losses take
+  the means, which is the same number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['GanIntClsOptions', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
+           'generator_adversarial_loss', 'generator_critic_loss', 'feature_matching_loss',
+           'l1_distance', 'interpolate_embeddings', 'shifted_in_batch', 'clip_weights_',
+           'critic_iterations', 'make_optimizers', 'discriminator_step', 'generator_step',
+           'LOSSES', 'MISMATCHES']
+
+LOSSES = ('gan', 'wgan')
+MISMATCHES = ('text', 'image')
+# WGAN's schedule, as the implementation has it: many critic steps while the critic is far
+# from optimal (the first G steps) and now and then afterwards.
+BURST_CRITIC_STEPS = 100
+BURST_FIRST_GENERATOR_STEPS = 25
+BURST_EVERY = 500
+
+
+@dataclass(frozen=True)
+class GanIntClsOptions:
+    """The switches and coefficients of the update (config section ``GAN_INT_CLS``)."""
+    loss: str = 'gan'               # 'gan' (BCE on logits) or 'wgan' (critic, weight clipping)
+    conditional: bool = True        # False: the unconditional G(z) and D(x)
+    cls: bool = True                # matching-aware D (mismatching pairs scored as fake)
+    mismatch: str = 'text'          # 'text': real image + wrong text; 'image': wrong image + right text
+    mismatch_weight: float = 0.5    # weight of each of the two mismatching D terms
+    interpolation: bool = True      # GAN-INT
+    int_beta: float = 0.5
+    int_weight: float = 1.0
+    label_smoothing: float = 0.1    # D's real/right target is 1 - this
+    feature_matching: float = 100.0
+    l1: float = 50.0
+    n_critic: int = 5
+    critic_burst: bool = True
+    clip: float = 0.01
+
+    _CONFIG_KEYS = {'loss': 'LOSS', 'conditional': 'CONDITIONAL', 'cls': 'CLS',
+                    'mismatch': 'MISMATCH', 'mismatch_weight': 'MISMATCH_WEIGHT',
+                    'interpolation': 'INT', 'int_beta': 'INT_BETA', 'int_weight': 'INT_WEIGHT',
+                    'label_smoothing': 'LABEL_SMOOTHING', 'feature_matching': 'FEATURE_MATCHING',
+                    'l1': 'L1', 'n_critic': 'N_CRITIC', 'critic_burst': 'CRITIC_BURST',
+                    'clip': 'CLIP'}
+
+    def __post_init__(self):
+        def bad(name: str, expected: str):
+            key = 'GAN_INT_CLS.' + self._CONFIG_KEYS[name]
+            return ValueError(f"config key '{key}' expects {expected}, got {getattr(self, name)!r}")
+        if self.loss not in LOSSES:
+            raise bad('loss', "'gan' or 'wgan'")
+        if self.mismatch not in MISMATCHES:
+            raise bad('mismatch', "'text' or 'image'")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad('label_smoothing', 'a value in [0, 1)')
+        if not 0.0 <= self.int_beta <= 1.0:
+            raise bad('int_beta', 'a value in [0, 1]')
+        for name in ('mismatch_weight', 'int_weight', 'feature_matching', 'l1', 'clip'):
+            if getattr(self, name) < 0:
+                raise bad(name, 'a value >= 0')
+        if self.n_critic < 1:
+            raise bad('n_critic', 'an int >= 1')
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> 'GanIntClsOptions':
+        """Options from the ``GAN_INT_CLS`` config section (a mapping, e.g. ``cfg.GAN_INT_CLS.to_dict()``);
+        keys the section does not hold keep their defaults."""
+        values = {name: section[key] for name, key in cls._CONFIG_KEYS.items() if key in section}
+        return cls(**values)
+
+    @property
+    def uses_cls(self) -> bool:
+        return self.conditional and self.cls
+
+    @property
+    def uses_interpolation(self) -> bool:
+        return self.conditional and self.interpolation
+
+
+# --------------------------------------------------------------------------- losses
+def bce_with_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean binary cross-entropy of logits (B) against one constant target."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       wrong_logits: Optional[torch.Tensor] = None, real_target: float = 1.0,
+                       mismatch_weight: float = 0.5) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """D's BCE loss (to minimise). With ``wrong_logits`` (GAN-CLS):
+    ``BCE(real, real_target) + w * (BCE(wrong, 0) + BCE(fake, 0))``; without: ``BCE(real,
+    real_target) + BCE(fake, 0)``. ``real_target`` 0.9 is one-sided label smoothing; it
+    applies to the real/right term only. Returns (loss, its terms)."""
+    real = bce_with_logits(real_logits, real_target)
+    fake = bce_with_logits(fake_logits, 0.0)
+    terms = {'d_real': real, 'd_fake': fake}
+    if wrong_logits is None:
+        return real + fake, terms
+    wrong = bce_with_logits(wrong_logits, 0.0)
+    terms['d_wrong'] = wrong
+    return real + mismatch_weight * (wrong + fake), terms
+
+
+def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor,
+                wrong_scores: Optional[torch.Tensor] = None,
+                mismatch_weight: float = 0.5) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """WGAN critic loss (to minimise): ``-mean D(real) + w * (mean D(wrong) + mean D(fake))``
+    with mismatching pairs, ``-mean D(real) + mean D(fake)`` without. ``w = 1`` is the
+    implementation's. Returns (loss, its terms: the mean scores)."""
+    real = real_scores.mean()
+    fake = fake_scores.mean()
+    terms = {'d_real': real, 'd_fake': fake}
+    if wrong_scores is None:
+        return fake - real, terms
+    wrong = wrong_scores.mean()
+    terms['d_wrong'] = wrong
+    return mismatch_weight * (wrong + fake) - real, terms
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating G loss ``BCE(D(G(z, h), h), 1)`` (the paper's "maximise log s_f");
+    the target is 1, never smoothed."""
+    return bce_with_logits(fake_logits, 1.0)
+
+
+def generator_critic_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """WGAN G loss ``-mean D(G(z, h), h)``."""
+    return -fake_scores.mean()
+
+
+def feature_matching_loss(fake_features: torch.Tensor, real_features: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the batch means of D's features (B x C x H x W each):
+    ``mean_chw (mean_b f_fake - mean_b f_real)^2``, the real side held constant."""
+    return F.mse_loss(fake_features.mean(0), real_features.detach().mean(0))
+
+
+def l1_distance(fake_images: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the generated and the real images (B x 3 x H x W)."""
+    return (fake_images - real_images.detach()).abs().mean()
+
+
+def interpolate_embeddings(first: torch.Tensor, second: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """``beta * first + (1 - beta) * second`` (B x E each); beta = 0.5 is the midpoint."""
+    return beta * first + (1.0 - beta) * second
+
+
+def shifted_in_batch(x: torch.Tensor) -> torch.Tensor:
+    """Item i paired with item i - 1 of the batch (the last with the first): the batch's
+    own partners for wrong texts and for interpolation when the data gives none."""
+    return torch.roll(x, shifts=1, dims=0)
+
+
+@torch.no_grad()
+def clip_weights_(module: nn.Module, clip: float) -> None:
+    """Clamp every parameter of ``module`` to [-clip, clip] in place (WGAN). As in the
+    implementation this includes the batch-norm scales and shifts and the text projection."""
+    for p in module.parameters():
+        p.clamp_(-clip, clip)
+
+
+def critic_iterations(generator_steps_done: int, n_critic: int = 5, burst: bool = True) -> int:
+    """Critic steps before the next G step: ``n_critic``, or 100 while fewer than 25 G steps
+    are done and before every 500th (WGAN's schedule, as the implementation runs it)."""
+    if burst and (generator_steps_done < BURST_FIRST_GENERATOR_STEPS
+                  or generator_steps_done % BURST_EVERY == 0):
+        return BURST_CRITIC_STEPS
+    return n_critic
+
+
+def make_optimizers(generator: nn.Module, discriminator: nn.Module, lr: float = 2e-4,
+                    betas: Tuple[float, float] = (0.5, 0.999)) -> Tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for G and D with the paper's and implementation's settings (also for WGAN,
+    where the implementation keeps Adam)."""
+    return (torch.optim.Adam(generator.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas))
+
+
+# --------------------------------------------------------------------------- steps
+class _Frozen:
+    """Parameters without gradients for the duration of a ``with`` block."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter]):
+        self.params = [p for p in params if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
+        return False
+
+
+def _noise(noise: Optional[torch.Tensor], like: torch.Tensor, noise_dim: int) -> torch.Tensor:
+    if noise is not None:
+        return noise
+    return torch.randn(like.size(0), noise_dim, device=like.device, dtype=like.dtype)
+
+
+def _generate(generator: nn.Module, noise: torch.Tensor, embeddings: Optional[torch.Tensor],
+              conditional: bool) -> torch.Tensor:
+    return generator(noise, embeddings) if conditional else generator(noise)
+
+
+def _score(discriminator: nn.Module, images: torch.Tensor, embeddings: Optional[torch.Tensor],
+           conditional: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return discriminator(images, embeddings) if conditional else discriminator(images)
+
+
+def discriminator_step(generator: nn.Module, discriminator: nn.Module,
+                       optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                       embeddings: Optional[torch.Tensor], options: GanIntClsOptions, *,
+                       wrong_images: Optional[torch.Tensor] = None,
+                       wrong_embeddings: Optional[torch.Tensor] = None,
+                       noise: Optional[torch.Tensor] = None,
+                       noise_dim: int = 100) -> Dict[str, torch.Tensor]:
+    """One D (or critic) update on a batch; returns the loss and its terms, detached.
+
+    images B x 3 x 64 x 64 in [-1, 1]; embeddings B x E (ignored when unconditional);
+    wrong_images B x 3 x 64 x 64 (``mismatch='image'``, required) or wrong_embeddings B x E
+    (``mismatch='text'``; default: the batch's embeddings shifted by one); noise B x noise_dim
+    (default: drawn from N(0, 1)). D scores real/right, then the mismatching pair, then
+    fake/right, each as its own batch (BN statistics per pass), as the implementation does.
+    The WGAN variant clips D's weights after the step.
+    """
+    conditional = options.conditional
+    cond = embeddings if conditional else None
+    with torch.no_grad():
+        fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
+    optimizer.zero_grad(set_to_none=True)
+    real_logits, _ = _score(discriminator, images, cond, conditional)
+    wrong_logits = None
+    if options.uses_cls:
+        if options.mismatch == 'image':
+            if wrong_images is None:
+                raise ValueError("GAN_INT_CLS.MISMATCH 'image' needs the batch's wrong images "
+                                 "(images that do not match the texts)")
+            wrong_logits, _ = discriminator(wrong_images, embeddings)
+        else:
+            wrong_text = shifted_in_batch(embeddings) if wrong_embeddings is None else wrong_embeddings
+            wrong_logits, _ = discriminator(images, wrong_text)
+    fake_logits, _ = _score(discriminator, fake, cond, conditional)
+    if options.loss == 'wgan':
+        loss, terms = critic_loss(real_logits, fake_logits, wrong_logits, options.mismatch_weight)
+    else:
+        loss, terms = discriminator_loss(real_logits, fake_logits, wrong_logits,
+                                         1.0 - options.label_smoothing, options.mismatch_weight)
+    loss.backward()
+    optimizer.step()
+    if options.loss == 'wgan':
+        clip_weights_(discriminator, options.clip)
+    out = {'d_loss': loss.detach()}
+    out.update({k: v.detach() for k, v in terms.items()})
+    return out
+
+
+def generator_step(generator: nn.Module, discriminator: nn.Module,
+                   optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                   embeddings: Optional[torch.Tensor], options: GanIntClsOptions, *,
+                   noise: Optional[torch.Tensor] = None,
+                   interp_noise: Optional[torch.Tensor] = None,
+                   interp_partners: Optional[torch.Tensor] = None,
+                   noise_dim: int = 100) -> Dict[str, torch.Tensor]:
+    """One G update; returns the loss, its terms and the fakes (B x 3 x 64 x 64), detached.
+
+    ``g_loss = adv(D(G(z, h), h)) + FEATURE_MATCHING * fm + L1 * |G(z, h) - x|
+    + INT_WEIGHT * adv(D(G(z', h_i), h_i))`` with ``h_i = beta h + (1 - beta) h2``, h2 =
+    ``interp_partners`` (B x E; default: the batch's embeddings shifted by one), ``adv`` the
+    BCE or the WGAN G loss. Feature matching compares the batch means of D's image features
+    for the fakes and for the real images (a second D pass on them, no gradient). D's
+    parameters get no gradients here; its BN layers run as they are (train mode updates
+    their statistics, as in the implementation).
+    """
+    conditional = options.conditional
+    cond = embeddings if conditional else None
+    adversarial = generator_critic_loss if options.loss == 'wgan' else generator_adversarial_loss
+    optimizer.zero_grad(set_to_none=True)
+    with _Frozen(discriminator.parameters()):
+        fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
+        fake_logits, fake_features = _score(discriminator, fake, cond, conditional)
+        g_adv = adversarial(fake_logits)
+        loss = g_adv
+        terms = {'g_adv': g_adv}
+        if options.feature_matching > 0:
+            with torch.no_grad():
+                _, real_features = _score(discriminator, images, cond, conditional)
+            fm = feature_matching_loss(fake_features, real_features)
+            loss = loss + options.feature_matching * fm
+            terms['g_feature_matching'] = fm
+        if options.l1 > 0:
+            l1 = l1_distance(fake, images)
+            loss = loss + options.l1 * l1
+            terms['g_l1'] = l1
+        if options.uses_interpolation:
+            partners = shifted_in_batch(embeddings) if interp_partners is None else interp_partners
+            mixed = interpolate_embeddings(embeddings, partners, options.int_beta)
+            fake_mixed = generator(_noise(interp_noise, images, noise_dim), mixed)
+            mixed_logits, _ = discriminator(fake_mixed, mixed)
+            g_int = adversarial(mixed_logits)
+            loss = loss + options.int_weight * g_int
+            terms['g_int'] = g_int
+        loss.backward()
+    optimizer.step()
+    out = {'g_loss': loss.detach(), 'fake_images': fake.detach()}
+    out.update({k: v.detach() for k, v in terms.items()})
+    return out

@@ -1,0 +1,181 @@
+"""GAN-INT-CLS networks (Reed et al. 2016): DCGAN generator and matching-aware discriminator, 64 px.
+
+Module and attribute names are those of the widely used PyTorch implementation
+(aelnouby/Text-to-Image-Synthesis, ``models/gan_cls.py``, ``wgan_cls.py``, ``gan.py``,
+``wgan.py``), so its checkpoints map key for key once the ``module.`` prefix of its
+DataParallel wrapper is removed (``from_reference_state_dict``)::
+
+    Generator       projection.{0 Linear, 1 BatchNorm1d}          (conditional only)
+                    netG.{0,3,6,9,12 ConvTranspose2d; 1,4,7,10 BatchNorm2d}
+    Discriminator   netD_1.{0,2,5,8 Conv2d; 3,6,9 BatchNorm2d}
+                    projector.projection.{0 Linear, 1 BatchNorm1d}  (conditional only)
+                    netD_2.0 Conv2d
+
+The layers are the implementation's, which simplifies the paper's in two places: the paper's
+D has a 1 x 1 convolution + BN + leaky ReLU between the concatenation and the final 4 x 4
+convolution, and its G compresses the text with fully connected + leaky ReLU only (the
+implementation adds BatchNorm1d there). The authors' Torch code (reedscot/icml2016) further
+uses residual blocks and ngf = 128.
+
+One discriminator serves the BCE and the WGAN losses: it returns raw scores (logits).
+The implementation ends ``netD_2`` with a ``Sigmoid`` for the BCE variant and averages
+the critic's scores over the batch inside ``forward`` for the WGAN variant; neither has
+parameters, so the losses apply them instead (``miscc/families/gan_int_cls.py``).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['Generator', 'Discriminator', 'text_projection', 'ReplicatedProjection',
+           'init_dcgan_weights', 'from_reference_state_dict', 'IMAGE_SIZE']
+
+IMAGE_SIZE = 64
+# Channel multipliers of the three stride-2 stages between 4 x 4 and 32 x 32 px.
+_STAGE_MULTS = (8, 4, 2)
+
+
+def text_projection(embedding_dim: int, projected_dim: int) -> nn.Sequential:
+    """``Linear -> BatchNorm1d -> LeakyReLU(0.2)``: B x embedding_dim -> B x projected_dim.
+
+    The paper has fully connected + leaky ReLU; the implementation adds the batch norm.
+    """
+    return nn.Sequential(
+        nn.Linear(embedding_dim, projected_dim),
+        nn.BatchNorm1d(projected_dim),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class ReplicatedProjection(nn.Module):
+    """D's text path (the implementation's ``Concat_embed``): project the embedding,
+    replicate it over the 4 x 4 feature map and concatenate it after the image channels.
+
+    ``forward(features B x C x H x W, embedding B x E) -> B x (C + projected_dim) x H x W``.
+    """
+
+    def __init__(self, embedding_dim: int, projected_dim: int):
+        super().__init__()
+        self.projection = text_projection(embedding_dim, projected_dim)
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(embedding)
+        tiled = projected[:, :, None, None].expand(-1, -1, features.size(2), features.size(3))
+        return torch.cat([features, tiled], 1)
+
+
+class Generator(nn.Module):
+    """DCGAN generator at 64 x 64.
+
+    ``forward(noise B x noise_dim (or B x noise_dim x 1 x 1), embedding B x embedding_dim)
+    -> image B x 3 x 64 x 64 in [-1, 1]``. Conditional: the projected embedding (128) and the
+    noise are concatenated in that order, as the implementation does (it fixes which input
+    channels of ``netG.0`` read the text). ``conditional=False`` is the unconditional
+    ("vanilla") generator of ``models/gan.py``: no projection, ``forward(noise)``.
+    """
+
+    def __init__(self, noise_dim: int = 100, embedding_dim: int = 1024, projected_dim: int = 128,
+                 ngf: int = 64, conditional: bool = True):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.embedding_dim = embedding_dim if conditional else 0
+        self.projected_dim = projected_dim if conditional else 0
+        self.ngf = ngf
+        self.conditional = conditional
+        if conditional:
+            self.projection = text_projection(embedding_dim, projected_dim)
+        latent_dim = noise_dim + self.projected_dim
+        layers = [nn.ConvTranspose2d(latent_dim, ngf * _STAGE_MULTS[0], 4, 1, 0, bias=False),
+                  nn.BatchNorm2d(ngf * _STAGE_MULTS[0]), nn.ReLU(True)]
+        for mult in _STAGE_MULTS:                     # 4 -> 8 -> 16 -> 32 px, halving the width
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh()]   # 32 -> 64 px
+        self.netG = nn.Sequential(*layers)
+
+    def forward(self, noise: torch.Tensor, embedding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if noise[0].numel() != self.noise_dim:
+            raise ValueError(f'noise must be B x {self.noise_dim} (or B x {self.noise_dim} x 1 x 1), '
+                             f'got {tuple(noise.shape)}')
+        latent = noise.reshape(noise.size(0), self.noise_dim, 1, 1)
+        if self.conditional:
+            if embedding is None:
+                raise ValueError('the conditional generator needs a text embedding '
+                                 f'(B x {self.embedding_dim})')
+            projected = self.projection(embedding)[:, :, None, None]
+            latent = torch.cat([projected, latent], 1)
+        return self.netG(latent)
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator with the matching-aware text input at 4 x 4.
+
+    ``forward(image B x 3 x 64 x 64, embedding B x embedding_dim) -> (logits B,
+    features B x 8ndf x 4 x 4)``: the features are the image-only output of the conv stack
+    (``netD_1``, before the text is concatenated), the ones the implementation's feature
+    matching compares. ``conditional=False`` is the unconditional ("vanilla") D of
+    ``models/gan.py`` (``forward(image)``). ``batch_norm=False`` drops the BN layers of the
+    conv stack, the implementation's ``improved=True`` WGAN critic (never selected by its
+    factory); the text projection keeps its BN either way.
+    """
+
+    def __init__(self, embedding_dim: int = 1024, projected_dim: int = 128, ndf: int = 64,
+                 conditional: bool = True, batch_norm: bool = True):
+        super().__init__()
+        self.embedding_dim = embedding_dim if conditional else 0
+        self.projected_dim = projected_dim if conditional else 0
+        self.ndf = ndf
+        self.conditional = conditional
+        layers = [nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for mult in (1, 2, 4):                        # 32 -> 16 -> 8 -> 4 px, doubling the width
+            layers.append(nn.Conv2d(ndf * mult, ndf * mult * 2, 4, 2, 1, bias=False))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(ndf * mult * 2))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.netD_1 = nn.Sequential(*layers)
+        if conditional:
+            self.projector = ReplicatedProjection(embedding_dim, projected_dim)
+        self.netD_2 = nn.Sequential(nn.Conv2d(ndf * 8 + self.projected_dim, 1, 4, 1, 0, bias=False))
+
+    def forward(self, image: torch.Tensor,
+                embedding: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f'the discriminator takes {IMAGE_SIZE} x {IMAGE_SIZE} images, '
+                             f'got {tuple(image.shape[-2:])}')
+        features = self.netD_1(image)
+        joint = features
+        if self.conditional:
+            if embedding is None:
+                raise ValueError('the conditional discriminator needs a text embedding '
+                                 f'(B x {self.embedding_dim})')
+            joint = self.projector(features, embedding)
+        return self.netD_2(joint).reshape(-1), features
+
+
+@torch.no_grad()
+def init_dcgan_weights(module: nn.Module) -> None:
+    """The implementation's ``weights_init`` (use with ``net.apply``): convolution and
+    transposed-convolution weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02) and shifts 0;
+    linear layers keep PyTorch's default initialisation."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        module.weight.normal_(0.0, 0.02)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        module.weight.normal_(1.0, 0.02)
+        module.bias.zero_()
+
+
+def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+    """A state dict saved by the implementation (``gen_<epoch>.pth`` / ``disc_<epoch>.pth``,
+    written through ``nn.DataParallel``) with its ``module.`` prefix removed.
+
+    Its files predate ``num_batches_tracked``; BatchNorm fills the missing counters in when
+    loading, so ``load_state_dict(..., strict=True)`` accepts the result.
+    """
+    prefix = 'module.'
+    return OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v)
+                       for k, v in state_dict.items())

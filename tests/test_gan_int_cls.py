@@ -1,0 +1,389 @@
+"""GAN-INT-CLS: networks against the reference layout, losses against hand computations,
+and the two update steps against a re-computation from what the networks were given."""
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from miscc.families import gan_int_cls as fam
+from models.gan_int_cls import (Discriminator, Generator, from_reference_state_dict,
+                                init_dcgan_weights)
+
+REFERENCE = json.loads((Path(__file__).parent / 'fixtures' / 'gan_int_cls_reference_keys.json')
+                       .read_text())['networks']
+LN3 = math.log(3.0)   # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
+
+
+def _shapes(module):
+    return OrderedDict((k, list(v.shape)) for k, v in module.state_dict().items())
+
+
+# --------------------------------------------------------------------------- networks
+@pytest.mark.parametrize('name, build', [
+    ('gan_cls.generator', lambda: Generator()),
+    ('gan_cls.discriminator', lambda: Discriminator()),
+    ('wgan_cls.discriminator', lambda: Discriminator()),
+    ('wgan_cls.discriminator(improved=True)', lambda: Discriminator(batch_norm=False)),
+    ('gan.generator', lambda: Generator(conditional=False)),
+    ('gan.discriminator', lambda: Discriminator(conditional=False)),
+    ('wgan.discriminator', lambda: Discriminator(conditional=False)),
+    ('wgan.discriminator(improved=True)', lambda: Discriminator(conditional=False, batch_norm=False)),
+])
+def test_keys_and_shapes_are_the_reference_implementations(name, build):
+    assert list(_shapes(build()).items()) == list(REFERENCE[name].items())
+
+
+def test_reference_checkpoint_loads_strictly():
+    """A DataParallel state dict without num_batches_tracked (what the reference code saved)."""
+    saved = Discriminator()
+    init_dcgan_weights(saved)
+    old = OrderedDict(('module.' + k, v.clone()) for k, v in saved.state_dict().items()
+                      if not k.endswith('num_batches_tracked'))
+    fresh = Discriminator()
+    fresh.load_state_dict(from_reference_state_dict(old), strict=True)
+    for k, v in saved.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_generator_output_at_64_px():
+    g = Generator(noise_dim=10, embedding_dim=256, ngf=4)
+    out = g(torch.randn(3, 10), torch.randn(3, 256))
+    assert out.shape == (3, 3, 64, 64)
+    assert out.abs().max() <= 1.0
+    # noise as B x nz x 1 x 1 (the reference's layout) gives the same images
+    g.eval()
+    z, e = torch.randn(2, 10), torch.randn(2, 256)
+    assert torch.equal(g(z, e), g(z.view(2, 10, 1, 1), e))
+
+
+def test_discriminator_outputs_and_features():
+    d = Discriminator(embedding_dim=256, ndf=4)
+    logits, feats = d(torch.randn(5, 3, 64, 64), torch.randn(5, 256))
+    assert logits.shape == (5,) and feats.shape == (5, 32, 4, 4)
+    d0 = Discriminator(conditional=False, ndf=4)
+    logits, feats = d0(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2,) and feats.shape == (2, 32, 4, 4)
+    assert not hasattr(d0, 'projector')
+
+
+def test_unconditional_generator():
+    g = Generator(noise_dim=7, ngf=4, conditional=False)
+    assert not hasattr(g, 'projection') and g.netG[0].in_channels == 7
+    assert g(torch.randn(2, 7)).shape == (2, 3, 64, 64)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match='64 x 64'):
+        Discriminator(ndf=4)(torch.randn(2, 3, 128, 128), torch.randn(2, 1024))
+    with pytest.raises(ValueError, match='needs a text embedding'):
+        Discriminator(ndf=4)(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match='needs a text embedding'):
+        Generator(ngf=4)(torch.randn(2, 100))
+    with pytest.raises(ValueError, match='noise must be B x 100'):
+        Generator(ngf=4)(torch.randn(2, 64), torch.randn(2, 1024))
+
+
+def test_generator_concatenates_text_then_noise():
+    """Independent re-computation of the first layer: projected text in the first 128
+    input channels of netG.0, the noise after them."""
+    g = Generator(noise_dim=6, embedding_dim=8, projected_dim=5, ngf=2).eval()
+    init_dcgan_weights(g)
+    z, e = torch.randn(3, 6), torch.randn(3, 8)
+    lin, bn = g.projection[0], g.projection[1]
+    projected = F.leaky_relu((e @ lin.weight.T + lin.bias - bn.running_mean)
+                             / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias, 0.2)
+    latent = torch.cat([projected, z], 1)[:, :, None, None]
+    first = F.conv_transpose2d(latent, g.netG[0].weight)
+    assert torch.allclose(g.netG[1:](first), g(z, e), atol=1e-6)
+
+
+def test_discriminator_replicates_the_projected_text_after_the_image_channels():
+    d = Discriminator(embedding_dim=8, projected_dim=3, ndf=2).eval()
+    init_dcgan_weights(d)
+    x, e = torch.randn(2, 3, 64, 64), torch.randn(2, 8)
+    feats = d.netD_1(x)
+    lin, bn = d.projector.projection[0], d.projector.projection[1]
+    projected = F.leaky_relu((e @ lin.weight.T + lin.bias - bn.running_mean)
+                             / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias, 0.2)
+    w = d.netD_2[0].weight                       # 1 x (16 + 3) x 4 x 4
+    # a 4 x 4 kernel on a 4 x 4 map is a dot product; the tiled text sums over the kernel
+    expected = ((w[0, :16] * feats).sum((1, 2, 3))
+                + (w[0, 16:].sum((1, 2)) * projected).sum(1))
+    logits, returned = d(x, e)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.equal(returned, feats)
+
+
+def test_dcgan_initialisation():
+    torch.manual_seed(0)
+    g = Generator()
+    linear_before = g.projection[0].weight.clone()
+    g.apply(init_dcgan_weights)
+    convs = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, nn.ConvTranspose2d)])
+    bns = torch.cat([m.weight for m in g.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert abs(convs.mean().item()) < 1e-3 and abs(convs.std().item() - 0.02) < 1e-3
+    assert abs(bns.mean().item() - 1.0) < 5e-3 and abs(bns.std().item() - 0.02) < 5e-3
+    assert all(torch.count_nonzero(m.bias) == 0 for m in g.modules() if isinstance(m, nn.BatchNorm2d))
+    assert torch.equal(g.projection[0].weight, linear_before)
+
+
+# --------------------------------------------------------------------------- losses
+# Hand computations (sigmoid(ln 3) = 3/4):
+#   real logits [ln 3, 0], target 1:   -ln(3/4) = 0.287682, -ln(1/2) = 0.693147 -> 0.490415
+#   wrong logits [0, 0], target 0:     ln 2 = 0.693147
+#   fake logits [-ln 3, ln 3], target 0: -ln(3/4) = 0.287682, -ln(1/4) = 1.386294 -> 0.836988
+#   paper:  0.490415 + (0.693147 + 0.836988) / 2 = 1.255482
+#   sum:    0.490415 +  0.693147 + 0.836988      = 2.020550
+#   real target 0.9: -(0.9 ln(3/4) + 0.1 ln(1/4)) = 0.397543, ln 2 at 1/2 -> 0.545345;
+#   with the paper's weights: 0.545345 + 0.765068 = 1.310413
+REAL = torch.tensor([LN3, 0.0])
+WRONG = torch.tensor([0.0, 0.0])
+FAKE = torch.tensor([-LN3, LN3])
+
+
+def test_cls_loss_paper_weights():
+    loss, terms = fam.discriminator_loss(REAL, FAKE, WRONG)
+    assert terms['d_real'].item() == pytest.approx(0.490415, abs=1e-6)
+    assert terms['d_wrong'].item() == pytest.approx(0.693147, abs=1e-6)
+    assert terms['d_fake'].item() == pytest.approx(0.836988, abs=1e-6)
+    assert loss.item() == pytest.approx(1.255482, abs=1e-6)
+
+
+def test_cls_loss_implementation_sum():
+    loss, _ = fam.discriminator_loss(REAL, FAKE, WRONG, mismatch_weight=1.0)
+    assert loss.item() == pytest.approx(2.020550, abs=1e-6)
+
+
+def test_plain_gan_loss_weights_fake_fully():
+    loss, terms = fam.discriminator_loss(REAL, FAKE)
+    assert 'd_wrong' not in terms
+    assert loss.item() == pytest.approx(0.490415 + 0.836988, abs=1e-6)
+
+
+def test_one_sided_label_smoothing_touches_only_the_real_term():
+    loss, terms = fam.discriminator_loss(REAL, FAKE, WRONG, real_target=0.9)
+    assert terms['d_real'].item() == pytest.approx(0.545345, abs=1e-6)
+    assert terms['d_fake'].item() == pytest.approx(0.836988, abs=1e-6)
+    assert loss.item() == pytest.approx(1.310413, abs=1e-6)
+
+
+def test_generator_adversarial_loss_target_is_one():
+    # fakes [-ln 3, ln 3] against 1: -ln(1/4) = 1.386294, -ln(3/4) = 0.287682
+    assert fam.generator_adversarial_loss(FAKE).item() == pytest.approx(0.836988, abs=1e-6)
+
+
+def test_critic_losses():
+    real, wrong, fake = torch.tensor([2.0, 4.0]), torch.tensor([1.0, -1.0]), torch.tensor([0.5, 1.5])
+    # means 3, 0, 1
+    assert fam.critic_loss(real, fake, wrong)[0].item() == pytest.approx(0.5 * (0 + 1) - 3)
+    assert fam.critic_loss(real, fake, wrong, mismatch_weight=1.0)[0].item() == pytest.approx(1 - 3)
+    assert fam.critic_loss(real, fake)[0].item() == pytest.approx(1 - 3)
+    assert fam.generator_critic_loss(fake).item() == pytest.approx(-1.0)
+
+
+def test_feature_matching_compares_batch_means():
+    fake = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]]])     # batch mean [2, 4]
+    real = torch.tensor([[[[0.0, 0.0]]], [[[2.0, 2.0]]]])     # batch mean [1, 1]
+    fake.requires_grad_(True)
+    real.requires_grad_(True)
+    loss = fam.feature_matching_loss(fake, real)
+    assert loss.item() == pytest.approx((1 ** 2 + 3 ** 2) / 2)
+    loss.backward()
+    assert real.grad is None                                    # the real side is a constant
+    # d/df of mean((mean_b f - m)^2): 2 * diff / 2 elements / 2 items
+    assert torch.allclose(fake.grad, torch.tensor([[[[0.5, 1.5]]], [[[0.5, 1.5]]]]))
+
+
+def test_l1_distance():
+    fake = torch.tensor([0.5, -0.5, 1.0, 0.0])
+    real = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert fam.l1_distance(fake, real).item() == pytest.approx(0.75)
+
+
+def test_interpolation():
+    t1, t2 = torch.tensor([[2.0, 4.0]]), torch.tensor([[0.0, -2.0]])
+    assert torch.equal(fam.interpolate_embeddings(t1, t2), torch.tensor([[1.0, 1.0]]))
+    assert torch.equal(fam.interpolate_embeddings(t1, t2, 0.25), torch.tensor([[0.5, -0.5]]))
+    assert torch.equal(fam.shifted_in_batch(torch.tensor([[1.0], [2.0], [3.0]])),
+                       torch.tensor([[3.0], [1.0], [2.0]]))
+
+
+def test_critic_schedule():
+    steps = [fam.critic_iterations(i, 5) for i in (0, 24, 25, 499, 500, 501, 1000)]
+    assert steps == [100, 100, 5, 5, 100, 5, 100]
+    assert fam.critic_iterations(0, 3, burst=False) == 3
+
+
+def test_weight_clipping():
+    d = Discriminator(embedding_dim=8, ndf=4)
+    d.apply(init_dcgan_weights)
+    assert max(p.abs().max().item() for p in d.parameters()) > 0.5     # BN scales ~ 1
+    fam.clip_weights_(d, 0.01)
+    assert all(p.abs().max().item() <= 0.01 for p in d.parameters())
+    assert any((p.abs() == 0.01).any() for p in d.parameters())
+
+
+def test_options_check_values_and_name_the_key():
+    with pytest.raises(ValueError, match="'GAN_INT_CLS.LOSS'"):
+        fam.GanIntClsOptions(loss='hinge')
+    with pytest.raises(ValueError, match="'GAN_INT_CLS.MISMATCH'"):
+        fam.GanIntClsOptions(mismatch='both')
+    with pytest.raises(ValueError, match="'GAN_INT_CLS.LABEL_SMOOTHING'"):
+        fam.GanIntClsOptions(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="'GAN_INT_CLS.N_CRITIC'"):
+        fam.GanIntClsOptions(n_critic=0)
+    opts = fam.GanIntClsOptions.from_config({'LOSS': 'wgan', 'INT': False, 'NGF': 64})
+    assert opts.loss == 'wgan' and not opts.interpolation and opts.l1 == 50.0
+
+
+# --------------------------------------------------------------------------- steps
+class Recorder(nn.Module):
+    """The wrapped network, keeping every call's inputs and outputs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.calls = []
+
+    def forward(self, *args):
+        out = self.net(*args)
+        self.calls.append(([a.detach().clone() for a in args], out))
+        return out
+
+
+def _tiny(conditional=True, embedding_dim=8, batch_norm=True):
+    torch.manual_seed(1)
+    g = Generator(noise_dim=6, embedding_dim=embedding_dim, projected_dim=4, ngf=2,
+                  conditional=conditional)
+    d = Discriminator(embedding_dim=embedding_dim, projected_dim=4, ndf=2,
+                      conditional=conditional, batch_norm=batch_norm)
+    g.apply(init_dcgan_weights)
+    d.apply(init_dcgan_weights)
+    return Recorder(g), Recorder(d)
+
+
+def _batch(b=4, e=8):
+    torch.manual_seed(2)
+    return (torch.rand(b, 3, 64, 64) * 2 - 1, torch.randn(b, e),
+            torch.rand(b, 3, 64, 64) * 2 - 1, torch.randn(b, 6))
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize('mismatch', ['text', 'image'])
+def test_discriminator_step_scores_the_three_pairs(mismatch):
+    g, d = _tiny()
+    images, emb, wrong_images, z = _batch()
+    opt_g, opt_d = fam.make_optimizers(g, d)
+    g_before, d_before = _params(g), _params(d)
+    opts = fam.GanIntClsOptions(mismatch=mismatch)
+    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, wrong_images=wrong_images,
+                                 noise=z, noise_dim=6)
+    (g_in, fake), = g.calls
+    assert torch.equal(g_in[0], z) and torch.equal(g_in[1], emb)
+    (real_in, real_out), (wrong_in, wrong_out), (fake_in, fake_out) = d.calls
+    assert torch.equal(real_in[0], images) and torch.equal(real_in[1], emb)
+    if mismatch == 'text':
+        assert torch.equal(wrong_in[0], images) and torch.equal(wrong_in[1], emb.roll(1, 0))
+    else:
+        assert torch.equal(wrong_in[0], wrong_images) and torch.equal(wrong_in[1], emb)
+    assert torch.equal(fake_in[0], fake) and torch.equal(fake_in[1], emb)
+    bce = F.binary_cross_entropy_with_logits
+    r, w, f = real_out[0].detach(), wrong_out[0].detach(), fake_out[0].detach()
+    expected = (bce(r, torch.full_like(r, 0.9))
+                + 0.5 * (bce(w, torch.zeros_like(w)) + bce(f, torch.zeros_like(f))))
+    assert out['d_loss'].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(g_before, _params(g)))
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, _params(d)))
+
+
+def test_discriminator_step_takes_given_wrong_texts():
+    g, d = _tiny()
+    images, emb, _, z = _batch()
+    wrong = torch.randn_like(emb)
+    _, opt_d = fam.make_optimizers(g, d)
+    fam.discriminator_step(g, d, opt_d, images, emb, fam.GanIntClsOptions(), wrong_embeddings=wrong,
+                           noise_dim=6)
+    assert torch.equal(d.calls[1][0][1], wrong)
+
+
+def test_image_mismatch_needs_wrong_images():
+    g, d = _tiny()
+    images, emb, _, _ = _batch()
+    _, opt_d = fam.make_optimizers(g, d)
+    with pytest.raises(ValueError, match='wrong images'):
+        fam.discriminator_step(g, d, opt_d, images, emb, fam.GanIntClsOptions(mismatch='image'),
+                               noise_dim=6)
+
+
+def test_generator_step_with_interpolation_and_stabilisers():
+    g, d = _tiny()
+    images, emb, _, z = _batch()
+    z_int = torch.randn(4, 6)
+    opt_g, opt_d = fam.make_optimizers(g, d)
+    g_before, d_before = _params(g), _params(d)
+    out = fam.generator_step(g, d, opt_g, images, emb, fam.GanIntClsOptions(), noise=z,
+                             interp_noise=z_int, noise_dim=6)
+    (g1_in, fake), (g2_in, fake_mixed) = g.calls
+    midpoint = 0.5 * emb + 0.5 * emb.roll(1, 0)
+    assert torch.equal(g1_in[0], z) and torch.equal(g1_in[1], emb)
+    assert torch.equal(g2_in[0], z_int) and torch.allclose(g2_in[1], midpoint)
+    (fake_in, (fake_logits, fake_feats)), (real_in, (_, real_feats)), (mix_in, (mix_logits, _)) = d.calls
+    assert torch.equal(fake_in[0], fake.detach()) and torch.equal(real_in[0], images)
+    assert torch.equal(mix_in[0], fake_mixed.detach()) and torch.allclose(mix_in[1], midpoint)
+    bce = F.binary_cross_entropy_with_logits
+    fl, ml = fake_logits.detach(), mix_logits.detach()
+    fm = ((fake_feats.detach().mean(0) - real_feats.mean(0)) ** 2).mean()
+    l1 = (fake.detach() - images).abs().mean()
+    expected = bce(fl, torch.ones_like(fl)) + 100 * fm + 50 * l1 + bce(ml, torch.ones_like(ml))
+    assert out['g_loss'].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out['g_int'].item() == pytest.approx(bce(ml, torch.ones_like(ml)).item(), rel=1e-6)
+    # D's weights neither move nor collect gradients; G's move
+    assert all(torch.equal(a, b) for a, b in zip(d_before, _params(d)))
+    assert all(p.grad is None for p in d.parameters()) and all(p.requires_grad for p in d.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, _params(g)))
+
+
+def test_generator_step_switches_off():
+    g, d = _tiny()
+    images, emb, _, z = _batch()
+    opt_g, _ = fam.make_optimizers(g, d)
+    opts = fam.GanIntClsOptions(interpolation=False, feature_matching=0.0, l1=0.0)
+    out = fam.generator_step(g, d, opt_g, images, emb, opts, noise=z, noise_dim=6)
+    assert len(g.calls) == 1 and len(d.calls) == 1
+    assert set(out) == {'g_loss', 'g_adv', 'fake_images'}
+    assert out['g_loss'].item() == out['g_adv'].item()
+
+
+def test_wgan_critic_step_clips_and_generator_uses_scores():
+    g, d = _tiny()
+    images, emb, wrong_images, z = _batch()
+    opt_g, opt_d = fam.make_optimizers(g, d)
+    opts = fam.GanIntClsOptions(loss='wgan', mismatch='image', mismatch_weight=1.0,
+                                interpolation=False, feature_matching=0.0, l1=0.0)
+    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, wrong_images=wrong_images, noise=z)
+    r, w, f = (c[1][0].detach() for c in d.calls)
+    assert out['d_loss'].item() == pytest.approx((w.mean() + f.mean() - r.mean()).item(), rel=1e-5)
+    assert all(p.abs().max().item() <= 0.01 for p in d.parameters())
+    d.calls.clear()
+    out = fam.generator_step(g, d, opt_g, images, emb, opts, noise=z)
+    assert out['g_loss'].item() == pytest.approx(-d.calls[0][1][0].mean().item(), rel=1e-6)
+
+
+def test_unconditional_steps_ignore_text():
+    g, d = _tiny(conditional=False)
+    images, _, _, z = _batch()
+    opt_g, opt_d = fam.make_optimizers(g, d)
+    opts = fam.GanIntClsOptions(conditional=False)       # CLS and INT switched on, but no text
+    out_d = fam.discriminator_step(g, d, opt_d, images, None, opts, noise=z)
+    assert [len(c[0]) for c in d.calls] == [1, 1] and 'd_wrong' not in out_d
+    d.calls.clear()
+    out_g = fam.generator_step(g, d, opt_g, images, None, opts, noise=z)
+    assert len(g.calls) == 2 and 'g_int' not in out_g      # one fake per step, no interpolation
