@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['r_precision', 'frechet_distance', 'inception_score']
+__all__ = ['r_precision', 'frechet_distance', 'inception_score', 'stackgan_inception_score']
 
 
 def r_precision(image_codes: torch.Tensor, text_codes: torch.Tensor, groups=None,
@@ -58,6 +58,37 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple:
     out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=False)
     values = list(out.values())
     return float(values[0]), float(values[1])
+
+
+def stackgan_inception_score(logits: torch.Tensor, splits: int = 10, batch_size: int = 64, seed=None) -> tuple:
+    """IS as StackGAN's inception_score.py computes it from the CUB classifier's logits N x 51:
+    column 0 (background) dropped, softmax over the 50 classes, ``splits`` consecutive chunks
+    ``[i N // splits, (i + 1) N // splits)``, each scoring ``exp(mean_x sum_y p log(p / mean p))``;
+    returns ``(mean, std)`` (population std) over the chunks.
+
+    As there, only ``floor(N / batch_size)`` full batches count (the last incomplete one is
+    skipped), taken after a random shuffle of the image order: ``seed`` an int shuffles with
+    ``np.random.RandomState(seed)`` (the original shuffles unseeded), None keeps the order.
+    """
+    if logits.dim() != 2 or logits.size(1) < 2:
+        raise ValueError(f'stackgan_inception_score needs N x C logits with a background column, '
+                         f'got {tuple(logits.shape)}')
+    n = logits.size(0)
+    order = np.arange(n) if seed is None else np.random.RandomState(seed).permutation(n)
+    used = (n // batch_size) * batch_size
+    if used < splits:
+        raise ValueError(f'stackgan_inception_score: {n} images give {used} in full batches of {batch_size}, '
+                         f'fewer than splits={splits}')
+    known = logits.detach().double().cpu()[torch.from_numpy(order[:used]), 1:]
+    log_p = known.log_softmax(dim=1)
+    p = log_p.exp()
+    scores = []
+    for i in range(splits):
+        rows = slice(i * used // splits, (i + 1) * used // splits)
+        part = p[rows]
+        kl = (part * (log_p[rows] - part.mean(0, keepdim=True).log())).sum(1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
