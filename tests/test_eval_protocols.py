@@ -1,5 +1,5 @@
 """The papers' evaluation protocols: StackGAN's CUB Inception Score (resize, batches, splits,
-background logit), against hand-computed cases."""
+background logit) and DM-GAN's R-precision, against hand-computed cases."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from miscc.cub_inception import PROTOCOL_BATCH, cub_inception_score, imresize_bilinear, protocol_inputs
-from miscc.metrics import stackgan_inception_score
+from miscc.metrics import r_precision, r_precision_dmgan, stackgan_inception_score
 
 
 # ----------------------------------------------------------------------------- resize
@@ -164,3 +164,53 @@ def test_cub_inception_score_with_a_stub_network():
         expect.append(math.exp(-(q * math.log(q) + (1 - q) * math.log(1 - q))))
     assert result['mean'] == pytest.approx(np.mean(expect), abs=1e-6)
     assert result['std'] == pytest.approx(np.std(expect), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- R-precision
+def _dmgan_case():
+    """Pool: one caption per class, class 0 (1, 0), class 1 (0, 1), class 2 (-1, 0).
+    a (class 0): image (1, 0), caption (1, .1): beats classes 1 and 2, would lose to class 0
+      (never drawn: same class) -> hit.
+    b (class 2): image (0, 1), caption (1, 1): loses to class 1 (drawn with prob. 1 - 2^-99) -> miss.
+    c (class 1): image (1, 0), caption (1, 0): ties with class 0 -> hit (argmax == 0 there)."""
+    img = {'a': (1., 0.), 'b': (0., 1.), 'c': (1., 0.)}
+    txt = {'a': (1., .1), 'b': (1., 1.), 'c': (1., 0.)}
+    cls = {'a': 0, 'b': 2, 'c': 1}
+    kinds = 'abcacb'                                      # hits 1 0 1 1 1 0
+    pool = torch.tensor([[1., 0.], [0., 1.], [-1., 0.]])
+    return (torch.tensor([img[k] for k in kinds]), torch.tensor([txt[k] for k in kinds]),
+            [cls[k] for k in kinds], pool, [0, 1, 2])
+
+
+def test_dmgan_r_precision_hand_computed():
+    image, text, classes, pool, pool_classes = _dmgan_case()
+    # unshuffled, splits of 3 averaging their first 2 (DM-GAN's R[i*3000:(i+1)*3000-1]):
+    # [1, 0] -> .5, [1, 1] -> 1
+    mean, std = r_precision_dmgan(image, text, classes, pool, pool_classes, splits=2, shuffle=False)
+    assert (mean, std) == pytest.approx((0.75, 0.25))
+    mean, std = r_precision_dmgan(image, text, classes, pool, pool_classes, splits=2, shuffle=False,
+                                  drop_last_of_split=False)                # [1, 0, 1], [1, 1, 0]
+    assert (mean, std) == pytest.approx((2 / 3, 0.0))
+    for seed in range(3):                                 # any shuffle: equal chunks average to 4 / 6
+        mean, _ = r_precision_dmgan(image, text, classes, pool, pool_classes, splits=2, seed=seed,
+                                    drop_last_of_split=False)
+        assert mean == pytest.approx(2 / 3)
+
+
+def test_dmgan_r_precision_scale_invariant_and_errors():
+    image, text, classes, pool, pool_classes = _dmgan_case()
+    scaled = r_precision_dmgan(image * 7, text * 0.1, classes, pool * 3, pool_classes, splits=2, shuffle=False)
+    assert scaled == pytest.approx((0.75, 0.25))          # cosine similarity
+    with pytest.raises(ValueError, match='no pool caption of a class other than 0'):
+        r_precision_dmgan(image[:1], text[:1], [0], pool[:1], [0], splits=1, drop_last_of_split=False)
+    with pytest.raises(ValueError, match='classes has 5 entries for 6 images'):
+        r_precision_dmgan(image, text, classes[:5], pool, pool_classes)
+
+
+def test_project_r_precision_counts_a_tie_as_a_miss_unlike_dmgan():
+    # 100 pairs whose captions are all the same direction as every image: each true caption
+    # ties with its 99 mismatches; the project's protocol (strictly highest) scores 0,
+    # DM-GAN's (argmax == 0, first index wins) scores 1
+    codes = torch.ones(100, 4)
+    assert r_precision(codes, codes, runs=1)[0] == 0.0
+    assert r_precision_dmgan(codes, codes, list(range(100)), codes, list(range(100)), splits=10)[0] == 1.0
