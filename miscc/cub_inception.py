@@ -20,8 +20,8 @@ from models.inception_cub import INPUT_SIZE, MOVING_AVERAGE_SUFFIX, NUM_LOGITS, 
 from .checkpoint import CheckpointError, check_state_dict, load_model_state
 from .metrics import stackgan_inception_score
 
-__all__ = ['PROTOCOL_BATCH', 'CONVERT_REQUIREMENTS', 'convert_tf_checkpoint', 'imresize_bilinear', 'protocol_inputs', 'load_cub_inception', 'cub_logits',
-           'cub_inception_score']
+__all__ = ['PROTOCOL_BATCH', 'CONVERT_REQUIREMENTS', 'convert_tf_checkpoint', 'imresize_bilinear', 'protocol_inputs',
+           'load_cub_inception', 'cub_logits', 'cub_inception_score']
 
 PROTOCOL_BATCH = 64
 CONVERT_REQUIREMENTS = 'pip install -r requirements-convert.txt'

@@ -11,7 +11,8 @@ from torchvision.models import inception_v3
 from torchvision.models.inception import BasicConv2d
 
 from miscc.checkpoint import CheckpointError
-from miscc.cub_inception import CONVERT_REQUIREMENTS, convert_tf_checkpoint, cub_logits, protocol_inputs
+from miscc.cub_inception import CONVERT_REQUIREMENTS, convert_tf_checkpoint, cub_logits, load_cub_inception, \
+    protocol_inputs
 from models.inception_cub import MOVING_AVERAGE_SUFFIX, NUM_LOGITS, CUBInception3, state_dict_from_tf, \
     tf_variable_names, tf_variable_scopes
 
@@ -123,6 +124,19 @@ def test_missing_tensorflow_gives_one_line_naming_the_requirements(tmp_path, mon
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and CONVERT_REQUIREMENTS in lines[0], lines
     assert not (tmp_path / 'out.pth').exists()
+
+
+def test_load_cub_inception_strict_and_missing_file_names_the_converter(tmp_path):
+    with pytest.raises(FileNotFoundError, match='tools/convert_stackgan_inception.py'):
+        load_cub_inception(str(tmp_path / 'cub.pth'))
+    state = state_dict_from_tf(_tf_arrays_of(_random_state()).__getitem__)
+    torch.save(state, tmp_path / 'cub.pth')
+    model = load_cub_inception(str(tmp_path / 'cub.pth'))
+    assert not model.training and torch.equal(model.fc.bias, state['fc.bias'])
+    del state['fc.bias']
+    torch.save(state, tmp_path / 'broken.pth')
+    with pytest.raises(CheckpointError, match='fc.bias'):
+        load_cub_inception(str(tmp_path / 'broken.pth'))
 
 
 def test_missing_checkpoint_names_the_file(tmp_path):
