@@ -208,6 +208,15 @@ DEFAULTS: dict = {
         'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
         'CLASSIFIER_CLASSES': 200,
         'SEED': 0,
+        # The papers' protocols (docs/evaluation_protocols.md):
+        # how EVAL.CLASSIFIER scores: 'torchvision' (a torchvision Inception-v3 of CLASSIFIER_CLASSES
+        # outputs, ImageNet normalisation) or 'stackgan' (StackGAN's CUB Inception converted by
+        # tools/convert_stackgan_inception.py: PIL bilinear resize to 299, [-1, 1], batches of 64,
+        # background logit dropped, 50 classes; CLASSIFIER_CLASSES is not used)
+        'CLASSIFIER_PROTOCOL': 'torchvision',
+        # 'pairs' (99 mismatches among the evaluated captions, 10 redraws; miscc.metrics.r_precision)
+        # or 'dmgan' (99 test captions of other classes, 10 splits; miscc.metrics.r_precision_dmgan)
+        'R_PRECISION_PROTOCOL': 'pairs',
     },
     'DEMO': {                       # the synthetic-birds demo (cfg/demo.yml)
         'RUN': False,               # True: main.py runs the whole demo pipeline (miscc/demo.py)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-__all__ = ['r_precision', 'frechet_distance', 'inception_score']
+__all__ = ['r_precision', 'r_precision_dmgan', 'frechet_distance', 'inception_score', 'stackgan_inception_score']
 
 
 def r_precision(image_codes: torch.Tensor, text_codes: torch.Tensor, groups=None,
@@ -59,6 +59,89 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple:
     out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=False)
     values = list(out.values())
     return float(values[0]), float(values[1])
+
+
+def stackgan_inception_score(logits: torch.Tensor, splits: int = 10, batch_size: int = 64, seed=None) -> tuple:
+    """IS as StackGAN's inception_score.py computes it from the CUB classifier's logits N x 51:
+    column 0 (background) dropped, softmax over the 50 classes, ``splits`` consecutive chunks
+    ``[i N // splits, (i + 1) N // splits)``, each scoring ``exp(mean_x sum_y p log(p / mean p))``;
+    returns ``(mean, std)`` (population std) over the chunks.
+
+    As there, only ``floor(N / batch_size)`` full batches count (the last incomplete one is
+    skipped), taken after a random shuffle of the image order: ``seed`` an int shuffles with
+    ``np.random.RandomState(seed)`` (the original shuffles unseeded), None keeps the order.
+    """
+    if logits.dim() != 2 or logits.size(1) < 2:
+        raise ValueError(f'stackgan_inception_score needs N x C logits with a background column, '
+                         f'got {tuple(logits.shape)}')
+    n = logits.size(0)
+    order = np.arange(n) if seed is None else np.random.RandomState(seed).permutation(n)
+    used = (n // batch_size) * batch_size
+    if used < splits:
+        raise ValueError(f'stackgan_inception_score: {n} images give {used} in full batches of {batch_size}, '
+                         f'fewer than splits={splits}')
+    known = logits.detach().double().cpu()[torch.from_numpy(order[:used]), 1:]
+    log_p = known.log_softmax(dim=1)
+    p = log_p.exp()
+    scores = []
+    for i in range(splits):
+        rows = slice(i * used // splits, (i + 1) * used // splits)
+        part = p[rows]
+        kl = (part * (log_p[rows] - part.mean(0, keepdim=True).log())).sum(1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def r_precision_dmgan(image_codes: torch.Tensor, text_codes: torch.Tensor, classes, pool_codes: torch.Tensor,
+                      pool_classes, candidates: int = 100, splits: int = 10, seed: int = 0,
+                      drop_last_of_split: bool = True, shuffle: bool = True, chunk: int = 256) -> tuple:
+    """R-precision (R = 1) as DM-GAN's trainer.py computes it (the protocol SSA-GAN's authors
+    name): for generated image n, its own caption competes with ``candidates - 1`` captions
+    drawn at random, with replacement, from ``pool`` (all captions of the test split) among
+    those whose image has a class other than ``classes[n]``; a hit is the own caption having
+    the highest cosine similarity (a tie counts as a hit, as ``argmax == 0`` there).
+    The N hits are shuffled (unless not ``shuffle``) and cut into ``splits`` chunks of ``N // splits``; each chunk
+    averages its first ``N // splits - 1`` entries when ``drop_last_of_split`` (DM-GAN's slice
+    ``R[i * 3000:(i + 1) * 3000 - 1]``) or all of them; returns ``(mean, std)`` over chunks.
+
+    image_codes, text_codes: N x D (DAMSM global codes of each image and its caption);
+    classes: N ints; pool_codes: M x D sentence codes; pool_classes: M ints.
+    """
+    if image_codes.shape != text_codes.shape or image_codes.dim() != 2:
+        raise ValueError(f'image_codes {tuple(image_codes.shape)} and text_codes '
+                         f'{tuple(text_codes.shape)} must both be N x D')
+    if pool_codes.dim() != 2 or pool_codes.size(1) != image_codes.size(1):
+        raise ValueError(f'pool_codes {tuple(pool_codes.shape)} must be M x {image_codes.size(1)}')
+    n = image_codes.size(0)
+    classes = torch.as_tensor(np.asarray(classes)).view(-1).cpu()
+    pool_classes = torch.as_tensor(np.asarray(pool_classes)).view(-1).cpu()
+    if classes.numel() != n or pool_classes.numel() != pool_codes.size(0):
+        raise ValueError(f'classes has {classes.numel()} entries for {n} images and pool_classes '
+                         f'{pool_classes.numel()} for {pool_codes.size(0)} pool captions')
+    if n // splits < (2 if drop_last_of_split else 1):
+        raise ValueError(f'r_precision_dmgan: {n} images are too few for {splits} splits')
+    img = F.normalize(image_codes.detach().double().cpu(), dim=1)
+    txt = F.normalize(text_codes.detach().double().cpu(), dim=1)
+    pool = F.normalize(pool_codes.detach().double().cpu(), dim=1)
+    gen = torch.Generator().manual_seed(seed)
+    hits = torch.zeros(n, dtype=torch.float64)
+    true_score = (img * txt).sum(1)
+    for c in torch.unique(classes).tolist():
+        rows = (classes == c).nonzero().view(-1)
+        others = (pool_classes != c).nonzero().view(-1)
+        if others.numel() == 0:
+            raise ValueError(f'r_precision_dmgan: no pool caption of a class other than {c}')
+        for start in range(0, rows.numel(), chunk):
+            part = rows[start:start + chunk]
+            drawn = others[torch.randint(others.numel(), (part.numel(), candidates - 1), generator=gen)]
+            wrong_score = (img[part, None, :] * pool[drawn]).sum(-1)          # part x (C - 1)
+            hits[part] = (true_score[part] >= wrong_score.max(1).values).double()
+    if shuffle:
+        hits = hits[torch.randperm(n, generator=gen)]
+    size = n // splits
+    stop = size - 1 if drop_last_of_split else size
+    rates = [hits[i * size:i * size + stop].mean().item() for i in range(splits)]
+    return float(np.mean(rates)), float(np.std(rates))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
