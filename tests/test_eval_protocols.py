@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miscc.cub_inception import PROTOCOL_BATCH, cub_inception_score, imresize_bilinear, protocol_inputs
-from miscc.metrics import r_precision, r_precision_dmgan, stackgan_inception_score
+from miscc.evaluation.cub_inception import PROTOCOL_BATCH, cub_inception_score, imresize_bilinear, protocol_inputs
+from miscc.evaluation.metrics import r_precision, r_precision_dmgan, stackgan_inception_score
 
 
 # ----------------------------------------------------------------------------- resize

@@ -10,8 +10,8 @@ import torch
 from torchvision.models import inception_v3
 from torchvision.models.inception import BasicConv2d
 
-from miscc.checkpoint import CheckpointError
-from miscc.cub_inception import CONVERT_REQUIREMENTS, convert_tf_checkpoint, cub_logits, load_cub_inception, \
+from miscc.core.checkpoint import CheckpointError
+from miscc.evaluation.cub_inception import CONVERT_REQUIREMENTS, convert_tf_checkpoint, cub_logits, load_cub_inception, \
     protocol_inputs
 from models.inception_cub import MOVING_AVERAGE_SUFFIX, NUM_LOGITS, CUBInception3, state_dict_from_tf, \
     tf_variable_names, tf_variable_scopes

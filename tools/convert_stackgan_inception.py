@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from miscc.checkpoint import CheckpointError, save_atomic  # noqa: E402
-from miscc.cub_inception import convert_tf_checkpoint  # noqa: E402
+from miscc.core.checkpoint import CheckpointError, save_atomic  # noqa: E402
+from miscc.evaluation.cub_inception import convert_tf_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models.inception_cub import INPUT_SIZE, MOVING_AVERAGE_SUFFIX, NUM_LOGITS, CUBInception3, state_dict_from_tf
-from .checkpoint import CheckpointError, check_state_dict, load_model_state
+from ..core.checkpoint import CheckpointError, check_state_dict, load_model_state
 from .metrics import stackgan_inception_score
 
 __all__ = ['PROTOCOL_BATCH', 'CONVERT_REQUIREMENTS', 'convert_tf_checkpoint', 'imresize_bilinear', 'protocol_inputs',
