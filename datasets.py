@@ -38,6 +38,7 @@ from PIL import Image
 
 from miscc.core.files import atomic_write
 from miscc.data.errors import DataError
+from miscc.data.hd5 import Hd5RealImages
 from miscc.data.safe_pickle import PickleLoadError, safe_load
 from miscc.data.synthetic import ensure_synthetic_birds
 
@@ -686,7 +687,12 @@ def build_dataset(cfg, split: str, augment: bool = True,
 
 def build_real_image_dataset(cfg, split: str = 'test',
                              image_size: Optional[int] = None) -> RealImageDataset:
-    """``RealImageDataset`` of ``split`` for the config (size defaults to ``TREE.BASE_SIZE``)."""
+    """``RealImageDataset`` of ``split`` for the config (size defaults to ``TREE.BASE_SIZE``);
+    with DATA.HD5_FILE the images of the file's split (``Hd5RealImages``, the test split
+    DATA.HD5_TEST_SPLIT for 'test')."""
+    if cfg.DATA.HD5_FILE:
+        hd5_split = cfg.DATA.HD5_TRAIN_SPLIT if split == 'train' else cfg.DATA.HD5_TEST_SPLIT
+        return Hd5RealImages(cfg.DATA.HD5_FILE, hd5_split, image_size or cfg.TREE.BASE_SIZE)
     name, data_dir, image_dir = _config_paths(cfg, split)
     return RealImageDataset(data_dir, split, image_size=image_size or cfg.TREE.BASE_SIZE,
                             dataset_name=name, image_dir=image_dir)

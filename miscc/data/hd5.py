@@ -12,13 +12,15 @@ convert_flowers_to_hd5_script.py)::
 with splits ``train``, ``valid`` and ``test``. Its converters write five examples per image
 (``<name>_0`` .. ``<name>_4``), captions drawn from the image's ten with replacement.
 
-h5py is imported at the top: this module is only imported when an hd5 file is used.
+``Hd5Batch`` / ``collate_hd5`` batch its items for the training loop, ``build_hd5_dataset``
+reads the DATA.HD5_* config keys, and ``Hd5RealImages`` gives the real images of a split
+(one per image, not per example) for FID statistics.
 """
 from __future__ import annotations
 
 import io
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -29,7 +31,8 @@ from PIL import Image
 
 from .errors import DataError
 
-__all__ = ['Hd5Dataset', 'Hd5Error', 'FIELDS', 'SPLITS']
+__all__ = ['Hd5Dataset', 'Hd5Error', 'Hd5Batch', 'Hd5RealImages', 'collate_hd5', 'build_hd5_dataset',
+           'FIELDS', 'SPLITS']
 
 FIELDS = ('name', 'img', 'embeddings', 'class', 'txt')
 SPLITS = ('train', 'valid', 'test')
@@ -221,6 +224,33 @@ class Hd5Dataset(data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    # What generation from the test split needs (the interface of ``outputs.caption_plan`` and
+    # ``resume_point``): keys, and how many captions (embedding rows) an example holds.
+    @property
+    def filenames(self) -> List[str]:
+        return self.keys
+
+    @property
+    def embeddings_num(self) -> int:
+        """Embedding rows of the first example (1 for an E-shaped field, the converters' layout)."""
+        shape = self._field(self._group(), self.keys[0], 'embeddings').shape
+        return 1 if len(shape) == 1 else int(shape[0])
+
+    def embedding_and_caption(self, index: int, row: int = 0):
+        """``(FloatTensor E, caption str)`` of example ``index``: its row ``row`` (modulo its
+        number of rows) when it holds K x E, deterministic (no random draw)."""
+        group = self._group()
+        key = self.keys[index]
+        self._embedding_size(group, key, self.embedding_dim)
+        values = np.asarray(self._field(group, key, 'embeddings')[()], dtype=np.float32)
+        if values.ndim == 1:
+            return torch.from_numpy(values), self._caption(group, key, None)
+        row = row % values.shape[0]
+        return torch.from_numpy(values[row].copy()), self._caption(group, key, row)
+
+    def image_name(self, index: int) -> str:
+        return _text(self._field(self._group(), self.keys[index], 'name')[()])
+
     def __getitem__(self, index: int) -> Dict:
         group = self._group()
         key = self.keys[index]
@@ -237,3 +267,60 @@ class Hd5Dataset(data.Dataset):
             'class_id': int(self.class_ids[index]),
             'index': index,
         }
+
+
+class Hd5Batch(NamedTuple):
+    """A batch of ``Hd5Dataset`` items, in the order the sampler gave them."""
+    images: torch.Tensor           # B x 3 x S x S, float in [-1, 1]
+    embeddings: torch.Tensor       # B x E
+    wrong_images: torch.Tensor     # B x 3 x S x S, each of another class than the item
+    wrong_embeddings: torch.Tensor  # B x E, the embeddings of those wrong examples
+    captions: list                 # B caption strings (of ``embeddings``)
+    class_ids: torch.Tensor        # B, long
+    keys: list                     # B example keys
+
+
+def collate_hd5(items: Sequence[Dict]) -> Hd5Batch:
+    """Stack ``Hd5Dataset`` items into an ``Hd5Batch``."""
+    stack = data.default_collate
+    return Hd5Batch(images=stack([it['image'] for it in items]),
+                    embeddings=stack([it['embedding'] for it in items]),
+                    wrong_images=stack([it['wrong_image'] for it in items]),
+                    wrong_embeddings=stack([it['wrong_embedding'] for it in items]),
+                    captions=[it['caption'] for it in items],
+                    class_ids=torch.as_tensor([int(it['class_id']) for it in items], dtype=torch.long),
+                    keys=[it['name'] for it in items])
+
+
+def build_hd5_dataset(cfg, split: str, augment: Optional[bool] = None) -> Hd5Dataset:
+    """``Hd5Dataset`` of DATA.HD5_FILE for ``split`` 'train' or 'test' (the file's splits
+    DATA.HD5_TRAIN_SPLIT / DATA.HD5_TEST_SPLIT) at TREE.BASE_SIZE; ``augment`` defaults to
+    DATA.HD5_AUGMENT for training and False for the test split."""
+    d = cfg.DATA
+    name = d.HD5_TRAIN_SPLIT if split == 'train' else d.HD5_TEST_SPLIT
+    if augment is None:
+        augment = bool(d.HD5_AUGMENT) and split == 'train'
+    return Hd5Dataset(d.HD5_FILE, name, image_size=cfg.TREE.BASE_SIZE,
+                      embedding_dim=d.HD5_EMBEDDING_DIM, augment=augment)
+
+
+class Hd5RealImages(data.Dataset):
+    """The real images of an hd5 split as uint8 ``3 x S x S`` tensors, one per image (the
+    converters store each image under five examples; the first example of each ``name`` is
+    kept), resized like ``Hd5Dataset(augment=False)``. Item: ``(image uint8, name str)``."""
+
+    def __init__(self, path: str, split: str = 'test', image_size: int = 64):
+        self.examples = Hd5Dataset(path, split, image_size=image_size, augment=False)
+        first = {}
+        for i in range(len(self.examples)):
+            first.setdefault(self.examples.image_name(i), i)
+        self.names = list(first)
+        self.indices = list(first.values())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        ex = self.examples
+        img = ex.transform(ex._decode(ex._group(), ex.keys[self.indices[index]]))
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()), self.names[index]

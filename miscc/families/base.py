@@ -70,6 +70,14 @@ class Update:
     def __call__(self, batch) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What the update keeps between iterations besides networks and optimisers (step
+        counters...), saved in the training state for an exact resume; {} for none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s values."""
+
 
 class Family:
     """A generator family. Subclasses set ``name`` and ``networks`` and implement

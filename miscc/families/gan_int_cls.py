@@ -40,7 +40,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['GanIntClsOptions', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
+from models.gan_int_cls import IMAGE_SIZE, Discriminator, Generator, init_dcgan_weights
+
+from ..core.config import ConfigError
+from ..data.hd5 import Hd5Batch
+from .base import Family, Update
+
+__all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_config', 'embedding_dim', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
            'generator_adversarial_loss', 'generator_critic_loss', 'feature_matching_loss',
            'l1_distance', 'interpolate_embeddings', 'shifted_in_batch', 'clip_weights_',
            'critic_iterations', 'make_optimizers', 'discriminator_step', 'generator_step',
@@ -251,7 +257,8 @@ def discriminator_step(generator: nn.Module, discriminator: nn.Module,
                        wrong_embeddings: Optional[torch.Tensor] = None,
                        noise: Optional[torch.Tensor] = None,
                        noise_dim: int = 100) -> Dict[str, torch.Tensor]:
-    """One D (or critic) update on a batch; returns the loss and its terms, detached.
+    """One D (or critic) update on a batch; returns the loss, its terms and the fakes it
+    scored (``fake_images`` B x 3 x 64 x 64), detached.
 
     images B x 3 x 64 x 64 in [-1, 1]; embeddings B x E (ignored when unconditional);
     wrong_images B x 3 x 64 x 64 (``mismatch='image'``, required) or wrong_embeddings B x E
@@ -286,7 +293,7 @@ def discriminator_step(generator: nn.Module, discriminator: nn.Module,
     optimizer.step()
     if options.loss == 'wgan':
         clip_weights_(discriminator, options.clip)
-    out = {'d_loss': loss.detach()}
+    out = {'d_loss': loss.detach(), 'fake_images': fake}
     out.update({k: v.detach() for k, v in terms.items()})
     return out
 
@@ -341,3 +348,135 @@ def generator_step(generator: nn.Module, discriminator: nn.Module,
     out = {'g_loss': loss.detach(), 'fake_images': fake.detach()}
     out.update({k: v.detach() for k, v in terms.items()})
     return out
+
+
+# --------------------------------------------------------------------------- the family
+def options_from_config(cfg) -> GanIntClsOptions:
+    """The update's options of the ``GAN_INT_CLS`` section; a bad value is a ConfigError naming its key."""
+    try:
+        return GanIntClsOptions.from_config(cfg.GAN_INT_CLS.to_dict())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def embedding_dim(cfg) -> int:
+    """The text input size of the networks: DATA.HD5_EMBEDDING_DIM with an hd5 file
+    (its precomputed embeddings), else TEXT.EMBEDDING_DIM (the DAMSM sentence code)."""
+    return cfg.DATA.HD5_EMBEDDING_DIM if cfg.DATA.HD5_FILE else cfg.TEXT.EMBEDDING_DIM
+
+
+class GanIntClsUpdate(Update):
+    """One training iteration: a D (critic) step on the batch, then, for the 'gan' loss
+    always and for 'wgan' once ``critic_iterations`` critic steps are done, a G step on
+    the same batch with new noise (the implementation's WGAN loop also takes its G step on
+    the last critic batch). Each call consumes one batch, so a WGAN G step comes every
+    ``N_CRITIC`` (or 100) driver steps; unlike the implementation the count runs on across
+    epoch ends instead of forcing a G step at the last batch of an epoch.
+
+    Conditioning: an ``Hd5Batch`` brings its embeddings and a different-class example (its
+    image for ``MISMATCH='image'``, its embedding for 'text'); a ``datasets.Batch`` is
+    encoded by the frozen DAMSM text encoder and its mismatches are the batch rolled by
+    one (as SSA-GAN's). ``state_dict`` holds the step counters, so a resumed run continues
+    in the middle of a critic phase exactly.
+    """
+
+    def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict,
+                 options: GanIntClsOptions, z_dim: int, distributed: bool = False):
+        self.netG, self.netD = nets['netG'], nets['netD']
+        self.G, self.D = modules['netG'], modules['netD']
+        self.T = modules.get('text_encoder')
+        self.optimizers = optimizers
+        self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
+        self.options, self.z_dim, self.distributed = options, z_dim, distributed
+        self.device = next(self.netG.parameters()).device
+        self.generator_steps = 0       # G steps done
+        self.critic_steps = 0          # D steps since the last G step
+
+    def state_dict(self) -> dict:
+        return {'generator_steps': self.generator_steps, 'critic_steps': self.critic_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator_steps = int(state['generator_steps'])
+        self.critic_steps = int(state['critic_steps'])
+
+    def conditioning(self, batch, images: torch.Tensor):
+        """(embeddings B x E, wrong_images, wrong_embeddings) of a batch (None where not given)."""
+        if isinstance(batch, Hd5Batch):
+            return (batch.embeddings.to(self.device), batch.wrong_images.to(self.device),
+                    batch.wrong_embeddings.to(self.device))
+        if self.T is None:
+            raise ConfigError('GAN-INT-CLS with DAMSM conditioning needs the text encoder (TEXT.DAMSM_NAME)')
+        with torch.no_grad():
+            _, sent = self.T(batch.captions.to(self.device), batch.cap_lens)   # B x nef
+        return sent.detach().float(), shifted_in_batch(images), None
+
+    def g_step_due(self) -> bool:
+        o = self.options
+        if o.loss != 'wgan':
+            return True
+        return self.critic_steps >= critic_iterations(self.generator_steps, o.n_critic, o.critic_burst)
+
+    def __call__(self, batch) -> dict:
+        """``batch``: a ``datasets.Batch`` or an ``Hd5Batch``. Returns this iteration's losses
+        as floats: ``d_loss`` and its terms; ``g_loss`` and its terms on G-step iterations."""
+        images = batch.images.to(self.device, non_blocking=True)
+        emb, wrong_images, wrong_emb = self.conditioning(batch, images)
+        o = self.options
+        losses = discriminator_step(self.G, self.D, self.optD, images, emb, o, wrong_images=wrong_images,
+                                    wrong_embeddings=wrong_emb, noise_dim=self.z_dim)
+        fake = losses.pop('fake_images')
+        self.critic_steps += 1
+        if self.g_step_due():
+            # Under DDP the G step's pass through D must not take part in D's gradient sync.
+            d_for_g = self.netD if self.distributed else self.D
+            g = generator_step(self.G, d_for_g, self.optG, images, emb, o, noise_dim=self.z_dim)
+            fake = g.pop('fake_images')
+            losses.update(g)
+            self.generator_steps += 1
+            self.critic_steps = 0
+        names = list(losses)
+        values = torch.stack([losses[k].float() for k in names]).tolist()   # one device sync
+        self.last_real, self.last_fake = images, fake
+        return dict(zip(names, values))
+
+
+class GanIntCls(Family):
+    """Reed et al. 2016 at 64 x 64 (``models/gan_int_cls.py``), conditioned on the DAMSM
+    sentence code or on an hd5 file's embeddings (DATA.HD5_FILE); its update above."""
+    name = 'gan_int_cls'
+
+    def build_networks(self, cfg) -> dict:
+        if cfg.TREE.BASE_SIZE != IMAGE_SIZE:
+            raise ConfigError(f'MODEL.NAME=gan_int_cls generates {IMAGE_SIZE} x {IMAGE_SIZE} images: '
+                              f'set TREE.BASE_SIZE={IMAGE_SIZE}, got {cfg.TREE.BASE_SIZE}')
+        c = cfg.GAN_INT_CLS
+        options = options_from_config(cfg)
+        emb = embedding_dim(cfg)
+        netG = Generator(cfg.GAN.Z_DIM, emb, c.PROJECTED_DIM, c.NGF, conditional=options.conditional)
+        netD = Discriminator(emb, c.PROJECTED_DIM, c.NDF, conditional=options.conditional,
+                             batch_norm=c.D_BATCH_NORM)
+        netG.apply(init_dcgan_weights)
+        netD.apply(init_dcgan_weights)
+        return {'netG': netG, 'netD': netD}
+
+    def generate(self, netG: nn.Module, noise: torch.Tensor, sent: torch.Tensor):
+        """``(images B x 3 x 64 x 64 in [-1, 1], [])``: no masks; the unconditional G ignores ``sent``."""
+        return (netG(noise, sent) if netG.conditional else netG(noise)), []
+
+    def make_optimizers(self, cfg, nets: dict, text_encoder=None, image_encoder=None,
+                        finetune: bool = False) -> dict:
+        """Adam for G and D with TRAIN.GENERATOR_LR / DISCRIMINATOR_LR and TRAIN.BETA1 / BETA2
+        (its cfg files: 2e-4, (0.5, 0.999), as paper and implementation; also for WGAN)."""
+        if finetune:
+            raise ConfigError('main_finetune.py trains the DAMSM encoders with the DAMSM loss of SSA-GAN; '
+                              'MODEL.NAME=gan_int_cls has no such loss: train it with main.py')
+        t = cfg.TRAIN
+        # foreach: the multi-tensor form also on the CPU (faster, bit-identical results)
+        adam = dict(betas=(t.BETA1, t.BETA2), foreach=True)
+        return {'optimizerG': torch.optim.Adam(nets['netG'].parameters(), lr=t.GENERATOR_LR, **adam),
+                'optimizerD': torch.optim.Adam(nets['netD'].parameters(), lr=t.DISCRIMINATOR_LR, **adam)}
+
+    def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
+                    finetune: bool = False, distributed: bool = False) -> GanIntClsUpdate:
+        return GanIntClsUpdate(nets, modules, encoders, optimizers, options_from_config(cfg), cfg.GAN.Z_DIM,
+                               distributed)

@@ -13,6 +13,7 @@ from datasets import build_dataset, collate_sorted
 from ..core.checkpoint import checkpoint_epoch, load_model_state, model_state_dict, save_atomic, sibling_checkpoint
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, init_distributed, seed_everything
+from ..data.hd5 import Hd5Batch, build_hd5_dataset, collate_hd5
 from ..evaluation.generation import decode_caption, mask_grid, save_grid
 from ..families import Family, family_of
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
@@ -91,21 +92,14 @@ class GANTrainer:
         kind, path = resolve_resume(cfg, finetune)
         self.start = StartPoint(kind, path)
 
-        # Encoders: the DAMSM files, or when fine-tuning from an epoch's files, those of that epoch.
-        text_path, image_path = damsm_paths(cfg.TEXT.DAMSM_NAME)
-        if finetune and kind == 'weights':
-            own_text = sibling_checkpoint(path, 'text_encoder')
-            if os.path.isfile(own_text):
-                text_path, image_path = own_text, sibling_checkpoint(path, 'image_encoder')
-        n_words = text_encoder_vocab_size(text_path)
         if train.BATCH_SIZE % self.dist.world_size:
             raise ConfigError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE} is the total batch and must be '
                               f'divisible by the {self.dist.world_size} processes')
         self.batch_size = train.BATCH_SIZE // self.dist.world_size
-        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words)
-        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
-        self.text_encoder = load_text_encoder(cfg, text_path, n_words, self.device)
-        self.image_encoder = load_image_encoder(cfg, image_path, self.device)
+        if cfg.DATA.HD5_FILE:
+            self._hd5_data(finetune)
+        else:
+            self._damsm_data(finetune, kind, path)
         self.nets = {k: net.to(self.device) for k, net in self.family.build_networks(cfg).items()}
         self.netG = self.nets[self.family.networks[0]]
         self.optimizers = self.family.make_optimizers(cfg, self.nets, self.text_encoder, self.image_encoder, finetune)
@@ -116,13 +110,15 @@ class GANTrainer:
             self.image_encoder.train(train.FINETUNE.ENCODERS_TRAIN_MODE)
         else:
             for enc in (self.text_encoder, self.image_encoder):
-                enc.requires_grad_(False)
-                enc.eval()
+                if enc is not None:
+                    enc.requires_grad_(False)
+                    enc.eval()
         self.fixed = self._fixed_samples()
         if kind == 'weights':
             self.start.epoch = self._load_weights(path)
 
-        self.driver = Driver(cfg, self, self.dataset, collate_sorted, self.batch_size, self.start, self.device,
+        self._update_state = None   # the update's counters of a resumed state (set by load_state_dict)
+        self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
                              self.dist)
         self.run_dir, self.models_dir, self.logger = self.driver.run_dir, self.driver.models_dir, self.driver.logger
 
@@ -139,6 +135,35 @@ class GANTrainer:
             modules.update(encoders)
         self.update = self.family.make_update(cfg, self.nets, modules, encoders, self.optimizers, finetune,
                                               self.dist.distributed)
+        if self._update_state is not None:
+            self.update.load_state_dict(self._update_state)
+
+    def _damsm_data(self, finetune: bool, kind: str, path: str) -> None:
+        """Captions encoded by the DAMSM encoders: the DAMSM files, or when fine-tuning from an
+        epoch's files, those of that epoch; the data sets of DATASET_NAME in DATA_DIR."""
+        cfg = self.cfg
+        text_path, image_path = damsm_paths(cfg.TEXT.DAMSM_NAME)
+        if finetune and kind == 'weights':
+            own_text = sibling_checkpoint(path, 'text_encoder')
+            if os.path.isfile(own_text):
+                text_path, image_path = own_text, sibling_checkpoint(path, 'image_encoder')
+        n_words = text_encoder_vocab_size(text_path)
+        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words)
+        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+        self.text_encoder = load_text_encoder(cfg, text_path, n_words, self.device)
+        self.image_encoder = load_image_encoder(cfg, image_path, self.device)
+        self.collate = collate_sorted
+
+    def _hd5_data(self, finetune: bool) -> None:
+        """Precomputed text embeddings of DATA.HD5_FILE (its train and test splits): no DAMSM
+        encoders, vocabulary or TEXT.DAMSM_NAME."""
+        if finetune:
+            raise ConfigError(f"main_finetune.py fine-tunes the DAMSM encoders, but DATA.HD5_FILE="
+                              f"'{self.cfg.DATA.HD5_FILE}' conditions on precomputed embeddings: use main.py")
+        self.dataset = build_hd5_dataset(self.cfg, 'train')
+        self.test_dataset = build_hd5_dataset(self.cfg, 'test')
+        self.text_encoder = self.image_encoder = None
+        self.collate = collate_hd5
 
     def __getattr__(self, name):
         # the networks by their checkpoint names: trainer.netD, trainer.netC ...
@@ -177,11 +202,13 @@ class GANTrainer:
             load_model_state(self.image_encoder, state['image_encoder'])
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
+        self._update_state = state.get('update')
 
     def state_dict(self) -> dict:
         state = {name: model_state_dict(net) for name, net in self.nets.items()}
         state.update({name: opt.state_dict() for name, opt in self.optimizers.items()})
-        state.update(finetune=self.finetune, config=repr(self.cfg), fixed_noise=self.fixed['noise'])
+        state.update(finetune=self.finetune, config=repr(self.cfg), fixed_noise=self.fixed['noise'],
+                     update=self.update.state_dict())
         if self.finetune:
             state.update(text_encoder=model_state_dict(self.text_encoder),
                          image_encoder=model_state_dict(self.image_encoder))
@@ -194,6 +221,9 @@ class GANTrainer:
         """Fixed noise and test captions for the per-epoch sample grid."""
         count = min(8, len(self.test_dataset.filenames))
         noise = self.family.noise(self.cfg, range(count), self.cfg.SEED)
+        if self.text_encoder is None:   # hd5: the test examples' own embeddings and captions
+            embs, texts = zip(*(self.test_dataset.embedding_and_caption(i) for i in range(count)))
+            return {'noise': noise, 'embeddings': torch.stack(embs), 'texts': list(texts)}
         caps, lens = zip(*(self.test_dataset.caption_tensor(i * self.test_dataset.embeddings_num)
                            for i in range(count)))
         return {'noise': noise, 'captions': torch.stack(caps), 'lengths': torch.tensor(lens)}
@@ -249,8 +279,11 @@ class GANTrainer:
         TensorBoard grids of it and of the last batch's real and fake images and captions."""
         fixed, samples = self.fixed, os.path.join(self.run_dir, 'samples')
         self.netG.eval()
-        self.text_encoder.eval()
-        _, sent = self.text_encoder(fixed['captions'].to(self.device), fixed['lengths'])
+        if self.text_encoder is None:
+            sent = fixed['embeddings'].to(self.device)
+        else:
+            self.text_encoder.eval()
+            _, sent = self.text_encoder(fixed['captions'].to(self.device), fixed['lengths'])
         images, masks = self.family.generate(self.netG, fixed['noise'].to(self.device), sent)
         self.netG.train()
         if self.finetune:
@@ -260,16 +293,18 @@ class GANTrainer:
         captions_file = os.path.join(samples, 'captions.txt')
         if not os.path.isfile(captions_file):
             with open(captions_file, 'w', encoding='utf-8') as f:
-                f.write('\n'.join(decode_caption(c[:n].tolist(), self.test_dataset.ixtoword)
-                                  for c, n in zip(fixed['captions'], fixed['lengths'])) + '\n')
+                f.write('\n'.join(fixed['texts'] if 'texts' in fixed else
+                                  (decode_caption(c[:n].tolist(), self.test_dataset.ixtoword)
+                                   for c, n in zip(fixed['captions'], fixed['lengths']))) + '\n')
 
         imgs, fake, batch = self.last_batch
         self.logger.image('images/fixed_samples_with_masks', grid, epoch)
         self.logger.image('images/fake', _tile((fake[:8].float().cpu() + 1) / 2), epoch)
         self.logger.image('images/real', _tile((imgs[:8].float().cpu() + 1) / 2), epoch)
         self.logger.text('captions/batch', '  \n'.join(
-            decode_caption(c[:n].tolist(), self.dataset.ixtoword)
-            for c, n in zip(batch.captions[:8], batch.cap_lens[:8])), epoch)
+            batch.captions[:8] if isinstance(batch, Hd5Batch) else
+            (decode_caption(c[:n].tolist(), self.dataset.ixtoword)
+             for c, n in zip(batch.captions[:8], batch.cap_lens[:8]))), epoch)
 
 
 def _tile(images: torch.Tensor) -> torch.Tensor:
