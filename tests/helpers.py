@@ -1,10 +1,12 @@
-"""Helpers shared by the tests: the real CUB metadata, small generated data sets, random
-encoders, and the SSA-GAN update built from bare modules."""
+"""Helpers shared by the tests: the real CUB metadata, small generated data sets (CUB, COCO,
+synthetic birds, hd5 files), random encoders, and the SSA-GAN update built from bare modules."""
+import io
 import os
 import pickle
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -141,3 +143,51 @@ def make_coco_layout(root, num_train: int, num_test: int, size=(32, 24)):
             (root / 'text' / (k + '.txt')).write_text('\n'.join(lines) + '\n')
             write_jpeg(str(root / 'images' / (k + '.jpg')), size, (0, 0, size[0] // 2, size[1]))
     return keys
+
+
+# ----------------------------------------------------------------------------- hd5 files
+HD5_EMB = 16
+# name -> (class, colour, mode); two captions (examples) per image, as <name>_<c>
+HD5_IMAGES = {
+    'red_flower_01': ('class_00001', (230, 20, 20), 'RGB'),
+    'red_flower_02': ('class_00001', (200, 30, 30), 'RGB'),
+    'blue_flower_01': ('class_00002', (20, 20, 230), 'RGB'),
+    'grey_flower_01': ('class_00003', 128, 'L'),
+}
+
+
+def hd5_jpeg(colour, mode, size=(40, 30)):
+    """The bytes of a one-colour JPEG."""
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, format='JPEG', quality=95)
+    return buf.getvalue()
+
+
+def write_hd5_example(group, key, name, cls, img, emb, txt):
+    """One example as the converters of aelnouby/Text-to-Image-Synthesis write it."""
+    ex = group.create_group(key)
+    ex.create_dataset('name', data=name)
+    ex.create_dataset('img', data=np.void(img))
+    ex.create_dataset('embeddings', data=emb)
+    ex.create_dataset('class', data=cls)
+    ex.create_dataset('txt', data=np.array(txt).astype(object), dtype=h5py.special_dtype(vlen=str))
+    return ex
+
+
+def write_hd5(path, splits=('train', 'valid', 'test'), emb_dim=HD5_EMB, seed=0):
+    """The converters' layout with the images of ``HD5_IMAGES``, two examples each;
+    returns {split: {example key: (class, embedding, caption)}}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    with h5py.File(path, 'w') as f:
+        for split in splits:
+            group = f.create_group(split)
+            written[split] = {}
+            for name, (cls, colour, mode) in HD5_IMAGES.items():
+                img = hd5_jpeg(colour, mode)
+                for c in range(2):
+                    emb = rng.standard_normal(emb_dim).astype(np.float32)
+                    txt = f'this {name.split("_")[0]} flower number {c}\n'
+                    write_hd5_example(group, f'{name}_{c}', name, cls, img, emb, txt)
+                    written[split][f'{name}_{c}'] = (cls, emb, txt.strip())
+    return written

@@ -1,62 +1,20 @@
 """Hd5Dataset reads the PyTorch GAN-INT-CLS implementation's hd5 layout, written here with
 h5py as its converters write it, and every bad file stops with one clear error."""
-import io
 import pickle
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from datasets import DataError
+from helpers import HD5_EMB, hd5_jpeg as _jpeg, write_hd5, write_hd5_example as _example
 from miscc.core.config import load_config
 from miscc.data.hd5 import Hd5Dataset, Hd5Error
 from miscc.families import gan_int_cls as fam
 from models.gan_int_cls import Discriminator, Generator, init_dcgan_weights
 
-EMB = 16
-# name -> (class, colour, mode); two captions (examples) per image, as <name>_<c>
-IMAGES = {
-    'red_flower_01': ('class_00001', (230, 20, 20), 'RGB'),
-    'red_flower_02': ('class_00001', (200, 30, 30), 'RGB'),
-    'blue_flower_01': ('class_00002', (20, 20, 230), 'RGB'),
-    'grey_flower_01': ('class_00003', 128, 'L'),
-}
-
-
-def _jpeg(colour, mode, size=(40, 30)):
-    buf = io.BytesIO()
-    Image.new(mode, size, colour).save(buf, format='JPEG', quality=95)
-    return buf.getvalue()
-
-
-def _example(group, key, name, cls, img, emb, txt):
-    ex = group.create_group(key)
-    ex.create_dataset('name', data=name)
-    ex.create_dataset('img', data=np.void(img))
-    ex.create_dataset('embeddings', data=emb)
-    ex.create_dataset('class', data=cls)
-    ex.create_dataset('txt', data=np.array(txt).astype(object), dtype=h5py.special_dtype(vlen=str))
-    return ex
-
-
-def write_hd5(path, splits=('train', 'valid', 'test'), emb_dim=EMB, seed=0):
-    """The converters' layout; returns {split: {example key: (class, embedding, caption)}}."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    with h5py.File(path, 'w') as f:
-        for split in splits:
-            group = f.create_group(split)
-            written[split] = {}
-            for name, (cls, colour, mode) in IMAGES.items():
-                img = _jpeg(colour, mode)
-                for c in range(2):
-                    emb = rng.standard_normal(emb_dim).astype(np.float32)
-                    txt = f'this {name.split("_")[0]} flower number {c}\n'
-                    _example(group, f'{name}_{c}', name, cls, img, emb, txt)
-                    written[split][f'{name}_{c}'] = (cls, emb, txt.strip())
-    return written
+EMB = HD5_EMB
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from datasets import TextDataset, build_dataset, encode_caption
 from ..core.checkpoint import sibling_checkpoint
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
+from ..data.hd5 import Hd5Dataset, build_hd5_dataset
 from ..families import Family, family_of
 from ..families.encoders import damsm_paths, load_text_encoder, text_encoder_vocab_size
 from .outputs import caption_plan, resume_point, save_png, save_test_images
@@ -90,14 +91,16 @@ def test_captions(cfg, n_words: int) -> TextDataset:
 @dataclass
 class GenerationStack:
     """A generator with everything it samples from. ``netG`` and ``text_encoder`` are in eval
-    mode on ``device``; ``dataset`` is the test split (vocabulary and captions)."""
+    mode on ``device``; ``dataset`` is the test split (vocabulary and captions). With
+    DATA.HD5_FILE ``dataset`` is the file's test split, whose precomputed embeddings are the
+    conditioning: ``text_encoder`` is None and ``text_encoder_path`` ''."""
     cfg: object
     family: Family
     netG: nn.Module
     netg_path: str
-    text_encoder: nn.Module
+    text_encoder: nn.Module | None
     text_encoder_path: str
-    dataset: TextDataset
+    dataset: TextDataset | Hd5Dataset
     device: torch.device
 
     @torch.no_grad()
@@ -135,6 +138,9 @@ def load_generation_stack(cfg, netg_path: str, device, text_encoder_path: str = 
     """The generator at ``netg_path`` (``MODEL.NAME``'s family, ours or released weights), its text
     encoder (``text_encoder_path``, else ``generator_text_encoder``) and the test captions."""
     family = family_of(cfg)
+    if cfg.DATA.HD5_FILE:
+        return GenerationStack(cfg, family, _load_generator(cfg, family, netg_path, device), netg_path, None, '',
+                               build_hd5_dataset(cfg, 'test'), torch.device(device))
     text_path = text_encoder_path or generator_text_encoder(cfg, netg_path)
     n_words = text_encoder_vocab_size(text_path)
     dataset = test_captions(cfg, n_words)
@@ -161,12 +167,20 @@ def generate_test_images(stack: GenerationStack, num: int, batch_size: int, seed
     ``caption_plan``), with noise ``stack.noise(n, seed)`` per image n.
 
     Captions longer than the word limit are subsampled with a generator seeded per image.
+    With an hd5 test split the plan's caption index is the example's embedding row.
     """
     dataset = stack.dataset
     plan = caption_plan(len(dataset.filenames), dataset.embeddings_num, num, start)
     for begin in range(0, len(plan), batch_size):
         rows = plan[begin:begin + batch_size]
         indices = list(range(start + begin, start + begin + len(rows)))
+        if stack.text_encoder is None:
+            embs, texts = zip(*(dataset.embedding_and_caption(int(k), int(c)) for k, c in rows))
+            fake, _ = stack.generate(stack.noise(indices, seed), torch.stack(embs))
+            yield GeneratedBatch(indices=indices, images=to_uint8_image(fake).cpu(), masks=None,
+                                 keys=[dataset.filenames[int(k)] for k in rows[:, 0]],
+                                 caption_index=[int(c) for c in rows[:, 1]], captions=list(texts))
+            continue
         caps, lens = [], []
         for n, (key_ix, cap_ix) in zip(indices, rows):
             rng = np.random.default_rng([seed, n])
@@ -209,6 +223,11 @@ def generate(cfg, user_captions=()) -> str:
     manifest.jsonl), or a grid for ``user_captions``. Returns the output folder."""
     if not cfg.TRAIN.NET_G:
         raise ConfigError('B_VALIDATION=True needs the generator to sample from: set TRAIN.NET_G=path/netG_XXX.pth')
+    if user_captions and cfg.DATA.HD5_FILE:
+        raise ConfigError(f"--caption/--captions need a text encoder, but DATA.HD5_FILE='{cfg.DATA.HD5_FILE}' "
+                          f"conditions the generator on the file's precomputed embeddings, which new captions "
+                          f"do not have: generate from the file's test split (no --caption), or use a generator "
+                          f"trained with DAMSM conditioning (DATA.HD5_FILE='')")
     setup = device_from_config(cfg)
     seed_everything(cfg.SEED)
     # A generator fine-tuned together with its text encoder uses that encoder.
@@ -236,5 +255,5 @@ def generate(cfg, user_captions=()) -> str:
     batches = generate_test_images(stack, num, batch_size, seed=cfg.SAMPLE.SEED, start=start)
     manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))
     bar.close()
-    print(f'{num} images and masks in {out_dir} (manifest: {manifest})')
+    print(f'{num} images in {out_dir} (manifest: {manifest})')
     return out_dir

@@ -280,6 +280,11 @@ def _want_r_precision(cfg, source: ImageSource, text_path: str) -> bool:
         raise ConfigError(f"EVAL.R_PRECISION must be 'auto', 'on' or 'off', got '{mode}'")
     if mode == 'off':
         return False
+    if cfg.DATA.HD5_FILE:   # hd5 captions belong to no DAMSM vocabulary
+        if mode == 'on':
+            raise ConfigError(f"EVAL.R_PRECISION='on' needs DAMSM-encoded captions; DATA.HD5_FILE="
+                              f"'{cfg.DATA.HD5_FILE}' has precomputed embeddings: set EVAL.R_PRECISION=off")
+        return False
     ok = source.has_captions and os.path.isfile(text_path) and source.count >= 100
     if mode == 'on' and not ok:
         raise ConfigError(f"EVAL.R_PRECISION='on' needs captions (a manifest.jsonl or --netG), the DAMSM "
