@@ -10,10 +10,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets import Batch
+from miscc.core.config import ConfigError, load_config
+from miscc.data.hd5 import Hd5Batch
+from miscc.families import FAMILIES, family_of
 from miscc.families import gan_int_cls as fam
 from models.gan_int_cls import (Discriminator, Generator, from_reference_state_dict,
                                 init_dcgan_weights)
 
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((Path(__file__).parent / 'fixtures' / 'gan_int_cls_reference_keys.json')
                        .read_text())['networks']
 LN3 = math.log(3.0)   # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
@@ -387,3 +392,123 @@ def test_unconditional_steps_ignore_text():
     d.calls.clear()
     out_g = fam.generator_step(g, d, opt_g, images, None, opts, noise=z)
     assert len(g.calls) == 2 and 'g_int' not in out_g      # one fake per step, no interpolation
+
+
+# --------------------------------------------------------------------------- the family
+def _cfg(*overrides):
+    return load_config(str(ROOT / 'cfg' / 'bird_gan_int_cls.yml'),
+                       ['GAN_INT_CLS.NGF=2', 'GAN_INT_CLS.NDF=2', 'GAN_INT_CLS.PROJECTED_DIM=4',
+                        *overrides])
+
+
+def test_family_is_registered_and_builds_from_either_source():
+    assert isinstance(family_of(_cfg()), fam.GanIntCls)
+    damsm = FAMILIES['gan_int_cls'].build_networks(_cfg())
+    assert damsm['netG'].projection[0].in_features == 256 and damsm['netD'].ndf == 2
+    hd5 = FAMILIES['gan_int_cls'].build_networks(_cfg('DATA.HD5_FILE=x.hdf5', 'DATA.HD5_EMBEDDING_DIM=24'))
+    assert hd5['netG'].projection[0].in_features == 24
+    assert hd5['netD'].projector.projection[0].in_features == 24
+    vanilla = FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.CONDITIONAL=False'))
+    assert not vanilla['netG'].conditional and not hasattr(vanilla['netD'], 'projector')
+    images, masks = FAMILIES['gan_int_cls'].generate(vanilla['netG'].eval(), torch.randn(2, 100), None)
+    assert images.shape == (2, 3, 64, 64) and masks == []
+
+
+def test_family_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match='TREE.BASE_SIZE=64'):
+        FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=256'))
+    with pytest.raises(ConfigError, match="'GAN_INT_CLS.MISMATCH'"):
+        FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.MISMATCH=caption'))
+    nets = FAMILIES['gan_int_cls'].build_networks(_cfg())
+    with pytest.raises(ConfigError, match='main.py'):
+        FAMILIES['gan_int_cls'].make_optimizers(_cfg(), nets, finetune=True)
+
+
+def test_family_optimisers_are_the_papers_adam():
+    for cfg_file in ('bird_gan_int_cls.yml', 'flowers_gan_int_cls.yml'):
+        cfg = load_config(str(ROOT / 'cfg' / cfg_file), ['GAN_INT_CLS.NGF=2', 'GAN_INT_CLS.NDF=2'])
+        nets = FAMILIES['gan_int_cls'].build_networks(cfg)
+        opts = FAMILIES['gan_int_cls'].make_optimizers(cfg, nets)
+        assert set(opts) == {'optimizerG', 'optimizerD'} and cfg.TRAIN.BATCH_SIZE == 64
+        for name, net in (('optimizerG', 'netG'), ('optimizerD', 'netD')):
+            group = opts[name].param_groups[0]
+            assert isinstance(opts[name], torch.optim.Adam)
+            assert group['lr'] == 2e-4 and group['betas'] == (0.5, 0.999)
+            assert [id(p) for p in group['params']] == [id(p) for p in nets[net].parameters()]
+
+
+def _update(cfg, monkeypatch, text_encoder=None):
+    """The family's update on tiny networks; records the calls of the two step functions."""
+    family = FAMILIES['gan_int_cls']
+    torch.manual_seed(0)
+    nets = family.build_networks(cfg)
+    modules = dict(nets, text_encoder=text_encoder, image_encoder=None)
+    update = family.make_update(cfg, nets, modules, {'text_encoder': text_encoder, 'image_encoder': None},
+                                family.make_optimizers(cfg, nets))
+    calls = []
+    for name in ('discriminator_step', 'generator_step'):
+        real = getattr(fam, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, args, kwargs))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fam, name, spy)
+    return update, calls
+
+
+def _hd5_batch(e=24, b=3):
+    torch.manual_seed(5)
+    return Hd5Batch(images=torch.rand(b, 3, 64, 64) * 2 - 1, embeddings=torch.randn(b, e),
+                    wrong_images=torch.rand(b, 3, 64, 64) * 2 - 1, wrong_embeddings=torch.randn(b, e),
+                    captions=['a'] * b, class_ids=torch.arange(b), keys=['k'] * b)
+
+
+def test_wgan_update_takes_a_g_step_after_its_critic_steps(monkeypatch):
+    cfg = _cfg('DATA.HD5_FILE=x.hdf5', 'DATA.HD5_EMBEDDING_DIM=24', 'GAN_INT_CLS.LOSS=wgan',
+               'GAN_INT_CLS.N_CRITIC=3', 'GAN_INT_CLS.CRITIC_BURST=False')
+    update, calls = _update(cfg, monkeypatch)
+    batch = _hd5_batch()
+    steps = []
+    for _ in range(7):
+        losses = update(batch)
+        steps.append('g_loss' in losses)
+        assert all(isinstance(v, float) for v in losses.values()) and 'fake_images' not in losses
+    assert steps == [False, False, True, False, False, True, False]
+    assert [c[0] for c in calls].count('generator_step') == 2
+    assert update.state_dict() == {'generator_steps': 2, 'critic_steps': 1}
+    assert update.last_fake.shape == (3, 3, 64, 64)
+    # the counters come back from a state
+    update.load_state_dict({'generator_steps': 0, 'critic_steps': 2})
+    assert 'g_loss' in update(batch) and update.state_dict() == {'generator_steps': 1, 'critic_steps': 0}
+
+
+def test_hd5_update_uses_the_batchs_mismatches(monkeypatch):
+    for mismatch in ('text', 'image'):
+        cfg = _cfg('DATA.HD5_FILE=x.hdf5', 'DATA.HD5_EMBEDDING_DIM=24', f'GAN_INT_CLS.MISMATCH={mismatch}')
+        update, calls = _update(cfg, monkeypatch)
+        batch = _hd5_batch()
+        losses = update(batch)
+        assert 'g_loss' in losses and 'd_wrong' in losses
+        (_, d_args, d_kwargs), (_, g_args, _) = calls
+        assert torch.equal(d_args[4], batch.embeddings) and torch.equal(g_args[4], batch.embeddings)
+        assert torch.equal(d_kwargs['wrong_images'], batch.wrong_images)
+        assert torch.equal(d_kwargs['wrong_embeddings'], batch.wrong_embeddings)
+
+
+class _FixedText(nn.Module):
+    """A text encoder stand-in: sentence code = caption's first index as a constant row."""
+
+    def forward(self, captions, cap_lens):
+        sent = captions[:, :1].float().expand(-1, 256).contiguous()
+        return None, sent
+
+
+def test_damsm_update_encodes_captions_and_rolls_the_batch(monkeypatch):
+    update, calls = _update(_cfg(), monkeypatch, text_encoder=_FixedText())
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    batch = Batch(images, torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.tensor([2, 2, 2]),
+                  torch.arange(3), ['a', 'b', 'c'])
+    update(batch)
+    (_, d_args, d_kwargs), _ = calls
+    assert d_args[4][:, 0].tolist() == [1.0, 3.0, 5.0]                 # the encoder's sentence codes
+    assert torch.equal(d_kwargs['wrong_images'], images.roll(1, 0)) and d_kwargs['wrong_embeddings'] is None
