@@ -165,6 +165,11 @@ def test_bad_hd5_file_exits_2_naming_file_split_and_field(hd5_file, tmp_path, ca
     assert f"hd5 file '{path}' has no split 'validation' (it has: test, train, valid)" in err
     assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'DATA.HD5_EMBEDDING_DIM': 1024})) == 2
     assert "field 'embeddings' has size 16 but DATA.HD5_EMBEDDING_DIM is 1024" in capsys.readouterr().err
+    # a family that needs the DAMSM word features cannot train on embeddings alone
+    assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'MODEL.NAME': 'ssagan'})) == 2
+    err = capsys.readouterr().err
+    assert "MODEL.NAME='ssagan' needs the DAMSM encoders' word features: use MODEL.NAME 'gan_int_cls'" in err
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 
 # ----------------------------------------------------------------------------- DAMSM conditioning

@@ -20,7 +20,7 @@ from ..core.checkpoint import sibling_checkpoint
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
-from ..families import Family, family_of
+from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_text_encoder, text_encoder_vocab_size
 from .outputs import caption_plan, resume_point, save_png, save_test_images
 
@@ -139,6 +139,7 @@ def load_generation_stack(cfg, netg_path: str, device, text_encoder_path: str = 
     encoder (``text_encoder_path``, else ``generator_text_encoder``) and the test captions."""
     family = family_of(cfg)
     if cfg.DATA.HD5_FILE:
+        require_precomputed_embeddings(cfg, family)
         return GenerationStack(cfg, family, _load_generator(cfg, family, netg_path, device), netg_path, None, '',
                                build_hd5_dataset(cfg, 'test'), torch.device(device))
     text_path = text_encoder_path or generator_text_encoder(cfg, netg_path)

@@ -7,7 +7,8 @@ from .base import Family, Update, noise_for
 from .gan_int_cls import GanIntCls
 from .ssagan import SSAGAN
 
-__all__ = ['FAMILIES', 'Family', 'Update', 'family_of', 'build_networks', 'noise_for']
+__all__ = ['FAMILIES', 'Family', 'Update', 'family_of', 'build_networks', 'noise_for',
+           'require_precomputed_embeddings']
 
 FAMILIES = {family.name: family for family in (SSAGAN(), GanIntCls())}
 
@@ -23,3 +24,12 @@ def family_of(cfg) -> Family:
 def build_networks(cfg) -> dict:
     """Freshly initialised networks of the config's family, on the CPU (``{'netG': ..., ...}``)."""
     return family_of(cfg).build_networks(cfg)
+
+
+def require_precomputed_embeddings(cfg, family: Family) -> None:
+    """ConfigError unless ``family`` can condition on DATA.HD5_FILE's embeddings alone."""
+    if not family.precomputed_embeddings:
+        able = ', '.join(repr(n) for n, f in FAMILIES.items() if f.precomputed_embeddings)
+        raise ConfigError(f"DATA.HD5_FILE='{cfg.DATA.HD5_FILE}' gives precomputed sentence embeddings only, but "
+                          f"MODEL.NAME='{family.name}' needs the DAMSM encoders' word features: use MODEL.NAME "
+                          f"{able}, or set DATA.HD5_FILE='' for the data set in DATA_DIR")

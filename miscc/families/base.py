@@ -90,6 +90,10 @@ class Family:
     name = ''
     networks: tuple = ('netG', 'netD')
     save_intervals: dict = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL'}
+    # whether the family can condition on precomputed sentence embeddings alone (DATA.HD5_FILE),
+    # without the DAMSM encoders' word features and losses
+    precomputed_embeddings: bool = False
+    postfix_losses: tuple = ()      # the losses the progress bar shows (() : the trainer's choice)
 
     def build_networks(self, cfg) -> dict:
         """Freshly initialised networks on the CPU, keyed by ``networks``."""

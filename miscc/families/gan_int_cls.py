@@ -444,6 +444,8 @@ class GanIntCls(Family):
     """Reed et al. 2016 at 64 x 64 (``models/gan_int_cls.py``), conditioned on the DAMSM
     sentence code or on an hd5 file's embeddings (DATA.HD5_FILE); its update above."""
     name = 'gan_int_cls'
+    precomputed_embeddings = True
+    postfix_losses = ('d_loss', 'g_loss')
 
     def build_networks(self, cfg) -> dict:
         if cfg.TREE.BASE_SIZE != IMAGE_SIZE:

@@ -15,7 +15,7 @@ from ..core.config import ConfigError
 from ..core.runtime import device_from_config, init_distributed, seed_everything
 from ..data.hd5 import Hd5Batch, build_hd5_dataset, collate_hd5
 from ..evaluation.generation import decode_caption, mask_grid, save_grid
-from ..families import Family, family_of
+from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .driver import STATE_NAME, Driver, EpochSummary, StartPoint, read_progress, resolve_start_point
 from .parallel import wrap_for_devices
@@ -77,6 +77,7 @@ class GANTrainer:
     def __init__(self, cfg, finetune: bool = False):
         self.cfg, self.finetune = cfg, finetune
         self.family = family_of(cfg)
+        self.postfix_losses = self.family.postfix_losses or GANTrainer.postfix_losses
         self.dist = init_distributed()
         cuda_rank = self.dist.local_rank if self.dist.distributed and cfg.DEVICE != 'cpu' else None
         self.setup = device_from_config(cfg, local_rank=cuda_rank)
@@ -157,6 +158,7 @@ class GANTrainer:
     def _hd5_data(self, finetune: bool) -> None:
         """Precomputed text embeddings of DATA.HD5_FILE (its train and test splits): no DAMSM
         encoders, vocabulary or TEXT.DAMSM_NAME."""
+        require_precomputed_embeddings(self.cfg, self.family)
         if finetune:
             raise ConfigError(f"main_finetune.py fine-tunes the DAMSM encoders, but DATA.HD5_FILE="
                               f"'{self.cfg.DATA.HD5_FILE}' conditions on precomputed embeddings: use main.py")
