@@ -23,12 +23,12 @@ the gradient with respect to the fake images is needed); under DDP pass the bare
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn as nn
 
+from .base import frozen
 from .losses import discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
@@ -100,18 +100,6 @@ def d_step(netD, netC, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent
     return {k: v.detach() for k, v in losses.items()}
 
 
-@contextlib.contextmanager
-def _frozen(*modules):
-    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
     """``-mean(C(D(fake), sent))``; fake B x 3 x S x S with G's graph, sent B x D."""
     return generator_adversarial_loss(netC(netD(fake), sent))
@@ -120,7 +108,7 @@ def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor) -> torch.
 def g_step(netD, netC, optimizer_g, fake: torch.Tensor, sent: torch.Tensor) -> dict:
     """One DF-GAN G update on the fake images of this iteration (made before the D step).
     D and C get no gradients. Returns ``{'errG'}`` detached."""
-    with _frozen(netD, netC):
+    with frozen(netD, netC):
         err_g = generator_loss(netD, netC, fake, sent.detach())
         optimizer_g.zero_grad(set_to_none=True)
         err_g.backward()

@@ -34,7 +34,7 @@ Where the two differ (the paper is followed unless a switch says otherwise):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ from models.gan_int_cls import IMAGE_SIZE, Discriminator, Generator, init_dcgan_
 
 from ..core.config import ConfigError
 from ..data.hd5 import Hd5Batch
-from .base import Family, Update
+from .base import Family, Update, adam_for_g_and_d, frozen
 
 __all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_config', 'embedding_dim', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
            'generator_adversarial_loss', 'generator_critic_loss', 'feature_matching_loss',
@@ -218,22 +218,6 @@ def make_optimizers(generator: nn.Module, discriminator: nn.Module, lr: float = 
 
 
 # --------------------------------------------------------------------------- steps
-class _Frozen:
-    """Parameters without gradients for the duration of a ``with`` block."""
-
-    def __init__(self, params: Iterable[torch.nn.Parameter]):
-        self.params = [p for p in params if p.requires_grad]
-
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.params:
-            p.requires_grad_(True)
-        return False
-
-
 def _noise(noise: Optional[torch.Tensor], like: torch.Tensor, noise_dim: int) -> torch.Tensor:
     if noise is not None:
         return noise
@@ -319,7 +303,7 @@ def generator_step(generator: nn.Module, discriminator: nn.Module,
     cond = embeddings if conditional else None
     adversarial = generator_critic_loss if options.loss == 'wgan' else generator_adversarial_loss
     optimizer.zero_grad(set_to_none=True)
-    with _Frozen(discriminator.parameters()):
+    with frozen(discriminator):
         fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
         fake_logits, fake_features = _score(discriminator, fake, cond, conditional)
         g_adv = adversarial(fake_logits)
@@ -472,11 +456,7 @@ class GanIntCls(Family):
         if finetune:
             raise ConfigError('main_finetune.py trains the DAMSM encoders with the DAMSM loss of SSA-GAN; '
                               'MODEL.NAME=gan_int_cls has no such loss: train it with main.py')
-        t = cfg.TRAIN
-        # foreach: the multi-tensor form also on the CPU (faster, bit-identical results)
-        adam = dict(betas=(t.BETA1, t.BETA2), foreach=True)
-        return {'optimizerG': torch.optim.Adam(nets['netG'].parameters(), lr=t.GENERATOR_LR, **adam),
-                'optimizerD': torch.optim.Adam(nets['netD'].parameters(), lr=t.DISCRIMINATOR_LR, **adam)}
+        return adam_for_g_and_d(cfg, nets)
 
     def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
                     finetune: bool = False, distributed: bool = False) -> GanIntClsUpdate:

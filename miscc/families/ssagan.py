@@ -18,7 +18,7 @@ import torch
 from models import NetD, NetG
 
 from ..core.config import ConfigError
-from .base import Family, Update, autocast, frozen, optimizer_step
+from .base import Family, Update, adam_for_g_and_d, autocast, frozen, optimizer_step
 from .losses import damsm_loss, discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['SSAGAN', 'SSAGANUpdate', 'UpdateOptions', 'make_optimizers', 'd_step_faithful', 'd_step_fused',
@@ -145,15 +145,12 @@ class SSAGANUpdate(Update):
 
 def make_optimizers(cfg, nets: dict, text_encoder=None, image_encoder=None, finetune: bool = False) -> dict:
     """Adam for G and D (and the encoders when fine-tuning) with the configured rates and betas."""
-    train = cfg.TRAIN
-    # foreach: the multi-tensor form (CUDA's default) also on the CPU, where it is twice as fast
-    # as the per-tensor loop with bit-identical results
-    adam = dict(betas=(train.BETA1, train.BETA2), foreach=True)
-    optimizers = {'optimizerG': torch.optim.Adam(nets['netG'].parameters(), lr=train.GENERATOR_LR, **adam),
-                  'optimizerD': torch.optim.Adam(nets['netD'].parameters(), lr=train.DISCRIMINATOR_LR, **adam)}
+    optimizers = adam_for_g_and_d(cfg, nets)
     if finetune:
+        train = cfg.TRAIN
         params = list(text_encoder.parameters()) + [p for p in image_encoder.parameters() if p.requires_grad]
-        optimizers['optimizerE'] = torch.optim.Adam(params, lr=train.FINETUNE.ENCODER_LR, **adam)
+        optimizers['optimizerE'] = torch.optim.Adam(params, lr=train.FINETUNE.ENCODER_LR,
+                                                    betas=(train.BETA1, train.BETA2), foreach=True)
     return optimizers
 
 
