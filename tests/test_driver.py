@@ -430,7 +430,7 @@ def test_a_second_signal_mid_step_stops_at_once_and_keeps_the_saved_state(tmp_pa
 def test_max_steps_is_a_requested_stop_that_returns(tmp_path, capsys):
     _, driver, run = _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 2})
     out = capsys.readouterr().out
-    assert f'stopped after epoch 1 (TRAIN.MAX_STEPS=2); training state saved in {run}/models' in out
+    assert f'stopped after epoch 1 (TRAIN.MAX_STEPS=2); training state saved in {run}/models; resume with' in out
     assert read_progress(f'{run}/models/state_last.pth')['next_epoch'] == 2
 
 
@@ -529,3 +529,34 @@ def test_the_command_line_exit_codes_of_training(capsys):
     assert _train('main.py', raising(DiskFullError(errno.ENOSPC, "disk full: could not write 'f'"))) == 3
     assert capsys.readouterr().err == "main.py: error: disk full: could not write 'f'\n"
     assert _train('main.py', raising(DistributedError('another process ...'))) == 3
+
+
+def test_each_rank_resumes_with_its_own_generators_and_another_world_size_warns(tmp_path):
+    """The state holds every rank's RNG (rng_ranks, world_size); rank r restores its own. A state of
+    another number of processes, or one with rank 0's generators only, continues with a warning."""
+    import warnings
+    from datasets import collate_sorted
+    from miscc.core.runtime import DistEnv, rng_state
+    from miscc.training.driver import Driver, StartPoint
+    models = tmp_path / 'run' / 'models'
+    per_rank = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        per_rank.append(rng_state())
+    progress = {'epoch': 1, 'next_epoch': 2, 'next_step': 0, 'global_step': 1}
+    path = save_training_state(str(models), {'w': torch.zeros(()), 'kind': 'gan'}, progress, rank_rngs=per_rank)
+
+    def driver_for(rank, world):
+        return Driver(_config(tmp_path), _ToyTrainer(), _Items(), collate_sorted, 2, StartPoint('state', path),
+                      torch.device('cpu'), DistEnv(rank=rank, world_size=world, local_rank=rank))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for rank in (0, 1):
+            assert torch.equal(driver_for(rank, 2).rng['torch'], per_rank[rank]['torch'])
+    with pytest.warns(UserWarning, match=r'was written by 2 process\(es\), and this run has 3: .* will not equal '
+                                         r'an uninterrupted run; resume with 2 process\(es\)'):
+        driver_for(0, 3)
+    save_training_state(str(models), {'w': torch.zeros(()), 'kind': 'gan'}, progress)   # rank 0's only
+    with pytest.warns(UserWarning, match='records the random generators of one process only'):
+        assert driver_for(0, 2).rng is not None
+    assert driver_for(1, 2).rng is None      # rank 1 keeps its own seeded stream, not rank 0's draws

@@ -3,7 +3,11 @@ format, generation with a manifest, exact resume, non-finite losses, DDP with gl
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +273,79 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(tiny_setup, tmp_path):
     (run,) = run_dirs(tiny_setup, 'ddp')                    # rank 0 alone writes
     assert str(run) == r0['run_dir']
     assert sorted(p.name for p in (run / 'models').iterdir())[:2] == ['netD_001.pth', 'netD_002.pth']
+
+
+# ----------------------------------------------------------------------------- torchrun: resume and faults
+def _torchrun(argv, **kwargs):
+    """``torchrun --standalone --nproc_per_node 2 main.py argv`` on CPU (gloo), one thread per process."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'main.py'] + argv
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def _finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_torchrun_stop_and_resume_equals_the_uninterrupted_run(tiny_setup):
+    """2 processes: a MAX_STEPS stop in epoch 2 then RESTORE=True gives bit-identical weights, as
+    each rank's generators are saved and restored (rank 1 used to continue with rank 0's)."""
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_straight')))
+    assert rc == 0, out[-3000:]
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_split', **{'TRAIN.MAX_STEPS': 3})))
+    assert rc == 0 and 'stopped at epoch 2, step 1 (TRAIN.MAX_STEPS=3)' in out, out[-3000:]
+    (split,) = run_dirs(tiny_setup, 'ddp_split')
+    state = torch.load(split / 'models' / 'state_last.pth', weights_only=True)
+    assert state['world_size'] == 2 and sorted(state['rng_ranks']) == [0, 1]
+    assert not torch.equal(state['rng_ranks'][0]['torch'], state['rng_ranks'][1]['torch'])
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_split', RESTORE=True)))
+    assert rc == 0 and 'will not equal an uninterrupted run' not in out, out[-3000:]
+    (straight,) = run_dirs(tiny_setup, 'ddp_straight')
+    a, b = final_weights(straight), final_weights(split)
+    assert a['progress'] == b['progress']
+    for part in ('netG', 'netD'):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f'{part}.{k}'
+
+
+def _worker_pids(parent: int) -> dict:
+    """{rank: pid} of torchrun's worker processes (children of ``parent``)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+        except (OSError, ValueError):
+            continue
+        if ppid == parent and b'RANK' in env:
+            found[int(env[b'RANK'])] = int(pid)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker processes through /proc')
+def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_time(tiny_setup):
+    out_dir = tiny_setup / 'ddp_kill'
+    proc = _torchrun(overrides(tiny_setup, out='ddp_kill', **{'TRAIN.MAX_EPOCH': 100, 'DIST_TIMEOUT': 20}))
+    try:
+        deadline = time.time() + 300
+        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
+            time.sleep(0.5)
+        ranks = _worker_pids(proc.pid)
+        assert sorted(ranks) == [0, 1], 'no state after epoch 1 or no workers found'
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.time()
+        rc, out = _finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.time() - killed < 90 and rc != 0
+    (run,) = run_dirs(tiny_setup, 'ddp_kill')
+    assert re.search(r'main.py: error: rank 0: another process of this 2-process run stopped, failed or did not '
+                     r'answer within DIST_TIMEOUT=20 s \(at epoch \d+, step \d\), so this one stops too; the last '
+                     r'training state in .*ddp_kill.* is intact; resume with RESTORE=True', out), out[-3000:]
+    # (torchrun also sends the survivor SIGTERM once a worker died: it may end by that signal or with exit 3)
+    torch.load(run / 'models' / 'state_last.pth', weights_only=True)

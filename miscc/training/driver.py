@@ -548,7 +548,7 @@ class Driver:
                 raise DistributedError(
                     f'rank {self.dist.rank}: another process of this {self.dist.world_size}-process run stopped, '
                     f'failed or did not answer within DIST_TIMEOUT={self.cfg.DIST_TIMEOUT} s (at epoch {epoch}, '
-                    f'step {step}); stopping too. {self._saved_text()}. Details: {str(e).splitlines()[0][:300]}'
+                    f'step {step}), so this one stops too; {self._saved_text()}. Details: {str(e).splitlines()[0][:300]}'
                 ) from None
             raise
         finally:
@@ -604,7 +604,7 @@ class Driver:
                             self.save_state(epoch - 1, epoch, step)
                         if main and not signum:
                             print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
-                                  f'training state saved in {self.models_dir}. {self._resume_hint()}')
+                                  f'training state saved in {self.models_dir}; {self._resume_hint()}')
                         return signum
             bar.close()
             done = step - first
@@ -617,6 +617,6 @@ class Driver:
             if limit and epoch < train.MAX_EPOCH:
                 if main:
                     print(f'stopped after epoch {epoch} (TRAIN.MAX_STEPS={train.MAX_STEPS}); training state saved '
-                          f'in {self.models_dir}. {self._resume_hint()}')
+                          f'in {self.models_dir}; {self._resume_hint()}')
                 return 0
         return 0
