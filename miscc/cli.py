@@ -122,9 +122,12 @@ def gan_main(finetune: bool, argv=None) -> int:
     except USER_ERRORS as e:
         print(f'{name}: error: {e}', file=sys.stderr)
         return EXIT_USER_ERROR
-    except RUN_ERRORS as e:   # set-up: joining the process group, the first writes
+    except RUN_ERRORS as e:   # set-up: joining the process group; the demo's stages
         print(f'{name}: error: {e}', file=sys.stderr)
         return EXIT_RUN_FAILED
+    except TrainingInterrupted as e:   # a training stage of the demo
+        print(f'{name}: {e}', file=sys.stderr)
+        return e.exit_code
     return EXIT_OK
 
 
