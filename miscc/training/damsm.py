@@ -252,7 +252,9 @@ class DAMSMTrainer:
                                     candidates=R_PRECISION_CANDIDATES, seed=self.cfg.SEED)
             result.update(r_precision=mean, r_precision_std=std)
         interval = self.cfg.DAMSM.ATTENTION_INTERVAL
-        if interval and first is not None and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH):
+        # the attention maps go to the run folder, which exists once fit() has begun
+        if (interval and first is not None and self.run_dir is not None
+                and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH)):
             batch, att_maps = first
             words = [[self.dataset.ixtoword[int(i)] for i in cap[:n]] for cap, n in zip(batch.captions, batch.cap_lens)]
             grid = attention_grid(batch.images, att_maps, words)
