@@ -1,5 +1,17 @@
 """The command lines of the five scripts: ``main.py`` / ``main_finetune.py`` (train, the demo,
-or generate with B_VALIDATION=True), ``pretrain_DAMSM.py``, ``eval_IS.py`` / ``eval_FID.py``."""
+or generate with B_VALIDATION=True), ``pretrain_DAMSM.py``, ``eval_IS.py`` / ``eval_FID.py``.
+
+Exit codes (``EXIT_*``; the README lists them too):
+
+- 0: done: trained to TRAIN.MAX_EPOCH, stopped at TRAIN.MAX_STEPS (a requested stop; the state
+  is saved), or the run was already finished;
+- 1: a bug (Python's traceback);
+- 2: bad input: config, files, data, captions (one line naming the key or file);
+- 3: the run could not go on: the disk is full, or another process of a torchrun run died or
+  did not answer within DIST_TIMEOUT seconds; the training state saved last is intact;
+- 130 / 143: interrupted by SIGINT / SIGTERM (128 + the signal): the training state was saved
+  (unless a second signal stopped it at once) and one line says where and how to resume.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,17 +23,39 @@ from datasets import DataError
 
 from .core.checkpoint import CheckpointError
 from .core.config import ConfigError, load_config
+from .core.files import DiskFullError
+from .core.runtime import DistributedError
 from .demo import run_demo
 from .evaluation.generation import CaptionError, generate
 from .evaluation.scores import evaluate
 from .training.damsm import DAMSMTrainer
+from .training.driver import TrainingInterrupted
 from .training.gan import GANTrainer
 
-__all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'eval_main', 'USER_ERRORS']
+__all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'eval_main', 'USER_ERRORS', 'RUN_ERRORS',
+           'EXIT_OK', 'EXIT_BUG', 'EXIT_USER_ERROR', 'EXIT_RUN_FAILED']
+
+EXIT_OK, EXIT_BUG, EXIT_USER_ERROR, EXIT_RUN_FAILED = 0, 1, 2, 3
 
 # Errors caused by the command's input (config, files, data, captions): printed as one
 # line, without a traceback. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, DataError, CaptionError, FileNotFoundError, FileExistsError)
+# Failures of the machine or of another process, not of this input: one line, EXIT_RUN_FAILED.
+RUN_ERRORS = (DiskFullError, DistributedError)
+
+
+def _train(name: str, fit) -> int:
+    """Run ``fit()`` and turn how training ended into one line on stderr and an exit code."""
+    try:
+        fit()
+    except TrainingInterrupted as e:
+        if e.show:
+            print(f'{name}: {e}', file=sys.stderr)
+        return e.exit_code
+    except RUN_ERRORS as e:
+        print(f'{name}: error: {e}', file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_OK
 
 
 def parse_args(argv, description: str, default_cfg: str = 'cfg/bird.yml'):
@@ -83,11 +117,18 @@ def gan_main(finetune: bool, argv=None) -> int:
                 warnings.simplefilter('always')
                 generate(cfg, captions)
         else:
-            GANTrainer(cfg, finetune=finetune).fit()
+            trainer = GANTrainer(cfg, finetune=finetune)
+            return _train(name, trainer.fit)
     except USER_ERRORS as e:
         print(f'{name}: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USER_ERROR
+    except RUN_ERRORS as e:   # set-up: joining the process group; the demo's stages
+        print(f'{name}: error: {e}', file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except TrainingInterrupted as e:   # a training stage of the demo
+        print(f'{name}: {e}', file=sys.stderr)
+        return e.exit_code
+    return EXIT_OK
 
 
 def damsm_main(argv=None) -> int:
@@ -97,11 +138,14 @@ def damsm_main(argv=None) -> int:
         cfg = config_from_args(args)
         if args.caption or args.captions:
             raise ConfigError('--caption/--captions belong to main.py B_VALIDATION=True')
-        DAMSMTrainer(cfg).fit()
+        trainer = DAMSMTrainer(cfg)
+        return _train('pretrain_DAMSM.py', trainer.fit)
     except USER_ERRORS as e:
         print(f'pretrain_DAMSM.py: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USER_ERROR
+    except RUN_ERRORS as e:
+        print(f'pretrain_DAMSM.py: error: {e}', file=sys.stderr)
+        return EXIT_RUN_FAILED
 
 
 def eval_main(metric: str, argv=None) -> int:

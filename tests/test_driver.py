@@ -2,7 +2,9 @@
 import copy
 import hashlib
 import json
+import os
 import random
+import signal
 import threading
 
 import numpy as np
@@ -328,3 +330,233 @@ def test_driver_refuses_a_state_of_another_kind(tmp_path):
     torch.save(state, tmp_path / 'damsm_state.pth')
     with pytest.raises(ConfigError, match="is a damsm training state, not a gan one; resume it with pretrain_DAMSM.py"):
         _toy_run(tmp_path, start=StartPoint('state', str(tmp_path / 'damsm_state.pth')))
+
+
+# ----------------------------------------------------------------------------- faults: signals, stops, disk
+def _config(tmp_path, **keys):
+    from miscc.core.config import load_config
+    over = {'OUTPUT_DIR': tmp_path, 'DATASET_NAME': 'birds', 'CONFIG_NAME': 'toy', 'TRAIN.MAX_EPOCH': 3,
+            'TRAIN.LOG_INTERVAL': 1, 'WORKERS': 0, **keys}
+    return load_config(None, [f'{k}={v}' for k, v in over.items()])
+
+
+def _restore_start(tmp_path):
+    from miscc.training.driver import resolve_start_point
+    return resolve_start_point(_config(tmp_path, RESTORE=True), 'TRAIN.NET_G')
+
+
+class _SignallingTrainer(_ToyTrainer):
+    """Sends itself ``signals`` (signal numbers) at global step ``at`` (counted from 1)."""
+
+    def __init__(self, at, signals):
+        super().__init__()
+        self.at, self.signals, self.count = at, signals, 0
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        self.count += 1
+        if self.count == self.at:
+            for sig in self.signals:
+                os.kill(os.getpid(), sig)
+        return out
+
+
+def _driver(tmp_path, trainer, start=None, **keys):
+    from datasets import collate_sorted
+    from miscc.training.driver import Driver, StartPoint
+    torch.manual_seed(0)
+    return Driver(_config(tmp_path, **keys), trainer, _Items(), collate_sorted, 4, start or StartPoint(),
+                  torch.device('cpu'))
+
+
+def test_sigterm_mid_epoch_saves_says_where_and_resumes_exactly(tmp_path):
+    from miscc.training.driver import TrainingInterrupted
+    full, _, _ = _toy_run(tmp_path / 'full')
+    driver = _driver(tmp_path / 'part', _SignallingTrainer(3, [signal.SIGTERM]))
+    with pytest.raises(TrainingInterrupted) as caught:
+        driver.fit()
+    e = caught.value
+    assert e.exit_code == 143 and e.signum == signal.SIGTERM
+    run = driver.run_dir
+    assert str(e) == (f'interrupted by SIGTERM at epoch 2, step 1 of 2: training state saved in {run}/models; '
+                      f'resume with RESTORE=True TRAIN.NET_G={run}')
+    assert read_progress(f'{run}/models/state_last.pth')['next_step'] == 1
+    resumed = _ToyTrainer()
+    torch.manual_seed(99)
+    _driver(tmp_path / 'part', resumed, start=_restore_start(tmp_path / 'part')).fit()
+    assert torch.equal(resumed.w, full.w)
+
+
+def test_signals_during_the_end_of_epoch_save_let_it_complete_and_exit_interrupted(tmp_path, monkeypatch):
+    """SIGINT then SIGTERM while state_last.pth is written: the write completes, the run says it was
+    interrupted at the end of the epoch (130), and the saved state is that epoch's."""
+    import miscc.training.driver as driver_module
+    from miscc.training.driver import TrainingInterrupted
+    real_save = driver_module.save_training_state
+    calls = []
+
+    def save_while_signalled(models_dir, state, progress, **kw):
+        calls.append(progress)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)   # a second signal: would stop at once outside a save
+        return real_save(models_dir, state, progress, **kw)
+    monkeypatch.setattr(driver_module, 'save_training_state', save_while_signalled)
+    driver = _driver(tmp_path, _ToyTrainer())
+    with pytest.raises(TrainingInterrupted, match=r'^interrupted by SIGINT at the end of epoch 1 of 3: training '
+                                                  r'state saved in .*RESTORE=True') as caught:
+        driver.fit()
+    assert caught.value.exit_code == 130 and len(calls) == 1
+    state = load_training_state(f'{driver.run_dir}/models/state_last.pth', restore_rng=False)
+    assert state['progress']['epoch'] == 1 and state['progress']['next_step'] == 0
+    assert read_progress(f'{driver.run_dir}/models/state_last.pth') == state['progress']   # .json matches .pth
+    assert [n for n in os.listdir(f'{driver.run_dir}/models') if n.endswith('.tmp')] == []
+
+
+def test_a_second_signal_mid_step_stops_at_once_and_keeps_the_saved_state(tmp_path):
+    from miscc.training.driver import TrainingInterrupted
+    _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 2})           # a state after epoch 1
+    before = read_progress(str(find_latest_state(str(tmp_path), 'birds_toy_')))
+    driver = _driver(tmp_path, _SignallingTrainer(1, [signal.SIGINT, signal.SIGINT]),
+                     start=_restore_start(tmp_path))
+    with pytest.raises(TrainingInterrupted, match=r'interrupted again by SIGINT at epoch 2, step 0 of 2: stopped '
+                                                  r'at once without saving; the last training state in .* \(from '
+                                                  r'the start of epoch 2\) is intact') as caught:
+        driver.fit()
+    assert caught.value.exit_code == 130
+    assert read_progress(f'{driver.run_dir}/models/state_last.pth') == before
+
+
+def test_max_steps_is_a_requested_stop_that_returns(tmp_path, capsys):
+    _, driver, run = _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 2})
+    out = capsys.readouterr().out
+    assert f'stopped after epoch 1 (TRAIN.MAX_STEPS=2); training state saved in {run}/models; resume with' in out
+    assert read_progress(f'{run}/models/state_last.pth')['next_epoch'] == 2
+
+
+def test_restoring_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
+    _, _, run = _toy_run(tmp_path)
+    capsys.readouterr()
+    trainer = _ToyTrainer()
+    driver = _driver(tmp_path, trainer, start=_restore_start(tmp_path))
+    assert driver.fit() == run
+    assert capsys.readouterr().out == (f'{run} is already finished: epoch 3 of TRAIN.MAX_EPOCH=3; nothing to '
+                                       f'train (raise TRAIN.MAX_EPOCH to train it further)\n')
+    assert trainer.epochs == []
+
+
+@pytest.mark.parametrize('value', [0, -2])
+def test_max_epoch_below_one_is_a_config_error_before_any_folder(tmp_path, value):
+    from miscc.core.config import ConfigError
+    with pytest.raises(ConfigError, match=f'TRAIN.MAX_EPOCH={value}: the number of epochs'):
+        _driver(tmp_path / 'out', _ToyTrainer(), **{'TRAIN.MAX_EPOCH': value})
+    assert not (tmp_path / 'out').exists()
+
+
+def test_the_run_folder_is_made_by_fit_not_by_the_set_up(tmp_path):
+    driver = _driver(tmp_path / 'out', _ToyTrainer())
+    assert driver.run_dir is None and not (tmp_path / 'out').exists()   # a set-up that fails leaves nothing
+    run = driver.fit()
+    assert os.path.isfile(f'{run}/models/state_last.pth')
+
+
+def test_stale_temp_files_are_removed_when_the_run_continues(tmp_path, capsys):
+    _, _, run = _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 3})
+    stale = [f'{run}/models/.state_last.pth.ab12_x9z.tmp', f'{run}/models/.netG_002.pth.0000aaaa.tmp']
+    kept = [f'{run}/models/notes.tmp', f'{run}/models/.hidden.txt']   # not the project's temp-file pattern
+    for path in stale + kept:
+        open(path, 'wb').close()
+    capsys.readouterr()
+    _driver(tmp_path, _ToyTrainer(), start=_restore_start(tmp_path)).fit()
+    out = capsys.readouterr().out
+    assert 'removed 2 temporary file(s) of an unfinished earlier write' in out
+    assert not any(os.path.exists(p) for p in stale) and all(os.path.exists(p) for p in kept)
+
+
+def test_a_run_folder_holding_only_a_temp_file_is_trained_as_new(tmp_path, capsys):
+    """kill -9 during the first save leaves models/ with one temp file: RESTORE=True (or
+    TRAIN.NET_G=<folder>) trains that folder from epoch 1 instead of failing."""
+    from miscc.core.runtime import make_run_dir
+    run = make_run_dir(str(tmp_path), 'birds', 'toy')
+    open(f'{run}/models/.state_last.pth.k2j4h5g6.tmp', 'wb').close()
+    start = _restore_start(tmp_path)
+    assert (start.kind, start.path) == ('new', run)
+    full, _, _ = _toy_run(tmp_path / 'full')
+    trainer = _ToyTrainer()
+    assert _driver(tmp_path, trainer, start=start).fit() == run
+    assert 'holds no completed training state' in capsys.readouterr().out
+    assert sorted(os.listdir(f'{run}/models')) == ['state_last.json', 'state_last.pth']
+    assert torch.equal(trainer.w, full.w) and trainer.epochs[0] == (1, 0)
+    from miscc.training.driver import resolve_start_point
+    assert resolve_start_point(_config(tmp_path / 'x', **{'TRAIN.NET_G': run}), 'TRAIN.NET_G').kind == 'state'
+
+
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_last_state(tmp_path, monkeypatch):
+    import errno
+    import miscc.core.checkpoint
+    from miscc.core.files import DiskFullError
+    _, _, run = _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 2})
+    before = open(f'{run}/models/state_last.pth', 'rb').read()
+
+    def full_disk_save(obj, f):
+        f.write(b'\0' * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(miscc.core.checkpoint.torch, 'save', full_disk_save)
+    with pytest.raises(DiskFullError) as caught:
+        _driver(tmp_path, _ToyTrainer(), start=_restore_start(tmp_path)).fit()
+    assert str(caught.value).startswith(f"disk full: could not write '{run}/models/state_last.pth' "
+                                        f"(No space left on device); the previous file is intact")
+    assert open(f'{run}/models/state_last.pth', 'rb').read() == before
+    assert sorted(os.listdir(f'{run}/models')) == ['state_last.json', 'state_last.pth']
+
+
+def test_the_command_line_exit_codes_of_training(capsys):
+    import errno
+    from miscc.cli import _train
+    from miscc.core.files import DiskFullError
+    from miscc.core.runtime import DistributedError
+    from miscc.training.driver import TrainingInterrupted
+
+    def raising(error):
+        def fit():
+            raise error
+        return fit
+    assert _train('main.py', lambda: 'run') == 0
+    assert _train('main.py', raising(TrainingInterrupted('interrupted by SIGINT at ...', signal.SIGINT))) == 130
+    assert capsys.readouterr().err == 'main.py: interrupted by SIGINT at ...\n'
+    assert _train('main.py', raising(TrainingInterrupted('x', signal.SIGTERM, show=False))) == 143
+    assert capsys.readouterr().err == ''                     # other ranks leave the line to rank 0
+    assert _train('main.py', raising(DiskFullError(errno.ENOSPC, "disk full: could not write 'f'"))) == 3
+    assert capsys.readouterr().err == "main.py: error: disk full: could not write 'f'\n"
+    assert _train('main.py', raising(DistributedError('another process ...'))) == 3
+
+
+def test_each_rank_resumes_with_its_own_generators_and_another_world_size_warns(tmp_path):
+    """The state holds every rank's RNG (rng_ranks, world_size); rank r restores its own. A state of
+    another number of processes, or one with rank 0's generators only, continues with a warning."""
+    import warnings
+    from datasets import collate_sorted
+    from miscc.core.runtime import DistEnv, rng_state
+    from miscc.training.driver import Driver, StartPoint
+    models = tmp_path / 'run' / 'models'
+    per_rank = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        per_rank.append(rng_state())
+    progress = {'epoch': 1, 'next_epoch': 2, 'next_step': 0, 'global_step': 1}
+    path = save_training_state(str(models), {'w': torch.zeros(()), 'kind': 'gan'}, progress, rank_rngs=per_rank)
+
+    def driver_for(rank, world):
+        return Driver(_config(tmp_path), _ToyTrainer(), _Items(), collate_sorted, 2, StartPoint('state', path),
+                      torch.device('cpu'), DistEnv(rank=rank, world_size=world, local_rank=rank))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for rank in (0, 1):
+            assert torch.equal(driver_for(rank, 2).rng['torch'], per_rank[rank]['torch'])
+    with pytest.warns(UserWarning, match=r'was written by 2 process\(es\), and this run has 3: .* will not equal '
+                                         r'an uninterrupted run; resume with 2 process\(es\)'):
+        driver_for(0, 3)
+    save_training_state(str(models), {'w': torch.zeros(()), 'kind': 'gan'}, progress)   # rank 0's only
+    with pytest.warns(UserWarning, match='records the random generators of one process only'):
+        assert driver_for(0, 2).rng is not None
+    assert driver_for(1, 2).rng is None      # rank 1 keeps its own seeded stream, not rank 0's draws

@@ -56,3 +56,28 @@ def test_file_sha256_matches_hashlib(tmp_path):
     data = os.urandom(3 << 20) + b'tail'       # more than one 1 MB block
     (tmp_path / 'f').write_bytes(data)
     assert file_sha256(str(tmp_path / 'f')) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_full_disk_is_an_error_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    import errno
+    from miscc.core.files import DiskFullError
+    path = tmp_path / 'state.json'
+    write_json(str(path), {'epoch': 1})
+    with pytest.raises(DiskFullError, match=f"^disk full: could not write '{path}' .*the previous file is intact"):
+        with atomic_write(str(path), 'w') as f:
+            f.write('{"epoch": ')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert read_json(str(path)) == {'epoch': 1} and os.listdir(tmp_path) == ['state.json']
+
+
+def test_stale_temp_files_are_recognised_and_only_they_are_removed(tmp_path):
+    from miscc.core.files import is_temp_file, remove_stale_temp_files
+    with atomic_write(str(tmp_path / 'netG_001.pth')):
+        (real_temp,) = os.listdir(tmp_path)
+    assert is_temp_file(real_temp)
+    names = ['.state_last.pth.q1w2e3r4.tmp', 'state_last.pth', '.state_last.pth.tmp', 'a.tmp', '.x.TOOLONG12.tmp']
+    for name in names:
+        (tmp_path / name).write_bytes(b'')
+    (tmp_path / '.dir.abcdefgh.tmp').mkdir()
+    assert remove_stale_temp_files(str(tmp_path)) == ['.state_last.pth.q1w2e3r4.tmp']
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:] + ['.dir.abcdefgh.tmp', 'netG_001.pth'])

@@ -3,7 +3,11 @@ format, generation with a manifest, exact resume, non-finite losses, DDP with gl
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +273,144 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(tiny_setup, tmp_path):
     (run,) = run_dirs(tiny_setup, 'ddp')                    # rank 0 alone writes
     assert str(run) == r0['run_dir']
     assert sorted(p.name for p in (run / 'models').iterdir())[:2] == ['netD_001.pth', 'netD_002.pth']
+
+
+# ----------------------------------------------------------------------------- torchrun: resume and faults
+def _torchrun(argv, **kwargs):
+    """``torchrun --standalone --nproc_per_node 2 main.py argv`` on CPU (gloo), one thread per process."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'main.py'] + argv
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def _finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_torchrun_stop_and_resume_equals_the_uninterrupted_run(tiny_setup):
+    """2 processes: a MAX_STEPS stop in epoch 2 then RESTORE=True gives bit-identical weights, as
+    each rank's generators are saved and restored (rank 1 used to continue with rank 0's)."""
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_straight')))
+    assert rc == 0, out[-3000:]
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_split', **{'TRAIN.MAX_STEPS': 3})))
+    assert rc == 0 and 'stopped at epoch 2, step 1 (TRAIN.MAX_STEPS=3)' in out, out[-3000:]
+    (split,) = run_dirs(tiny_setup, 'ddp_split')
+    state = torch.load(split / 'models' / 'state_last.pth', weights_only=True)
+    assert state['world_size'] == 2 and sorted(state['rng_ranks']) == [0, 1]
+    assert not torch.equal(state['rng_ranks'][0]['torch'], state['rng_ranks'][1]['torch'])
+    rc, out = _finish(_torchrun(overrides(tiny_setup, out='ddp_split', RESTORE=True)))
+    assert rc == 0 and 'will not equal an uninterrupted run' not in out, out[-3000:]
+    (straight,) = run_dirs(tiny_setup, 'ddp_straight')
+    a, b = final_weights(straight), final_weights(split)
+    assert a['progress'] == b['progress']
+    for part in ('netG', 'netD'):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f'{part}.{k}'
+
+
+def _worker_pids(parent: int) -> dict:
+    """{rank: pid} of torchrun's worker processes (children of ``parent``)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+        except (OSError, ValueError):
+            continue
+        if ppid == parent and b'RANK' in env:
+            found[int(env[b'RANK'])] = int(pid)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker processes through /proc')
+def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_time(tiny_setup):
+    out_dir = tiny_setup / 'ddp_kill'
+    proc = _torchrun(overrides(tiny_setup, out='ddp_kill', **{'TRAIN.MAX_EPOCH': 100, 'DIST_TIMEOUT': 20}))
+    try:
+        deadline = time.time() + 300
+        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
+            time.sleep(0.5)
+        ranks = _worker_pids(proc.pid)
+        assert sorted(ranks) == [0, 1], 'no state after epoch 1 or no workers found'
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.time()
+        rc, out = _finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.time() - killed < 90 and rc != 0
+    (run,) = run_dirs(tiny_setup, 'ddp_kill')
+    assert re.search(r'main.py: error: rank 0: another process of this 2-process run stopped, failed or did not '
+                     r'answer within DIST_TIMEOUT=20 s \(at epoch \d+, step \d\), so this one stops too; the last '
+                     r'training state in .*ddp_kill.* is intact; resume with RESTORE=True', out), out[-3000:]
+    # (torchrun also sends the survivor SIGTERM once a worker died: it may end by that signal or with exit 3)
+    torch.load(run / 'models' / 'state_last.pth', weights_only=True)
+
+
+# ----------------------------------------------------------------------------- how a run ends (exit codes)
+def test_sigterm_mid_run_exits_143_with_one_line_and_resumes(tiny_setup):
+    out_dir = tiny_setup / 'sigterm'
+    cmd = [sys.executable, 'main.py'] + overrides(tiny_setup, out='sigterm', **{'TRAIN.MAX_EPOCH': 100})
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS='ignore'), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    (run,) = run_dirs(tiny_setup, 'sigterm')
+    (line,) = [ln for ln in err.splitlines() if ln.startswith('main.py:')]
+    assert re.fullmatch(rf'main.py: interrupted by SIGTERM (at epoch \d+, step 1 of 2|at the end of epoch \d+ of 100): '
+                        rf'training state saved in {re.escape(str(run))}/models; resume with RESTORE=True '
+                        rf'TRAIN.NET_G={re.escape(str(run))}', line), line
+    progress = json.loads((run / 'models' / 'state_last.json').read_text())
+    done = progress['epoch']
+    # the state is complete: resuming it to its next epoch's end trains and exits 0
+    assert gan_main(False, overrides(tiny_setup, out='sigterm', RESTORE=True,
+                                     **{'TRAIN.MAX_EPOCH': done + 1})) == 0
+    assert json.loads((run / 'models' / 'state_last.json').read_text())['epoch'] == done + 1
+
+
+def test_restore_of_a_finished_run_says_so_and_exits_0(tiny_setup, main_run, capsys):
+    before = (main_run / 'models' / 'state_last.pth').read_bytes()
+    assert gan_main(False, overrides(tiny_setup, RESTORE=True)) == 0
+    assert f'{main_run} is already finished: epoch 2 of TRAIN.MAX_EPOCH=2; nothing to train' in capsys.readouterr().out
+    assert (main_run / 'models' / 'state_last.pth').read_bytes() == before
+    assert run_dirs(tiny_setup) == [main_run]
+
+
+@pytest.mark.parametrize('value', [0, -1])
+def test_max_epoch_below_one_exits_2_naming_the_key_without_a_run_folder(tiny_setup, capsys, value):
+    assert gan_main(False, overrides(tiny_setup, out=f'epochs{value}', **{'TRAIN.MAX_EPOCH': value})) == 2
+    assert f'main.py: error: TRAIN.MAX_EPOCH={value}: the number of epochs' in capsys.readouterr().err
+    assert not (tiny_setup / f'epochs{value}').exists()
+
+
+def test_a_full_disk_while_saving_exits_3_and_keeps_the_last_state(tiny_setup, monkeypatch, capsys):
+    import errno
+    import miscc.core.checkpoint
+    assert gan_main(False, overrides(tiny_setup, out='full', **{'TRAIN.MAX_EPOCH': 1})) == 0
+    (run,) = run_dirs(tiny_setup, 'full')
+    before = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        if 'progress' in obj:            # the training state: the disk is full by then
+            f.write(b'\0' * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(miscc.core.checkpoint.torch, 'save', full_disk_save)
+    assert gan_main(False, overrides(tiny_setup, out='full', RESTORE=True)) == 3
+    err = capsys.readouterr().err
+    assert f"main.py: error: disk full: could not write '{run}/models/state_last.pth'" in err
+    after = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
+    assert {k: after[k] for k in before} == before and not [n for n in after if n.endswith('.tmp')]

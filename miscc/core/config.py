@@ -42,6 +42,8 @@ DEFAULTS: dict = {
     'CUDA': True,                   # official key: False forces CPU
     'WORKERS': 6,
     'SEED': 100,                    # the official scripts seed everything with 100
+    'DIST_TIMEOUT': 600,            # torchrun: seconds a process waits for the others in a collective
+                                    # before it stops with an error (a killed or hung peer never hangs it)
     'CPU_ALLOCATOR': 'keep',        # 'keep': freed CPU memory is reused, not returned to the system
                                     # (no page faults on every step; see miscc.core.runtime); 'system'
     'RNN_TYPE': 'LSTM',             # 'LSTM' or 'GRU'

@@ -3,24 +3,59 @@
 
 One temp-file convention for the whole project: ``.<name>.<random>.tmp`` beside the target,
 renamed into place when complete (a reader sees the old file or the new one, never a
-mixture) and removed when the write fails.
+mixture) and removed when the write fails. A process killed during a write (kill -9, power
+loss) leaves its temp file behind: ``remove_stale_temp_files`` clears those of a folder. A
+full disk is a ``DiskFullError`` naming the file (the previous file stays intact).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator
 
 __all__ = ['atomic_write', 'write_json', 'write_text', 'file_sha256', 'read_json', 'read_jsonl',
-           'TEMP_SUFFIX']
+           'TEMP_SUFFIX', 'DiskFullError', 'is_temp_file', 'remove_stale_temp_files']
 
 TEMP_SUFFIX = '.tmp'
 # mkstemp creates private (0600) files; finished files get the permissions open() would give
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# ``.<name>.<random>.tmp`` as tempfile.mkstemp makes them (8 random characters from [a-z0-9_])
+_TEMP_NAME = re.compile(r'\..+\.[a-z0-9_]{8}' + re.escape(TEMP_SUFFIX) + '$')
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(OSError):
+    """A write failed for want of space (ENOSPC) or quota (EDQUOT); the message names the file."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` (a file name, not a path) is one of ``atomic_write``'s temp files."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temp_files(directory: str) -> list:
+    """Remove the temp files ``atomic_write`` left in ``directory`` (not below it) when its
+    process was killed mid-write; returns their names. Call it only for a folder no other
+    process is writing to (a run folder being resumed)."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if is_temp_file(name) and os.path.isfile(path) and not os.path.islink(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -47,9 +82,14 @@ def atomic_write(path: str, mode: str = 'wb', fsync: bool = False) -> Iterator:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL and not isinstance(e, DiskFullError):
+            kept = 'the previous file is intact' if os.path.exists(path) else 'nothing was written'
+            raise DiskFullError(e.errno, f"disk full: could not write '{path}' ({os.strerror(e.errno)}); "
+                                         f"{kept}. Free some space (or point OUTPUT_DIR elsewhere) and "
+                                         f"run again") from None
         raise
 
 

@@ -1,4 +1,6 @@
-"""Run-time plumbing: device choice, distributed set-up, seeding, RNG state, run folders."""
+"""Run-time plumbing: device choice, distributed set-up (with a timeout on collectives, so
+that the loss of one process never leaves the others waiting for ever), seeding, RNG state,
+run folders."""
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +17,8 @@ import torch.distributed as dist
 from .config import ConfigError
 
 __all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
-           'init_distributed', 'seed_everything',
+           'init_distributed', 'DistributedError', 'is_collective_failure', 'gather_objects',
+           'DEFAULT_DIST_TIMEOUT', 'seed_everything',
            'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
 
 
@@ -113,8 +116,33 @@ def configure_cpu_allocator(mode: str) -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
 
 
-def init_distributed(backend: str | None = None) -> DistEnv:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process."""
+DEFAULT_DIST_TIMEOUT = 600   # seconds; the DIST_TIMEOUT key
+
+
+class DistributedError(RuntimeError):
+    """Another process of a distributed run failed, was killed or did not answer within
+    ``DIST_TIMEOUT`` seconds; this one stops instead of waiting."""
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from a collective or the process group (a peer that died,
+    a timeout), as opposed to a bug or bad input in this process."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        word in text for word in ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe',
+                                  'Timed out waiting', 'timed out', 'ProcessGroupGloo', 'ProcessGroupNCCL',
+                                  'gloo/transport'))
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_DIST_TIMEOUT) -> DistEnv:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process.
+
+    ``timeout_s`` bounds how long a collective (and joining the group) waits for the other
+    processes: when one of them dies, the others get an error instead of hanging."""
+    if timeout_s <= 0:
+        raise ConfigError(f'DIST_TIMEOUT must be a positive number of seconds, got {timeout_s}')
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistEnv()
@@ -124,8 +152,17 @@ def init_distributed(backend: str | None = None) -> DistEnv:
             backend = 'nccl' if torch.cuda.is_available() else 'gloo'
         if backend == 'nccl':
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def gather_objects(obj, dist_env: DistEnv) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+    if not dist_env.distributed:
+        return [obj]
+    out = [None] * dist_env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def seed_everything(seed: int) -> None:

@@ -127,7 +127,6 @@ class DAMSMTrainer:
         self.optimizer = self._new_optimizer(self.start.epoch)
 
         self.driver = Driver(cfg, self, self.dataset, collate_sorted, train.BATCH_SIZE, self.start, self.device)
-        self.run_dir, self.models_dir, self.logger = self.driver.run_dir, self.driver.models_dir, self.driver.logger
         self.valid_sampler = EpochBatchSampler(len(self.test_dataset), min(train.BATCH_SIZE, len(self.test_dataset)),
                                                cfg.SEED, shuffle=False)
         self.valid_loader = make_loader(self.test_dataset, self.valid_sampler, collate_sorted, cfg.WORKERS,
@@ -140,6 +139,11 @@ class DAMSMTrainer:
     @property
     def global_step(self) -> int:
         return self.driver.global_step
+
+    # the run folder and logger exist once fit() has begun (the driver makes them)
+    run_dir = property(lambda self: self.driver.run_dir)
+    models_dir = property(lambda self: self.driver.models_dir)
+    logger = property(lambda self: self.driver.logger)
 
     # ------------------------------------------------------------------ start / resume
     def _load_weights(self, path: str) -> int:
@@ -248,7 +252,9 @@ class DAMSMTrainer:
                                     candidates=R_PRECISION_CANDIDATES, seed=self.cfg.SEED)
             result.update(r_precision=mean, r_precision_std=std)
         interval = self.cfg.DAMSM.ATTENTION_INTERVAL
-        if interval and first is not None and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH):
+        # the attention maps go to the run folder, which exists once fit() has begun
+        if (interval and first is not None and self.run_dir is not None
+                and (epoch % interval == 0 or epoch == self.cfg.TRAIN.MAX_EPOCH)):
             batch, att_maps = first
             words = [[self.dataset.ixtoword[int(i)] for i in cap[:n]] for cap, n in zip(batch.captions, batch.cap_lens)]
             grid = attention_grid(batch.images, att_maps, words)

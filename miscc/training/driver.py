@@ -3,6 +3,12 @@ starts (run folder, epoch, step), deterministic data order, the epoch loop with 
 and stop signals, full training states with exact resume, and the logger's lifetime.
 
 A trainer supplies only its step, its end-of-epoch work and its state (``Driver``'s protocol).
+
+How a run ends (the exit codes ``miscc.cli`` turns these into): it finishes TRAIN.MAX_EPOCH,
+or stops at TRAIN.MAX_STEPS (a requested stop; both return normally); SIGINT/SIGTERM finish
+the step, save the training state and raise ``TrainingInterrupted`` (a second signal stops at
+once, except while the state is being written, and the last saved state stays intact); a dead
+or silent peer of a distributed run raises ``DistributedError`` within DIST_TIMEOUT seconds.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +29,43 @@ from tqdm import tqdm
 
 from ..core.checkpoint import CheckpointError, load_file, save_atomic
 from ..core.config import ConfigError
-from ..core.files import read_json, write_json
-from ..core.runtime import DistEnv, make_run_dir, rng_state, sample_seeds, set_rng_state
+from ..core.files import is_temp_file, read_json, remove_stale_temp_files, write_json
+from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
+                            rng_state, sample_seeds, set_rng_state)
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
            'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path',
            'state_in_folder', 'resolve_start', 'STATE_NAME', 'read_progress', 'NonFiniteLossError',
-           'check_finite', 'StartPoint', 'resolve_start_point', 'EpochSummary', 'Driver']
+           'check_finite', 'StartPoint', 'resolve_start_point', 'EpochSummary', 'Driver',
+           'TrainingInterrupted', 'signal_exit_code']
 
 STATE_NAME = 'state_last.pth'
+
+
+def signal_exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by signal ``signum``: 128 + signum
+    (SIGINT 130, SIGTERM 143)."""
+    return 128 + int(signum)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM ended a run before TRAIN.MAX_EPOCH. ``message``: one line saying where
+    it stopped, what was saved and how to resume; ``exit_code``: 128 + the signal number.
+    ``show``: whether this process should print it (the main process of a distributed run)."""
+
+    def __init__(self, message: str, signum: int, show: bool = True):
+        super().__init__(message)
+        self.signum, self.show = int(signum), show
+        self.exit_code = signal_exit_code(signum)
+
+
+class _StopNow(BaseException):
+    """A second stop signal outside a save: leave at once (BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,16 +192,32 @@ class RunLogger:
 
 class StopFlag:
     """Set by SIGINT/SIGTERM (cluster pre-emption, Ctrl-C): the loop finishes its step, saves
-    the training state and returns. A second signal stops at once."""
+    the training state and stops. A second signal stops at once (``_StopNow``), except inside
+    ``deferring()`` (the state being written), which always completes."""
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0            # the first signal received, 0 for none
         self._previous = {}
+        self._deferring = False
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signum)
 
     def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if not self.signum:
+            self.signum = signum
+        elif not self._deferring:
+            raise _StopNow(signum)
+
+    @contextlib.contextmanager
+    def deferring(self):
+        """A block a second signal does not cut short (the loop stops right after it anyway)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,19 +232,25 @@ class StopFlag:
             signal.signal(sig, handler)
         return False
 
-    def agreed(self, distributed: bool, device) -> bool:
-        """Whether any process was asked to stop (all ranks must stop at the same step)."""
+    def agreed(self, distributed: bool, device) -> int:
+        """The signal any process received, 0 for none (all ranks must stop at the same step)."""
         if not distributed:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag)
-        return flag.item() > 0
+            return self.signum
+        flag = torch.tensor([float(self.signum)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
 
-def save_training_state(models_dir: str, state: dict, progress: dict) -> str:
+def save_training_state(models_dir: str, state: dict, progress: dict, rank_rngs: list | None = None) -> str:
     """Write ``state_last.pth`` (models, optimisers, RNG, sampler position, config) atomically,
-    then ``state_last.json`` with ``progress`` (epoch, next_epoch, next_step, global_step)."""
+    then ``state_last.json`` with ``progress`` (epoch, next_epoch, next_step, global_step).
+
+    ``rank_rngs``: the RNG states of every process of a distributed run, in rank order
+    (``rng_state()`` of each), stored as ``rng_ranks`` {rank: state} with ``world_size``;
+    ``rng`` is always this process's (rank 0's)."""
     state = dict(state, progress=progress, rng=rng_state(), saved_at=time.time())
+    if rank_rngs is not None:
+        state.update(rng_ranks=dict(enumerate(rank_rngs)), world_size=len(rank_rngs))
     path = os.path.join(models_dir, STATE_NAME)
     save_atomic(state, path)
     write_json(path[:-len('.pth')] + '.json', progress)
@@ -236,6 +293,20 @@ def restore_state_path(output_dir: str, dataset: str, config_name: str, net_key:
     return latest
 
 
+def unstarted_run_folder(folder: str) -> bool:
+    """Whether ``folder`` is a run folder whose first training state was never completed: its
+    ``models/`` holds nothing, or only temp files of a save that was killed."""
+    models = os.path.join(folder, 'models')
+    return (os.path.isdir(models) and os.path.isdir(os.path.join(folder, 'log'))
+            and all(is_temp_file(name) for name in os.listdir(models)))
+
+
+def find_unstarted_run(output_dir: str, prefix: str) -> str | None:
+    """Newest ``<output_dir>/<prefix>*`` run folder that ``unstarted_run_folder`` accepts, or None."""
+    found = [f for f in glob.glob(os.path.join(output_dir, glob.escape(prefix) + '*')) if unstarted_run_folder(f)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
 def state_in_folder(folder: str, key: str) -> str:
     """The training state of a run folder (``<folder>/models/`` or the folder itself);
     FileNotFoundError naming the config ``key`` that pointed there otherwise."""
@@ -247,15 +318,25 @@ def state_in_folder(folder: str, key: str) -> str:
 
 def resolve_start(target: str, restore: bool, cfg, key: str):
     """Where a run starts: ``(kind, path)`` with kind 'none' (from scratch), 'state' (a
-    training state to resume exactly) or 'file' (a model file the caller interprets).
+    training state to resume exactly), 'file' (a model file the caller interprets) or 'new'
+    (from scratch in the run folder ``path``, which a run killed before its first save left).
 
     ``target`` is the value of config ``key`` (a run folder, a state file or a model file);
-    without it, ``restore`` takes the newest state of ``cfg``'s data set and config name."""
+    without it, ``restore`` takes the newest state of ``cfg``'s data set and config name (or,
+    when there is none, the newest run folder of theirs that was killed before its first save)."""
     if not target:
         if not restore:
             return 'none', ''
-        return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, key)
+        try:
+            return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, key)
+        except FileNotFoundError:
+            unstarted = find_unstarted_run(cfg.OUTPUT_DIR, f'{cfg.DATASET_NAME}_{cfg.CONFIG_NAME or "run"}_')
+            if unstarted is None:
+                raise
+            return 'new', unstarted
     if os.path.isdir(target):
+        if unstarted_run_folder(target) and not os.path.isfile(os.path.join(target, STATE_NAME)):
+            return 'new', target
         return 'state', state_in_folder(target, key)
     if not os.path.isfile(target):
         raise FileNotFoundError(f"{key}='{target}' not found")
@@ -268,8 +349,9 @@ def resolve_start(target: str, restore: bool, cfg, key: str):
 @dataclass
 class StartPoint:
     """Where a run starts: ``kind`` 'none' (from scratch), 'state' (a training state at ``path``,
-    continued exactly) or 'weights' (model files at ``path``, fresh optimisers: the trainer
-    loads them and sets ``epoch``). ``step`` batches of ``epoch`` are already done."""
+    continued exactly), 'weights' (model files at ``path``, fresh optimisers: the trainer
+    loads them and sets ``epoch``) or 'new' (from scratch in the existing run folder ``path``).
+    ``step`` batches of ``epoch`` are already done."""
     kind: str = 'none'
     path: str = ''
     epoch: int = 1
@@ -308,19 +390,26 @@ class Driver:
     ``step_scalars() -> dict`` (logged with the losses), ``end_of_epoch(summary)``,
     ``state_dict() -> dict``, ``load_state_dict(state)`` and ``progress_fields() -> dict``.
 
-    The driver makes the seeded loader over ``dataset``, loads a 'state' start (the trainer's
-    part through ``load_state_dict``, the RNG right before the first step), creates or reuses
-    the run folder (``run_dir``, ``models_dir``) and the TensorBoard ``logger`` on the main
+    The driver makes the seeded loader over ``dataset`` and loads a 'state' start (the trainer's
+    part through ``load_state_dict``, the RNG of this rank right before the first step). ``fit``
+    creates or reuses the run folder (``run_dir``, ``models_dir``; nothing is created before, so
+    a run that fails its set-up leaves no folder) and the TensorBoard ``logger`` on the main
     process, and writes the training state after every epoch and when it stops early.
     """
 
     def __init__(self, cfg, trainer, dataset, collate_fn, batch_size: int, start: StartPoint, device,
                  dist_env: DistEnv | None = None):
+        train = cfg.TRAIN
+        if train.MAX_EPOCH < 1:
+            raise ConfigError(f'TRAIN.MAX_EPOCH={train.MAX_EPOCH}: the number of epochs to train must be at least 1')
+        if train.MAX_STEPS < 0:
+            raise ConfigError(f'TRAIN.MAX_STEPS={train.MAX_STEPS}: must be 0 (no limit) or a number of steps')
         self.cfg, self.trainer, self.start, self.device = cfg, trainer, start, device
         self.dist = dist_env or DistEnv()
         self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
         self.loader = make_loader(dataset, self.sampler, collate_fn, cfg.WORKERS, pin_memory=device.type == 'cuda')
         self.rng = None
+        self.saved = None          # (next_epoch, next_step) of the training state on disk
         run_dir = None
         if start.kind == 'state':
             state = load_training_state(start.path, restore_rng=False)
@@ -331,74 +420,203 @@ class Driver:
             trainer.load_state_dict(state)
             progress = state['progress']
             start.epoch, start.step, start.global_step = progress['next_epoch'], progress['next_step'], progress['global_step']
-            self.rng = state['rng']
+            self.saved = (start.epoch, start.step)
+            self.rng = self._rank_rng(state, start.path)
             run_dir = os.path.dirname(os.path.dirname(os.path.abspath(start.path)))
+        elif start.kind == 'new':
+            run_dir = os.path.abspath(start.path)
         self.global_step = start.global_step
-        if run_dir is None and self.dist.is_main:
-            run_dir = make_run_dir(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME)
         self.run_dir = run_dir
         self.models_dir = os.path.join(run_dir, 'models') if run_dir else None
-        self.logger = RunLogger(os.path.join(run_dir, 'log') if self.dist.is_main else None)
+        self.logger = RunLogger(None)
 
-    def save_state(self, epoch_done: int, next_epoch: int, next_step: int) -> None:
-        """The training state after ``epoch_done`` epochs and ``next_step`` steps of the next (main process)."""
+    def _rank_rng(self, state: dict, path: str):
+        """This rank's RNG states in ``state``; a warning when the state was written by another
+        number of processes (or records rank 0's generators only), since the run then goes on
+        but cannot equal an uninterrupted one."""
+        world, rank = self.dist.world_size, self.dist.rank
+        ranks = state.get('rng_ranks')
+        saved_world = state.get('world_size', 1)
+        if ranks is None and world > 1:
+            problem = (f"records the random generators of one process only (a single-process run, or "
+                       f"one of an earlier version), and this run has {world} processes")
+        elif saved_world != world:
+            problem = f'was written by {saved_world} process(es), and this run has {world}'
+        else:
+            problem = None
+        if problem and self.dist.is_main:
+            warnings.warn(f"training state '{path}' {problem}: training continues, but the data is sharded "
+                          f"and the random numbers are drawn differently, so it will not equal an "
+                          f"uninterrupted run; resume with {saved_world} process(es) for an exact "
+                          f"continuation", stacklevel=3)
+        if ranks is None:
+            # other ranks keep their own seeded streams rather than repeating rank 0's draws
+            return state['rng'] if rank == 0 else None
+        return ranks.get(rank)
+
+    def _open_run(self) -> None:
+        """Create the run folder (new runs) or clean a reused one; open the logger (main process)."""
         if not self.dist.is_main:
             return
-        progress = {'epoch': epoch_done, 'next_epoch': next_epoch, 'next_step': next_step,
-                    'global_step': self.global_step, **self.trainer.progress_fields()}
-        save_training_state(self.models_dir, dict(self.trainer.state_dict(), kind=self.trainer.kind), progress)
+        if self.run_dir is None:
+            self.run_dir = make_run_dir(self.cfg.OUTPUT_DIR, self.cfg.DATASET_NAME, self.cfg.CONFIG_NAME)
+            self.models_dir = os.path.join(self.run_dir, 'models')
+        else:
+            for sub in ('models', 'log', 'samples'):
+                os.makedirs(os.path.join(self.run_dir, sub), exist_ok=True)
+            # a process killed while writing (kill -9, power loss) leaves its temp file; this
+            # run owns the folder now, so they go
+            removed = [name for folder in (self.models_dir, os.path.join(self.run_dir, 'samples'))
+                       for name in remove_stale_temp_files(folder)]
+            if removed:
+                print(f'removed {len(removed)} temporary file(s) of an unfinished earlier write: {", ".join(removed)}')
+            if self.start.kind == 'new':
+                print(f"'{self.run_dir}' holds no completed training state (its first run stopped before "
+                      f"saving one): training it from epoch 1")
+        self.logger = RunLogger(os.path.join(self.run_dir, 'log'))
 
-    def _stop(self, stop: StopFlag) -> bool:
+    def save_state(self, epoch_done: int, next_epoch: int, next_step: int) -> None:
+        """The training state after ``epoch_done`` epochs and ``next_step`` steps of the next,
+        written by the main process with the RNG states of every process (a collective: all
+        ranks call it). In a distributed run every rank learns whether the write succeeded."""
+        rank_rngs = gather_objects(rng_state(), self.dist) if self.dist.distributed else None
+        error = None
+        if self.dist.is_main:
+            progress = {'epoch': epoch_done, 'next_epoch': next_epoch, 'next_step': next_step,
+                        'global_step': self.global_step, **self.trainer.progress_fields()}
+            try:
+                save_training_state(self.models_dir, dict(self.trainer.state_dict(), kind=self.trainer.kind),
+                                    progress, rank_rngs=rank_rngs)
+            except Exception as e:   # re-raised below, once the other ranks know
+                error = e
+        if self.dist.distributed:
+            failed = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                raise DistributedError('the main process (rank 0) could not write the training state; '
+                                       'see its message. The last saved state is intact')
+        if error is not None:
+            raise error
+        self.saved = (next_epoch, next_step)
+
+    def _stop(self, stop: StopFlag) -> tuple:
+        """``(signal, steps_limit_reached)`` agreed by all processes."""
         limit = self.cfg.TRAIN.MAX_STEPS
-        return stop.agreed(self.dist.distributed, self.device) or bool(limit and self.global_step >= limit)
+        return stop.agreed(self.dist.distributed, self.device), bool(limit and self.global_step >= limit)
+
+    def _resume_hint(self) -> str:
+        if self.run_dir is None:   # a rank other than 0 of a new run: rank 0 names the folder
+            return 'resume with RESTORE=True'
+        return f'resume with RESTORE=True {self.trainer.net_key}={self.run_dir}'
+
+    def _saved_text(self) -> str:
+        if self.saved is None:
+            return 'no training state was saved yet (start it again)'
+        epoch, step = self.saved
+        where = f'epoch {epoch}, step {step}' if step else f'the start of epoch {epoch}'
+        folder = f'in {self.models_dir} ' if self.models_dir else ''
+        return f'the last training state {folder}(from {where}) is intact; {self._resume_hint()}'
 
     def fit(self) -> str | None:
-        """Train from the start point to TRAIN.MAX_EPOCH (or a stop); returns the run folder."""
+        """Train from the start point to TRAIN.MAX_EPOCH (or a stop); returns the run folder.
+
+        Raises ``TrainingInterrupted`` after SIGINT/SIGTERM (the state saved first) and
+        ``DistributedError`` when another process of a distributed run died or went silent."""
         t, train, main = self.trainer, self.cfg.TRAIN, self.dist.is_main
         steps_per_epoch = len(self.sampler)
+        self._open_run()
+        if self.start.epoch > train.MAX_EPOCH:
+            if main:
+                print(f'{self.run_dir} is already finished: epoch {self.start.epoch - 1} of TRAIN.MAX_EPOCH='
+                      f'{train.MAX_EPOCH}; nothing to train (raise TRAIN.MAX_EPOCH to train it further)')
+            self.logger.close()
+            return self.run_dir
         if main:
             print(f'run folder: {self.run_dir}\n{t.describe(steps_per_epoch)}')
+        self.position = (self.start.epoch, self.start.step)
+        try:
+            with StopFlag() as stop:
+                signum = self._loop(stop, steps_per_epoch)
+        except _StopNow as e:
+            epoch, step = self.position
+            raise TrainingInterrupted(f'interrupted again by {signal.Signals(e.signum).name} at epoch {epoch}, '
+                                      f'step {step} of {steps_per_epoch}: stopped at once without saving; '
+                                      f'{self._saved_text()}', e.signum, main) from None
+        except Exception as e:
+            if self.dist.distributed and is_collective_failure(e) and not isinstance(e, DistributedError):
+                epoch, step = self.position
+                raise DistributedError(
+                    f'rank {self.dist.rank}: another process of this {self.dist.world_size}-process run stopped, '
+                    f'failed or did not answer within DIST_TIMEOUT={self.cfg.DIST_TIMEOUT} s (at epoch {epoch}, '
+                    f'step {step}), so this one stops too; {self._saved_text()}. Details: {str(e).splitlines()[0][:300]}'
+                ) from None
+            raise
+        finally:
+            self.logger.close()
+        if signum:
+            epoch, step = self.position
+            name = signal.Signals(signum).name
+            if step < steps_per_epoch:
+                where = f'at epoch {epoch}, step {step} of {steps_per_epoch}'
+            else:
+                where = f'at the end of epoch {epoch} of {train.MAX_EPOCH}'
+            raise TrainingInterrupted(f'interrupted by {name} {where}: training state saved in {self.models_dir}; '
+                                      f'{self._resume_hint()}', signum, main)
+        return self.run_dir
+
+    def _loop(self, stop: StopFlag, steps_per_epoch: int) -> int:
+        """The epochs; returns the stop signal that ended them early (0: none)."""
+        t, train, main = self.trainer, self.cfg.TRAIN, self.dist.is_main
         if self.rng is not None:   # exact resume: the generators as they were at the save
             set_rng_state(self.rng)
-        with StopFlag() as stop:
-            for epoch in range(self.start.epoch, train.MAX_EPOCH + 1):
-                first = self.start.step if epoch == self.start.epoch else 0
-                t.begin_epoch(epoch, first)
-                self.sampler.set_epoch(epoch, first)
-                bar = tqdm(total=steps_per_epoch, initial=first, disable=not main, dynamic_ncols=True,
-                           desc=f'{t.name}epoch {epoch}/{train.MAX_EPOCH}', leave=False)
-                began = window_start = time.time()
-                sums, window_images, step, losses = {}, 0, first, {}
-                for batch in self.loader:
-                    losses = t.train_step(batch)
-                    step += 1
-                    self.global_step += 1
-                    check_finite(losses, epoch, step, self.global_step)
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    window_images += batch.images.size(0) * self.dist.world_size
-                    bar.update(1)
-                    if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
-                        shown = t.postfix_losses or losses
-                        bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
-                        elapsed = max(time.time() - window_start, 1e-9)
-                        self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
-                        self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
-                                            self.global_step)
-                        window_start, window_images = time.time(), 0
-                    if self._stop(stop) and step < steps_per_epoch:
+        for epoch in range(self.start.epoch, train.MAX_EPOCH + 1):
+            first = self.start.step if epoch == self.start.epoch else 0
+            self.position = (epoch, first)
+            t.begin_epoch(epoch, first)
+            self.sampler.set_epoch(epoch, first)
+            bar = tqdm(total=steps_per_epoch, initial=first, disable=not main, dynamic_ncols=True,
+                       desc=f'{t.name}epoch {epoch}/{train.MAX_EPOCH}', leave=False)
+            began = window_start = time.time()
+            sums, window_images, step, losses = {}, 0, first, {}
+            for batch in self.loader:
+                losses = t.train_step(batch)
+                step += 1
+                self.global_step += 1
+                self.position = (epoch, step)
+                check_finite(losses, epoch, step, self.global_step)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                window_images += batch.images.size(0) * self.dist.world_size
+                bar.update(1)
+                if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
+                    shown = t.postfix_losses or losses
+                    bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
+                    self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
+                                        self.global_step)
+                    window_start, window_images = time.time(), 0
+                if step < steps_per_epoch:
+                    signum, limit = self._stop(stop)
+                    if signum or limit:
                         bar.close()
-                        self.save_state(epoch - 1, epoch, step)
-                        if main:
-                            print(f'stopped at epoch {epoch}, step {step}; training state saved in '
-                                  f'{self.models_dir}. Resume with RESTORE=True {t.net_key}={self.run_dir}')
-                        self.logger.close()
-                        return self.run_dir
-                bar.close()
-                done = step - first
-                t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
+                        with stop.deferring():
+                            self.save_state(epoch - 1, epoch, step)
+                        if main and not signum:
+                            print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
+                                  f'training state saved in {self.models_dir}; {self._resume_hint()}')
+                        return signum
+            bar.close()
+            done = step - first
+            t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
+            with stop.deferring():
                 self.save_state(epoch, epoch + 1, 0)
-                if self._stop(stop):
-                    break
-        self.logger.close()
-        return self.run_dir
+            signum, limit = self._stop(stop)
+            if signum:
+                return signum
+            if limit and epoch < train.MAX_EPOCH:
+                if main:
+                    print(f'stopped after epoch {epoch} (TRAIN.MAX_STEPS={train.MAX_STEPS}); training state saved '
+                          f'in {self.models_dir}; {self._resume_hint()}')
+                return 0
+        return 0

@@ -78,7 +78,7 @@ class GANTrainer:
         self.cfg, self.finetune = cfg, finetune
         self.family = family_of(cfg)
         self.postfix_losses = self.family.postfix_losses or GANTrainer.postfix_losses
-        self.dist = init_distributed()
+        self.dist = init_distributed(timeout_s=cfg.DIST_TIMEOUT)
         cuda_rank = self.dist.local_rank if self.dist.distributed and cfg.DEVICE != 'cpu' else None
         self.setup = device_from_config(cfg, local_rank=cuda_rank)
         if cfg.TRAIN.FAST and cfg.TRAIN.FAST_OPTIONS.COMPILE and self.setup.data_parallel:
@@ -121,7 +121,6 @@ class GANTrainer:
         self._update_state = None   # the update's counters of a resumed state (set by load_state_dict)
         self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
                              self.dist)
-        self.run_dir, self.models_dir, self.logger = self.driver.run_dir, self.driver.models_dir, self.driver.logger
 
         # Wrap for several devices last, so states load into the bare modules.
         modules = {'netG': apply_fast_model_options(
@@ -177,6 +176,11 @@ class GANTrainer:
     @property
     def global_step(self) -> int:
         return self.driver.global_step
+
+    # the run folder and logger exist once fit() has begun (the driver makes them)
+    run_dir = property(lambda self: self.driver.run_dir)
+    models_dir = property(lambda self: self.driver.models_dir)
+    logger = property(lambda self: self.driver.logger)
 
     # ------------------------------------------------------------------ start / resume
     def _load_weights(self, path: str) -> int:
