@@ -95,6 +95,12 @@ DEFAULTS: dict = {
                                         # 'max-autotune' or 'max-autotune-no-cudagraphs'
         },
         'MAX_STEPS': 0,             # stop (saving the training state) after this many steps; 0: no limit
+        # Exponential moving average of G's weights (miscc/training/ema.py); off: the official
+        # update and outputs exactly. On: netG_ema_<epoch>.pth is saved beside each netG_<epoch>.pth
+        # (official keys), and sample grids, in-loop FID, B_VALIDATION and eval_*.py --netG use it.
+        'G_EMA': False,
+        'G_EMA_DECAY': 0.999,       # ema = decay * ema + (1 - decay) * G after every iteration
+        'G_EMA_RAMPUP': False,      # True: decay of update n is min(G_EMA_DECAY, (1 + n) / (10 + n))
         'LOG_INTERVAL': 50,         # steps between progress-bar/TensorBoard loss updates
         'SMOOTH': {
             'GAMMA1': 5.0,

@@ -149,8 +149,8 @@ def generator_source(cfg, netg_path: str, num: int, device) -> ImageSource:
     def batches():
         for b in generate_test_images(stack, num, cfg.EVAL.BATCH_SIZE, seed=cfg.SAMPLE.SEED):
             yield b.images, b.captions, b.keys
-    out_dir = os.path.splitext(netg_path)[0]
-    return ImageSource(f"generator '{netg_path}'", num, batches, out_dir, has_captions=True,
+    out_dir = os.path.splitext(stack.netg_path)[0]     # the file used: netG_ema_XXX with TRAIN.G_EMA
+    return ImageSource(f"generator '{stack.netg_path}'", num, batches, out_dir, has_captions=True,
                        info={'text_encoder': stack.text_encoder_path})
 
 

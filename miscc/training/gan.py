@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn as nn
 
 from datasets import build_dataset, collate_sorted
 
-from ..core.checkpoint import checkpoint_epoch, load_model_state, model_state_dict, save_atomic, sibling_checkpoint
+from ..core.checkpoint import (EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
+                               save_atomic, sibling_checkpoint)
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, init_distributed, seed_everything
 from ..evaluation.generation import decode_caption, mask_grid, save_grid
 from ..families import Family, family_of
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .driver import STATE_NAME, Driver, EpochSummary, StartPoint, read_progress, resolve_start_point
+from .ema import GeneratorEMA
 from .parallel import wrap_for_devices
 
 __all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES']
@@ -121,6 +124,7 @@ class GANTrainer:
         self.fixed = self._fixed_samples()
         if kind == 'weights':
             self.start.epoch = self._load_weights(path)
+        self.ema = self._make_ema(path if kind == 'weights' else '')
 
         self.driver = Driver(cfg, self, self.dataset, collate_sorted, self.batch_size, self.start, self.device,
                              self.dist)
@@ -164,6 +168,28 @@ class GANTrainer:
                 raise FileNotFoundError(f"continuing from '{path}' needs the {name} file '{other}' beside it")
         return checkpoint_epoch(path) + 1
 
+    def _make_ema(self, weights_path: str) -> GeneratorEMA | None:
+        """TRAIN.G_EMA's average of G (None when off), a copy of G, or continuing from weights:
+        the ``netG_ema_<epoch>.pth`` beside them when there is one."""
+        train = self.cfg.TRAIN
+        if not train.G_EMA:
+            return None
+        # a separate generator instance, built without drawing from the global RNG, so that
+        # training with the average on follows the same random stream as without it
+        with torch.random.fork_rng(devices=[]):
+            module = self.family.build_generator(self.cfg)
+        ema = GeneratorEMA(module.to(self.device), self.netG, train.G_EMA_DECAY, train.G_EMA_RAMPUP)
+        if weights_path and os.path.basename(weights_path).startswith('netG'):
+            saved = ema_checkpoint(weights_path)
+            if os.path.isfile(saved):
+                load_model_state(ema.module, saved)
+        return ema
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The generator to sample from: the average with TRAIN.G_EMA, else G (bare)."""
+        return self.netG if self.ema is None else self.ema.module
+
     def load_state_dict(self, state: dict) -> None:
         if state.get('finetune', False) != self.finetune:
             raise ConfigError(f"'{self.start.path}' is a {'fine-tuning' if state.get('finetune') else 'main.py'} "
@@ -177,11 +203,20 @@ class GANTrainer:
             load_model_state(self.image_encoder, state['image_encoder'])
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
+        if self.ema is not None:
+            if 'netG_ema' in state:
+                self.ema.load_state_dict(state['netG_ema'])
+            else:
+                self.ema.copy_from(self.netG)
+                warnings.warn(f"TRAIN.G_EMA=True but '{self.start.path}' holds no average of G (trained without "
+                              f"it): the average starts from the resumed G")
 
     def state_dict(self) -> dict:
         state = {name: model_state_dict(net) for name, net in self.nets.items()}
         state.update({name: opt.state_dict() for name, opt in self.optimizers.items()})
         state.update(finetune=self.finetune, config=repr(self.cfg), fixed_noise=self.fixed['noise'])
+        if self.ema is not None:
+            state['netG_ema'] = self.ema.state_dict()
         if self.finetune:
             state.update(text_encoder=model_state_dict(self.text_encoder),
                          image_encoder=model_state_dict(self.image_encoder))
@@ -211,6 +246,8 @@ class GANTrainer:
     def train_step(self, batch) -> dict:
         """One iteration on ``batch`` (a ``datasets.Batch``); returns the losses as floats."""
         losses = self.update(batch)
+        if self.ema is not None:
+            self.ema.update(self.netG)
         self.last_batch = (self.update.last_real, self.update.last_fake, batch)
         return losses
 
@@ -239,6 +276,9 @@ class GANTrainer:
             if epoch % train[self.family.save_intervals[name]]:
                 continue
             save_atomic(model_state_dict(net), os.path.join(self.models_dir, f'{name}_{epoch:03d}.pth'))
+            if self.ema is not None and net is self.netG:
+                save_atomic(model_state_dict(self.ema.module),
+                            os.path.join(self.models_dir, f'{EMA_NAME}_{epoch:03d}.pth'))
             if self.finetune and name == self.family.networks[0]:
                 for enc_name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
                     save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{enc_name}_{epoch:03d}.pth'))
@@ -251,7 +291,7 @@ class GANTrainer:
         self.netG.eval()
         self.text_encoder.eval()
         _, sent = self.text_encoder(fixed['captions'].to(self.device), fixed['lengths'])
-        images, masks = self.family.generate(self.netG, fixed['noise'].to(self.device), sent)
+        images, masks = self.family.generate(self.sampling_generator, fixed['noise'].to(self.device), sent)
         self.netG.train()
         if self.finetune:
             self.text_encoder.train(self.cfg.TRAIN.FINETUNE.ENCODERS_TRAIN_MODE)
