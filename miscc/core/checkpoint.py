@@ -24,7 +24,7 @@ from .files import atomic_write
 
 __all__ = ['CheckpointError', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
-           'sibling_checkpoint', 'EMA_NAME', 'is_ema_checkpoint', 'ema_checkpoint',
+           'sibling_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint', 'ema_checkpoint',
            'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
            'load_dfgan_checkpoint']
 
@@ -145,6 +145,9 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
         raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
 EMA_NAME = 'netG_ema'   # netG_ema_<epoch>.pth: TRAIN.G_EMA's average of netG_<epoch>.pth
+
+
+BEST_NAME = 'netG_best'  # models/netG_best.pth: the generator of the best in-training FID (EVAL.INTERVAL)
 
 
 def is_ema_checkpoint(path: str) -> bool:

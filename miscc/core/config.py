@@ -223,6 +223,12 @@ DEFAULTS: dict = {
         # 'pairs' (99 mismatches among the evaluated captions, 10 redraws; miscc.metrics.r_precision)
         # or 'dmgan' (99 test captions of other classes, 10 splits; miscc.metrics.r_precision_dmgan)
         'R_PRECISION_PROTOCOL': 'pairs',
+        # During training (main.py / main_finetune.py): every INTERVAL epochs FID and KID (FID_DIMS,
+        # the weights above; reference statistics cached in CACHE_DIR) and R-precision (R_PRECISION,
+        # R_PRECISION_PROTOCOL) of NUM_FID images generated in memory from the test captions with the
+        # noise of SAMPLE.SEED (those of B_VALIDATION=True); logged to TensorBoard and <run>/metrics.jsonl,
+        # the best FID's generator kept as models/netG_best.pth. 0: off (the official training).
+        'INTERVAL': 0,
     },
     'DEMO': {                       # the synthetic-birds demo (cfg/demo.yml)
         'RUN': False,               # True: main.py runs the whole demo pipeline (miscc/demo.py)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from datasets import TextDataset, build_dataset, encode_caption
 
-from ..core.checkpoint import ema_checkpoint, is_ema_checkpoint, plain_generator_checkpoint, sibling_checkpoint
+from ..core.checkpoint import BEST_NAME, ema_checkpoint, is_ema_checkpoint, plain_generator_checkpoint, sibling_checkpoint
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
 from ..families import Family, family_of
@@ -85,8 +85,11 @@ def generator_text_encoder(cfg, netg_path: str) -> str:
 def sampling_checkpoint(cfg, netg_path: str) -> str:
     """The generator file to sample from for ``netg_path``: with ``TRAIN.G_EMA=True`` the average
     ``netG_ema_XXX.pth`` saved beside ``netG_XXX.pth`` (FileNotFoundError naming it when it is
-    missing), else ``netg_path`` itself. A ``netG_ema_XXX.pth`` path is always used as given."""
-    if not cfg.TRAIN.G_EMA or is_ema_checkpoint(netg_path) or not os.path.basename(netg_path).startswith('netG'):
+    missing), else ``netg_path`` itself. A ``netG_ema_XXX.pth`` path is always used as given, and
+    so is ``netG_best.pth`` (already the generator that was evaluated: its JSON says which)."""
+    base = os.path.basename(netg_path)
+    if (not cfg.TRAIN.G_EMA or is_ema_checkpoint(netg_path) or not base.startswith('netG')
+            or base == BEST_NAME + '.pth'):
         return netg_path
     ema = ema_checkpoint(netg_path)
     if not os.path.isfile(ema):

@@ -41,7 +41,8 @@ from .outputs import read_manifest
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
            'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
            'caption_r_precision', 'evaluate', 'TooFewCaptions', 'STACKGAN_CLASSIFIER', 'CLASSIFIER_PROTOCOLS',
-           'R_PRECISION_PROTOCOLS', 'check_protocols', 'sentence_codes']
+           'R_PRECISION_PROTOCOLS', 'check_protocols', 'sentence_codes', 'fid_and_kid', 'r_precision_of_codes',
+           'FID_DIMS', 'fid_dims']
 
 FID_WEIGHTS_NAME = 'weights-inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + FID_WEIGHTS_NAME)
@@ -51,6 +52,17 @@ RANDOM_NOTE = 'random Inception weights: scores are NOT comparable with publishe
 STACKGAN_CLASSIFIER = os.path.join('models', 'stackgan_cub_inception.pth')
 CLASSIFIER_PROTOCOLS = ('torchvision', 'stackgan')
 R_PRECISION_PROTOCOLS = ('pairs', 'dmgan')
+
+
+FID_DIMS = ('64', '192', '768', '2048')
+
+
+def fid_dims(cfg) -> str:
+    """EVAL.FID_DIMS as torch-fidelity's feature name; ConfigError when it is not one of FID_DIMS."""
+    dims = str(cfg.EVAL.FID_DIMS)
+    if dims not in FID_DIMS:
+        raise ConfigError(f"EVAL.FID_DIMS must be 64, 192, 768 or 2048, got {dims}")
+    return dims
 
 
 def check_protocols(cfg) -> None:
@@ -227,6 +239,21 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
     return {'mu': mu, 'sigma': sigma, 'features': features, 'count': len(dataset), 'cached': False, 'path': path}
 
 
+def fid_and_kid(cfg, features: torch.Tensor, ref: dict) -> dict:
+    """``{'fid': float, 'kid': {'value', 'std', 'subset_size'}}`` of generated features N x D
+    against ``reference_statistics``' ``ref`` (KID only with EVAL.KID: 100 subsets of up to
+    1,000, seeded with EVAL.SEED)."""
+    mu, sigma = _statistics(features)
+    out = {'fid': frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
+    if cfg.EVAL.KID:
+        subset = min(1000, len(features), len(ref['features']))
+        kid = kid_features_to_metric(features.float(), ref['features'].float(), kid_subsets=100,
+                                     kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
+        kmean, kstd = list(kid.values())[:2]
+        out['kid'] = {'value': float(kmean), 'std': float(kstd), 'subset_size': subset}
+    return out
+
+
 # ----------------------------------------------------------------------------- R-precision
 @torch.no_grad()
 def sentence_codes(text_encoder, captions: torch.Tensor, lens: torch.Tensor, batch: int = 100,
@@ -272,9 +299,19 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
     encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
     caps = torch.stack([c for c, _, _ in encoded])
     lens = torch.tensor([max(int(n), 1) for _, n, _ in encoded])
-    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     img, txt = damsm_codes(image_encoder, text_encoder, images, caps, lens, device=device)
+    return dict(r_precision_of_codes(cfg, vocab, text_encoder, img, txt, keys, device),
+                text_encoder=os.path.abspath(text_encoder_path))
+
+
+def r_precision_of_codes(cfg, vocab, text_encoder, img: torch.Tensor, txt: torch.Tensor, keys: list,
+                         device='cpu') -> dict:
+    """R-precision by ``EVAL.R_PRECISION_PROTOCOL`` of DAMSM codes (N x D each) of images and
+    their captions, ``keys`` their test-split keys; ``vocab`` the test split and
+    ``text_encoder`` (eval mode) the encoder of the pool captions ('dmgan').
+    Returns ``{'mean', 'std', 'count', 'protocol', ...}``; TooFewCaptions when N is too small."""
     protocol = cfg.EVAL.R_PRECISION_PROTOCOL
+    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     extra = {}
     index = {k: i for i, k in enumerate(vocab.filenames)}
     missing = [k for k in dict.fromkeys(keys) if k not in index] if protocol == 'dmgan' else []
@@ -295,8 +332,7 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
             mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
     except ValueError as e:   # too few distinct captions for 99 mismatches, or images for the splits
         raise TooFewCaptions(str(e)) from None
-    return {'mean': mean, 'std': std, 'count': len(images), 'protocol': protocol,
-            'text_encoder': os.path.abspath(text_encoder_path), **extra}
+    return {'mean': mean, 'std': std, 'count': len(img), 'protocol': protocol, **extra}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -356,9 +392,7 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
     want_rp = _want_r_precision(cfg, source, text_path)
 
-    dims = str(cfg.EVAL.FID_DIMS)
-    if dims not in ('64', '192', '768', '2048'):
-        raise ConfigError(f"EVAL.FID_DIMS must be 64, 192, 768 or 2048, got {dims}")
+    dims = fid_dims(cfg)
     # the classifier first: a missing file is reported before any image is generated
     want_classifier = metric == 'IS' and (cfg.EVAL.CLASSIFIER or cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan')
     classifier, classifier_path = _domain_classifier(cfg, device) if want_classifier else (None, '')
@@ -405,15 +439,11 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
             result['domain_classifier'] = dict(entry, value=dmean, std=dstd)
     else:
         ref = reference_statistics(cfg, extractor, tag, device, int(size))
-        mu, sigma = _statistics(feats)
-        result.update(value=frechet_distance(mu, sigma, ref['mu'], ref['sigma']), std=None, dims=int(dims),
+        scores = fid_and_kid(cfg, feats, ref)
+        result.update(value=scores['fid'], std=None, dims=int(dims),
                       reference={'count': ref['count'], 'cache': ref['path'], 'from_cache': ref['cached']})
-        if cfg.EVAL.KID:
-            subset = min(1000, len(feats), len(ref['features']))
-            kid = kid_features_to_metric(feats.float(), ref['features'].float(), kid_subsets=100,
-                                         kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
-            kmean, kstd = list(kid.values())[:2]
-            result['kid'] = {'value': float(kmean), 'std': float(kstd), 'subset_size': subset}
+        if 'kid' in scores:
+            result['kid'] = scores['kid']
     if want_rp:
         try:
             result['r_precision'] = caption_r_precision(cfg, text_path, torch.cat(kept['images']),

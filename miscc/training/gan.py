@@ -3,6 +3,7 @@
 ``MODEL.NAME``: the family gives the networks and the update, the driver the epoch loop."""
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -11,18 +12,22 @@ import torch.nn as nn
 
 from datasets import build_dataset, collate_sorted
 
-from ..core.checkpoint import (EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
+from ..core.checkpoint import (BEST_NAME, EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
                                save_atomic, sibling_checkpoint)
 from ..core.config import ConfigError
+from ..core.files import atomic_write, write_json
 from ..core.runtime import device_from_config, init_distributed, seed_everything
 from ..evaluation.generation import decode_caption, mask_grid, save_grid
+from ..evaluation.in_training import TrainingEvaluator
 from ..families import Family, family_of
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .driver import STATE_NAME, Driver, EpochSummary, StartPoint, read_progress, resolve_start_point
 from .ema import GeneratorEMA
 from .parallel import wrap_for_devices
 
-__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES']
+__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES', 'METRICS_NAME']
+
+METRICS_NAME = 'metrics.jsonl'   # <run>/metrics.jsonl: the in-training scores (EVAL.INTERVAL)
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
@@ -125,10 +130,20 @@ class GANTrainer:
         if kind == 'weights':
             self.start.epoch = self._load_weights(path)
         self.ema = self._make_ema(path if kind == 'weights' else '')
+        self.eval_history, self.eval_best = [], None      # in-training scores (EVAL.INTERVAL), resumed
 
         self.driver = Driver(cfg, self, self.dataset, collate_sorted, self.batch_size, self.start, self.device,
                              self.dist)
         self.run_dir, self.models_dir, self.logger = self.driver.run_dir, self.driver.models_dir, self.driver.logger
+        self.evaluator = None
+        if cfg.EVAL.INTERVAL < 0:
+            raise ConfigError(f'EVAL.INTERVAL must be 0 (off) or a number of epochs, got {cfg.EVAL.INTERVAL}')
+        if cfg.EVAL.INTERVAL:
+            self.evaluator = TrainingEvaluator(cfg, self.family, self.text_encoder, self.image_encoder,
+                                               self.test_dataset, self.device, cfg.TREE.BASE_SIZE, self.dist)
+            if self.dist.is_main and kind == 'state':
+                # the history as of the resumed state: lines of a later, lost epoch go
+                self._write_metrics()
 
         # Wrap for several devices last, so states load into the bare modules.
         modules = {'netG': apply_fast_model_options(
@@ -203,6 +218,8 @@ class GANTrainer:
             load_model_state(self.image_encoder, state['image_encoder'])
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
+        self.eval_history = list(state.get('eval_history', []))
+        self.eval_best = state.get('eval_best')
         if self.ema is not None:
             if 'netG_ema' in state:
                 self.ema.load_state_dict(state['netG_ema'])
@@ -217,6 +234,7 @@ class GANTrainer:
         state.update(finetune=self.finetune, config=repr(self.cfg), fixed_noise=self.fixed['noise'])
         if self.ema is not None:
             state['netG_ema'] = self.ema.state_dict()
+        state.update(eval_history=list(self.eval_history), eval_best=self.eval_best)
         if self.finetune:
             state.update(text_encoder=model_state_dict(self.text_encoder),
                          image_encoder=model_state_dict(self.image_encoder))
@@ -255,6 +273,8 @@ class GANTrainer:
         return {f'lr/{name[len("optimizer"):]}': opt.param_groups[0]['lr'] for name, opt in self.optimizers.items()}
 
     def end_of_epoch(self, summary: EpochSummary) -> None:
+        if self.evaluator is not None and summary.epoch % self.cfg.EVAL.INTERVAL == 0:
+            self.evaluate_in_training(summary.epoch)   # every rank: each generates its share
         if self.dist.is_main:
             self.end_of_epoch_images(summary.epoch)
             self.save_epoch_checkpoints(summary.epoch)
@@ -264,6 +284,49 @@ class GANTrainer:
     def fit(self) -> str | None:
         """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
         return self.driver.fit()
+
+    # ------------------------------------------------------------------ in-training evaluation
+    def evaluate_in_training(self, epoch: int) -> dict | None:
+        """FID/KID/R-precision of the sampling generator (the average with TRAIN.G_EMA) after
+        ``epoch``: logged to TensorBoard (eval/*), added to ``<run>/metrics.jsonl`` and, when the
+        FID is the lowest so far, ``models/netG_best.pth`` + ``netG_best.json``. Returns the record
+        on the main process."""
+        self.netG.eval()
+        try:
+            scores = self.evaluator.evaluate(self.sampling_generator)
+        finally:
+            self.netG.train()
+        if scores is None:
+            return None
+        record = dict({'epoch': epoch, 'step': self.global_step}, **scores,
+                      generator=EMA_NAME if self.ema is not None else 'netG')
+        self.eval_history.append(record)
+        self._write_metrics()
+        self.logger.scalars({k: record[k] for k in ('fid', 'kid', 'r_precision') if record[k] is not None},
+                            self.global_step, prefix='eval/')
+        if self.eval_best is None or record['fid'] < self.eval_best['fid']:
+            self.eval_best = {k: record[k] for k in ('epoch', 'step', 'fid', 'images', 'generator')}
+            self._save_best()
+        print(f"epoch {epoch}: FID {record['fid']:.3f} over {record['images']} images"
+              + (f", KID {record['kid']:.5f}" if record['kid'] is not None else '')
+              + (f", R-precision {record['r_precision']:.4f}" if record['r_precision'] is not None else '')
+              + f" ({record['seconds']:.1f} s; best FID {self.eval_best['fid']:.3f} at epoch {self.eval_best['epoch']})")
+        return record
+
+    def _write_metrics(self) -> None:
+        """``<run>/metrics.jsonl``, one line per evaluation, rewritten whole and atomically from
+        the history (a crash leaves the old file; a resume drops lines of epochs it redoes)."""
+        with atomic_write(os.path.join(self.run_dir, METRICS_NAME), 'w') as f:
+            f.write(''.join(json.dumps(r) + '\n' for r in self.eval_history))
+
+    def _save_best(self) -> None:
+        """The sampling generator as ``models/netG_best.pth`` (official keys; with its encoders
+        when fine-tuning), then ``netG_best.json``, each written atomically."""
+        save_atomic(model_state_dict(self.sampling_generator), os.path.join(self.models_dir, BEST_NAME + '.pth'))
+        if self.finetune:
+            for name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
+                save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{name}_best.pth'))
+        write_json(os.path.join(self.models_dir, BEST_NAME + '.json'), self.eval_best)
 
     # ------------------------------------------------------------------ outputs
     def save_epoch_checkpoints(self, epoch: int) -> None:
