@@ -214,7 +214,7 @@ DEFAULTS: dict = {
         'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
         'CLASSIFIER_CLASSES': 200,
         'SEED': 0,
-        # The papers' protocols (docs/evaluation_protocols.md):
+        # The papers' protocols (README.md: Evaluation):
         # how EVAL.CLASSIFIER scores: 'torchvision' (a torchvision Inception-v3 of CLASSIFIER_CLASSES
         # outputs, ImageNet normalisation) or 'stackgan' (StackGAN's CUB Inception converted by
         # tools/convert_stackgan_inception.py: PIL bilinear resize to 299, [-1, 1], batches of 64,

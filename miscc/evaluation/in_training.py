@@ -108,6 +108,12 @@ class TrainingEvaluator:
         Every rank must call it; rank 0 gets ``{'fid', 'kid', 'kid_std', 'r_precision',
         'r_precision_std', 'images', 'seconds'}`` (None where not computed), other ranks None."""
         began = time.time()
+        if self.dist.distributed:
+            # the other ranks' BatchNorm statistics drift from rank 0's between DDP's buffer
+            # broadcasts: all ranks sample from rank 0's generator, the one that is saved
+            with torch.no_grad():
+                for buffer in netG.buffers():
+                    dist.broadcast(buffer, 0)
         saved = rng_state()
         modes = (self.text_encoder.training, self.image_encoder.training)
         self.text_encoder.eval()
