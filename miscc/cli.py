@@ -171,9 +171,11 @@ def eval_main(metric: str, argv=None) -> int:
     if 'kid' in result:
         line += f"; KID = {result['kid']['value']:.5f} +- {result['kid']['std']:.5f}"
     if 'domain_classifier' in result:
-        line += f"; domain-classifier IS = {result['domain_classifier']['value']:.4f}"
+        dc = result['domain_classifier']
+        name = 'CUB IS (StackGAN protocol)' if dc['protocol'] == 'stackgan' else 'domain-classifier IS'
+        line += f"; {name} = {dc['value']:.4f} +- {dc['std']:.4f}"
     if 'mean' in result.get('r_precision', {}):
-        line += f"; R-precision = {result['r_precision']['mean']:.4f} +- {result['r_precision']['std']:.4f}"
+        line += f"; R-precision ({result['r_precision']['protocol']}) = {result['r_precision']['mean']:.4f} +- {result['r_precision']['std']:.4f}"
     print(line)
     print(f"written to {result['json']}")
     return 0

@@ -170,6 +170,60 @@ def test_exact_resume_gives_bit_identical_weights(tiny_setup):
     assert (split / 'models' / 'netG_002.pth').read_bytes() != b''
 
 
+EMA = {'TRAIN.G_EMA': True, 'TRAIN.G_EMA_DECAY': 0.5}
+
+
+def test_g_ema_saved_with_official_keys_leaves_g_unchanged_and_resumes_exactly(tiny_setup, main_run):
+    assert gan_main(False, overrides(tiny_setup, out='ema', **EMA)) == 0
+    (run,) = run_dirs(tiny_setup, 'ema')
+    models = run / 'models'
+    assert sorted(p.name for p in models.glob('netG*')) == ['netG_001.pth', 'netG_002.pth',
+                                                            'netG_ema_001.pth', 'netG_ema_002.pth']
+    cfg = load_config(*_split(overrides(tiny_setup)))
+    ema = torch.load(models / 'netG_ema_002.pth', weights_only=True)
+    build_networks(cfg)['netG'].load_state_dict(ema, strict=True)
+    live = torch.load(models / 'netG_002.pth', weights_only=True)
+    # the average is not G, and G itself is exactly the G of the run without the average
+    assert any(not torch.equal(ema[k], live[k]) for k in live if ema[k].is_floating_point())
+    bn = 'block0.affine0.batch_norm2d.running_mean'                # BatchNorm statistics are averaged too
+    assert not torch.equal(ema[bn], live[bn])
+    official = torch.load(main_run / 'models' / 'netG_002.pth', weights_only=True)
+    assert all(torch.equal(live[k], official[k]) for k in official)
+    state = final_weights(run)
+    assert state['netG_ema']['updates'] == 4
+    assert all(torch.equal(state['netG_ema']['module'][k], ema[k]) for k in ema)
+
+    # interrupted after 3 steps and resumed == uninterrupted, the average included
+    assert gan_main(False, overrides(tiny_setup, out='ema_split', **dict(EMA, **{'TRAIN.MAX_STEPS': 3}))) == 0
+    assert gan_main(False, overrides(tiny_setup, out='ema_split', **dict(EMA, RESTORE=True))) == 0
+    (split,) = run_dirs(tiny_setup, 'ema_split')
+    resumed = final_weights(split)
+    assert resumed['netG_ema']['updates'] == 4
+    for k, v in state['netG_ema']['module'].items():
+        assert torch.equal(v, resumed['netG_ema']['module'][k]), k
+    again = torch.load(split / 'models' / 'netG_ema_002.pth', weights_only=True)
+    assert all(torch.equal(again[k], ema[k]) for k in ema)
+
+
+def test_generation_samples_from_the_average_with_g_ema(tiny_setup, main_run, capsys):
+    assert gan_main(False, overrides(tiny_setup, out='ema_gen', **EMA)) == 0
+    (run,) = run_dirs(tiny_setup, 'ema_gen')
+    netg = run / 'models' / 'netG_002.pth'
+    argv = overrides(tiny_setup, out='ema_gen', **dict(EMA, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg,
+                                                               'SAMPLE.NUM': 2}))
+    assert gan_main(False, argv) == 0
+    assert f"sampling from {run / 'models' / 'netG_ema_002.pth'}" in capsys.readouterr().out
+    record = json.loads((run / 'models' / 'netG_ema_002' / 'valid' / 'generator.json').read_text())
+    assert record['generator'].endswith('netG_ema_002.pth')
+    assert not (run / 'models' / 'netG_002' / 'valid').exists()
+    # G_EMA=True on a run saved without the average: the missing file is named
+    argv = overrides(tiny_setup, **dict(EMA, **{'B_VALIDATION': True, 'SAMPLE.NUM': 2,
+                                                'TRAIN.NET_G': main_run / 'models' / 'netG_002.pth'}))
+    assert gan_main(False, argv) == 2
+    err = capsys.readouterr().err
+    assert 'netG_ema_002.pth' in err and 'TRAIN.G_EMA=False' in err
+
+
 def test_non_finite_loss_stops_without_overwriting(tiny_setup, main_run, monkeypatch):
     import miscc.families.ssagan
     out = tiny_setup / 'nan'

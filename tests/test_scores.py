@@ -13,6 +13,7 @@ from miscc.cli import eval_main
 from miscc.core.config import load_config
 from miscc.evaluation.metrics import frechet_distance, inception_score
 from miscc.evaluation.scores import reference_statistics
+from miscc.data.errors import DataError
 from miscc.families import build_networks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +211,74 @@ def test_r_precision_on_a_coco_layout_with_five_captions(tmp_path):
     captions = [(tmp_path / 'coco' / 'text' / (k + '.txt')).read_text().splitlines()[0] for k in keys['test']]
     result = caption_r_precision(cfg, str(tmp_path / 'text_encoder1.pth'), images, captions, keys['test'])
     assert result['count'] == 100 and 0.0 <= result['mean'] <= 1.0 and result['std'] >= 0.0
+
+
+# ----------------------------------------------------------------------------- the papers' protocols
+@pytest.mark.slow
+def test_stackgan_classifier_protocol_scores_like_cub_inception_score(eval_setup, tmp_path, capsys):
+    from miscc.evaluation.cub_inception import cub_inception_score, load_cub_inception
+    from models.inception_cub import NUM_LOGITS, CUBInception3
+    root = eval_setup
+    torch.manual_seed(0)
+    torch.save(CUBInception3(NUM_LOGITS).state_dict(), tmp_path / 'cub.pth')
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    gen = np.random.default_rng(0)
+    images = gen.integers(0, 256, (70, 64, 64, 3), dtype=np.uint8)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(folder / f'img_s{i}.png')
+    argv = _argv(root, '--images', folder, **{'EVAL.CLASSIFIER': tmp_path / 'cub.pth',
+                                              'EVAL.CLASSIFIER_PROTOCOL': 'stackgan'})
+    assert eval_main('IS', argv) == 0
+    assert 'CUB IS (StackGAN protocol) = ' in capsys.readouterr().out
+    got = json.loads((folder / 'is.json').read_text())['domain_classifier']
+    assert got['protocol'] == 'stackgan' and got['used'] == 64          # one full batch of 64 of 70
+    want = cub_inception_score(load_cub_inception(str(tmp_path / 'cub.pth')),
+                               torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), splits=2, seed=0)
+    assert got['value'] == pytest.approx(want['mean'], rel=1e-9) and got['std'] == pytest.approx(want['std'], abs=1e-9)
+
+
+def test_stackgan_protocol_names_the_missing_classifier_and_bad_protocols(eval_setup, tmp_path, capsys,
+                                                                         monkeypatch):
+    root = eval_setup
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    Image.new('RGB', (64, 64)).save(folder / 'img_s0.png')
+    monkeypatch.chdir(tmp_path)                     # no models/stackgan_cub_inception.pth here
+    assert eval_main('IS', _argv(root, '--images', folder, **{'EVAL.CLASSIFIER_PROTOCOL': 'stackgan'})) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / 'models' / 'stackgan_cub_inception.pth') in err
+    assert 'convert_stackgan_inception.py' in err and 'birds_valid299/model.ckpt-5000' in err
+    assert eval_main('IS', _argv(root, '--images', folder, **{'EVAL.CLASSIFIER_PROTOCOL': 'stackgan',
+                                                              'EVAL.CLASSIFIER': tmp_path / 'x.pth'})) == 2
+    assert str(tmp_path / 'x.pth') in capsys.readouterr().err
+    assert eval_main('IS', _argv(root, '--images', folder, **{'EVAL.R_PRECISION_PROTOCOL': 'attngan'})) == 2
+    assert "EVAL.R_PRECISION_PROTOCOL must be one of 'pairs', 'dmgan'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dmgan_r_precision_draws_from_all_test_captions_of_other_classes(eval_setup, monkeypatch):
+    from datasets import TextDataset
+    from miscc.evaluation.scores import caption_r_precision
+    root = eval_setup
+    cfg = load_config(None, _overrides(root, **{'EVAL.R_PRECISION_PROTOCOL': 'dmgan'})).freeze()
+    test = TextDataset(str(root / 'synthetic_birds'), 'test', image_size=64, dataset_name='synthetic_birds')
+    keys = [test.filenames[(7 * n) % 110] for n in range(30)]
+    captions = [' '.join(test.ixtoword[w] for w in test.captions[test.filenames.index(k) * 10 + 1]) for k in keys]
+    images = torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    real = evaluation.r_precision_dmgan
+
+    def spy(image_codes, text_codes, classes, pool_codes, pool_classes, **kw):
+        seen.update(classes=list(classes), pool=pool_codes.shape, pool_classes=list(pool_classes), kw=kw)
+        return real(image_codes, text_codes, classes, pool_codes, pool_classes, **kw)
+    monkeypatch.setattr(evaluation, 'r_precision_dmgan', spy)
+    result = caption_r_precision(cfg, str(root / 'enc' / 'text_encoder1.pth'), images, captions, keys)
+    assert result['protocol'] == 'dmgan' and result['pool_captions'] == 1100 and 0.0 <= result['mean'] <= 1.0
+    assert seen['classes'] == [test.class_id[test.filenames.index(k)] for k in keys]
+    assert seen['pool'] == (1100, 32)                                   # every caption of the 110 test images
+    assert seen['pool_classes'] == [test.class_id[i // 10] for i in range(1100)]
+    assert seen['kw'] == {'splits': 2, 'seed': 0}
+    with pytest.raises(DataError, match="e.g. 'not_a_key'"):
+        caption_r_precision(cfg, str(root / 'enc' / 'text_encoder1.pth'), images, captions,
+                            ['not_a_key'] + keys[1:])

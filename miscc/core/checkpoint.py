@@ -24,7 +24,8 @@ from .files import atomic_write
 
 __all__ = ['CheckpointError', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
-           'sibling_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
+           'sibling_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint', 'ema_checkpoint',
+           'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
            'load_dfgan_checkpoint']
 
 _SHOW = 5  # keys listed per category in mismatch errors
@@ -143,6 +144,27 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
     if not base.startswith('netG'):
         raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
+EMA_NAME = 'netG_ema'   # netG_ema_<epoch>.pth: TRAIN.G_EMA's average of netG_<epoch>.pth
+
+
+BEST_NAME = 'netG_best'  # models/netG_best.pth: the generator of the best in-training FID (EVAL.INTERVAL)
+
+
+def is_ema_checkpoint(path: str) -> bool:
+    return os.path.basename(path).startswith(EMA_NAME + '_')
+
+
+def ema_checkpoint(netg_path: str) -> str:
+    """``.../netG_120.pth`` -> ``.../netG_ema_120.pth`` (an EMA file is its own answer)."""
+    return netg_path if is_ema_checkpoint(netg_path) else sibling_checkpoint(netg_path, EMA_NAME)
+
+
+def plain_generator_checkpoint(path: str) -> str:
+    """``.../netG_ema_120.pth`` -> ``.../netG_120.pth``, the file its siblings are named after."""
+    head, base = os.path.split(path)
+    return os.path.join(head, 'netG' + base[len(EMA_NAME):]) if is_ema_checkpoint(path) else path
+
+
 # Generator layouts by MODEL.NAME, with the keys that tell them apart.
 GENERATOR_LAYOUTS = {
     'dfgan': 'DF-GAN 2022 (GBlocks.i.fuse1/fuse2, to_rgb)',

@@ -97,6 +97,12 @@ DEFAULTS: dict = {
                                         # 'max-autotune' or 'max-autotune-no-cudagraphs'
         },
         'MAX_STEPS': 0,             # stop (saving the training state) after this many steps; 0: no limit
+        # Exponential moving average of G's weights (miscc/training/ema.py); off: the official
+        # update and outputs exactly. On: netG_ema_<epoch>.pth is saved beside each netG_<epoch>.pth
+        # (official keys), and sample grids, in-loop FID, B_VALIDATION and eval_*.py --netG use it.
+        'G_EMA': False,
+        'G_EMA_DECAY': 0.999,       # ema = decay * ema + (1 - decay) * G after every iteration
+        'G_EMA_RAMPUP': False,      # True: decay of update n is min(G_EMA_DECAY, (1 + n) / (10 + n))
         'LOG_INTERVAL': 50,         # steps between progress-bar/TensorBoard loss updates
         'SMOOTH': {
             'GAMMA1': 5.0,
@@ -210,7 +216,7 @@ DEFAULTS: dict = {
         'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
         'CLASSIFIER_CLASSES': 200,
         'SEED': 0,
-        # The papers' protocols (docs/evaluation_protocols.md):
+        # The papers' protocols (README.md: Evaluation):
         # how EVAL.CLASSIFIER scores: 'torchvision' (a torchvision Inception-v3 of CLASSIFIER_CLASSES
         # outputs, ImageNet normalisation) or 'stackgan' (StackGAN's CUB Inception converted by
         # tools/convert_stackgan_inception.py: PIL bilinear resize to 299, [-1, 1], batches of 64,
@@ -219,6 +225,12 @@ DEFAULTS: dict = {
         # 'pairs' (99 mismatches among the evaluated captions, 10 redraws; miscc.metrics.r_precision)
         # or 'dmgan' (99 test captions of other classes, 10 splits; miscc.metrics.r_precision_dmgan)
         'R_PRECISION_PROTOCOL': 'pairs',
+        # During training (main.py / main_finetune.py): every INTERVAL epochs FID and KID (FID_DIMS,
+        # the weights above; reference statistics cached in CACHE_DIR) and R-precision (R_PRECISION,
+        # R_PRECISION_PROTOCOL) of NUM_FID images generated in memory from the test captions with the
+        # noise of SAMPLE.SEED (those of B_VALIDATION=True); logged to TensorBoard and <run>/metrics.jsonl,
+        # the best FID's generator kept as models/netG_best.pth. 0: off (the official training).
+        'INTERVAL': 0,
     },
     'DEMO': {                       # the synthetic-birds demo (cfg/demo.yml)
         'RUN': False,               # True: main.py runs the whole demo pipeline (miscc/demo.py)

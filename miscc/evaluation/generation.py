@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from datasets import TextDataset, build_dataset, encode_caption
 
-from ..core.checkpoint import sibling_checkpoint
+from ..core.checkpoint import BEST_NAME, ema_checkpoint, is_ema_checkpoint, plain_generator_checkpoint, sibling_checkpoint
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
@@ -25,7 +25,7 @@ from ..families.encoders import damsm_paths, load_text_encoder, text_encoder_voc
 from .outputs import caption_plan, resume_point, save_png, save_test_images
 
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'decode_caption', 'encode_texts',
-           'GenerationStack', 'load_generation_stack', 'generator_text_encoder', 'test_captions',
+           'GenerationStack', 'load_generation_stack', 'generator_text_encoder', 'sampling_checkpoint', 'test_captions',
            'GeneratedBatch', 'generate_test_images', 'mask_grid', 'save_grid', 'generate']
 
 
@@ -74,12 +74,30 @@ def encode_texts(texts, wordtoix, words_num: int):
 def generator_text_encoder(cfg, netg_path: str) -> str:
     """The text encoder to generate with from ``netg_path``: the ``text_encoder_XXX.pth``
     beside a fine-tuned ``netG_XXX.pth`` when there is one (the generator was trained with
-    it), else the DAMSM encoder of ``TEXT.DAMSM_NAME``."""
+    it), else the DAMSM encoder of ``TEXT.DAMSM_NAME``. ``netG_ema_XXX.pth`` pairs like ``netG_XXX.pth``."""
+    netg_path = plain_generator_checkpoint(netg_path)
     if os.path.basename(netg_path).startswith('netG'):
         paired = sibling_checkpoint(netg_path, 'text_encoder')
         if os.path.isfile(paired):
             return paired
     return damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
+
+
+def sampling_checkpoint(cfg, netg_path: str) -> str:
+    """The generator file to sample from for ``netg_path``: with ``TRAIN.G_EMA=True`` the average
+    ``netG_ema_XXX.pth`` saved beside ``netG_XXX.pth`` (FileNotFoundError naming it when it is
+    missing), else ``netg_path`` itself. A ``netG_ema_XXX.pth`` path is always used as given, and
+    so is ``netG_best.pth`` (already the generator that was evaluated: its JSON says which)."""
+    base = os.path.basename(netg_path)
+    if (not cfg.TRAIN.G_EMA or is_ema_checkpoint(netg_path) or not base.startswith('netG')
+            or base == BEST_NAME + '.pth'):
+        return netg_path
+    ema = ema_checkpoint(netg_path)
+    if not os.path.isfile(ema):
+        raise FileNotFoundError(f"TRAIN.G_EMA=True samples from the average of G, but '{ema}' (beside "
+                                f"'{netg_path}') does not exist; set TRAIN.G_EMA=False to sample from "
+                                f"'{netg_path}' itself")
+    return ema
 
 
 def test_captions(cfg, n_words: int) -> TextDataset:
@@ -123,6 +141,7 @@ class GenerationStack:
 
     def with_generator(self, netg_path: str) -> 'GenerationStack':
         """The same stack with the generator of another checkpoint of the same run."""
+        netg_path = sampling_checkpoint(self.cfg, netg_path)
         return dataclasses.replace(self, netG=_load_generator(self.cfg, self.family, netg_path, self.device),
                                    netg_path=netg_path)
 
@@ -135,9 +154,12 @@ def _load_generator(cfg, family: Family, path: str, device) -> nn.Module:
 
 
 def load_generation_stack(cfg, netg_path: str, device, text_encoder_path: str = '') -> GenerationStack:
-    """The generator at ``netg_path`` (``MODEL.NAME``'s family, ours or released weights), its text
-    encoder (``text_encoder_path``, else ``generator_text_encoder``) and the test captions."""
+    """The generator at ``netg_path`` (``MODEL.NAME``'s family, ours or released weights; with
+    ``TRAIN.G_EMA=True`` its average, see ``sampling_checkpoint``: ``stack.netg_path`` is the file
+    used), its text encoder (``text_encoder_path``, else ``generator_text_encoder``) and the test
+    captions."""
     family = family_of(cfg)
+    netg_path = sampling_checkpoint(cfg, netg_path)
     if cfg.DATA.HD5_FILE:
         require_precomputed_embeddings(cfg, family)
         return GenerationStack(cfg, family, _load_generator(cfg, family, netg_path, device), netg_path, None, '',
@@ -233,7 +255,8 @@ def generate(cfg, user_captions=()) -> str:
     seed_everything(cfg.SEED)
     # A generator fine-tuned together with its text encoder uses that encoder.
     stack = load_generation_stack(cfg, cfg.TRAIN.NET_G, setup.device)
-    base = os.path.splitext(cfg.TRAIN.NET_G)[0]
+    print(f'sampling from {stack.netg_path} (text encoder {stack.text_encoder_path})')
+    base = os.path.splitext(stack.netg_path)[0]
     batch_size = cfg.SAMPLE.BATCH_SIZE or cfg.TRAIN.BATCH_SIZE
 
     if user_captions:
@@ -251,7 +274,7 @@ def generate(cfg, user_captions=()) -> str:
 
     out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'valid')
     num = cfg.SAMPLE.NUM
-    start = resume_point(out_dir, stack.dataset, num, generator=cfg.TRAIN.NET_G)
+    start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)
     batches = generate_test_images(stack, num, batch_size, seed=cfg.SAMPLE.SEED, start=start)
     manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))

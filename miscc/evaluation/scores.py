@@ -33,18 +33,43 @@ from ..core.config import ConfigError
 from ..core.files import atomic_write, file_sha256, write_json
 from ..core.runtime import device_from_config
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
+from .cub_inception import PROTOCOL_BATCH, cub_logits, load_cub_inception
 from .generation import generate_test_images, load_generation_stack, test_captions
-from .metrics import frechet_distance, inception_score, r_precision
+from .metrics import frechet_distance, inception_score, r_precision, r_precision_dmgan, stackgan_inception_score
 from .outputs import read_manifest
 
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
            'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
-           'caption_r_precision', 'evaluate', 'TooFewCaptions']
+           'caption_r_precision', 'evaluate', 'TooFewCaptions', 'STACKGAN_CLASSIFIER', 'CLASSIFIER_PROTOCOLS',
+           'R_PRECISION_PROTOCOLS', 'check_protocols', 'sentence_codes', 'fid_and_kid', 'r_precision_of_codes',
+           'FID_DIMS', 'fid_dims']
 
 FID_WEIGHTS_NAME = 'weights-inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + FID_WEIGHTS_NAME)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 RANDOM_NOTE = 'random Inception weights: scores are NOT comparable with published numbers'
+# where tools/convert_stackgan_inception.py's output is looked for when EVAL.CLASSIFIER is empty
+STACKGAN_CLASSIFIER = os.path.join('models', 'stackgan_cub_inception.pth')
+CLASSIFIER_PROTOCOLS = ('torchvision', 'stackgan')
+R_PRECISION_PROTOCOLS = ('pairs', 'dmgan')
+
+
+FID_DIMS = ('64', '192', '768', '2048')
+
+
+def fid_dims(cfg) -> str:
+    """EVAL.FID_DIMS as torch-fidelity's feature name; ConfigError when it is not one of FID_DIMS."""
+    dims = str(cfg.EVAL.FID_DIMS)
+    if dims not in FID_DIMS:
+        raise ConfigError(f"EVAL.FID_DIMS must be 64, 192, 768 or 2048, got {dims}")
+    return dims
+
+
+def check_protocols(cfg) -> None:
+    """ConfigError naming EVAL.CLASSIFIER_PROTOCOL / EVAL.R_PRECISION_PROTOCOL when unknown."""
+    for key, allowed in (('CLASSIFIER_PROTOCOL', CLASSIFIER_PROTOCOLS), ('R_PRECISION_PROTOCOL', R_PRECISION_PROTOCOLS)):
+        if cfg.EVAL[key] not in allowed:
+            raise ConfigError(f"EVAL.{key} must be one of {', '.join(map(repr, allowed))}, got '{cfg.EVAL[key]}'")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -149,8 +174,8 @@ def generator_source(cfg, netg_path: str, num: int, device) -> ImageSource:
     def batches():
         for b in generate_test_images(stack, num, cfg.EVAL.BATCH_SIZE, seed=cfg.SAMPLE.SEED):
             yield b.images, b.captions, b.keys
-    out_dir = os.path.splitext(netg_path)[0]
-    return ImageSource(f"generator '{netg_path}'", num, batches, out_dir, has_captions=True,
+    out_dir = os.path.splitext(stack.netg_path)[0]     # the file used: netG_ema_XXX with TRAIN.G_EMA
+    return ImageSource(f"generator '{stack.netg_path}'", num, batches, out_dir, has_captions=True,
                        info={'text_encoder': stack.text_encoder_path})
 
 
@@ -214,21 +239,45 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
     return {'mu': mu, 'sigma': sigma, 'features': features, 'count': len(dataset), 'cached': False, 'path': path}
 
 
+def fid_and_kid(cfg, features: torch.Tensor, ref: dict) -> dict:
+    """``{'fid': float, 'kid': {'value', 'std', 'subset_size'}}`` of generated features N x D
+    against ``reference_statistics``' ``ref`` (KID only with EVAL.KID: 100 subsets of up to
+    1,000, seeded with EVAL.SEED)."""
+    mu, sigma = _statistics(features)
+    out = {'fid': frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
+    if cfg.EVAL.KID:
+        subset = min(1000, len(features), len(ref['features']))
+        kid = kid_features_to_metric(features.float(), ref['features'].float(), kid_subsets=100,
+                                     kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
+        kmean, kstd = list(kid.values())[:2]
+        out['kid'] = {'value': float(kmean), 'std': float(kstd), 'subset_size': subset}
+    return out
+
+
 # ----------------------------------------------------------------------------- R-precision
+@torch.no_grad()
+def sentence_codes(text_encoder, captions: torch.Tensor, lens: torch.Tensor, batch: int = 100,
+                   device='cpu') -> torch.Tensor:
+    """Sentence codes N x D (CPU) of encoded captions N x T with lengths N (any order)."""
+    out = []
+    for s in range(0, len(captions), batch):
+        cap, ln = captions[s:s + batch], lens[s:s + batch]
+        order = torch.argsort(ln, descending=True, stable=True)   # packed sequences want sorted lengths
+        _, sent = text_encoder(cap[order].to(device), ln[order], text_encoder.init_hidden(len(cap)))
+        out.append(sent.cpu()[torch.argsort(order)])
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def damsm_codes(image_encoder, text_encoder, images: torch.Tensor, captions: torch.Tensor, lens: torch.Tensor,
                 batch: int = 100, device='cpu') -> tuple:
     """Global DAMSM codes (N x D, N x D) of uint8 images N x 3 x S x S and their encoded
     captions (N x T, lengths N; any order of lengths)."""
-    img_codes, txt_codes = [], []
+    img_codes = []
     for s in range(0, len(images), batch):
         x = images[s:s + batch].to(device).float() / 127.5 - 1.0
         img_codes.append(image_encoder(x)[1].cpu())
-        cap, ln = captions[s:s + batch], lens[s:s + batch]
-        order = torch.argsort(ln, descending=True, stable=True)   # packed sequences want sorted lengths
-        _, sent = text_encoder(cap[order].to(device), ln[order], text_encoder.init_hidden(len(cap)))
-        txt_codes.append(sent.cpu()[torch.argsort(order)])
-    return torch.cat(img_codes), torch.cat(txt_codes)
+    return torch.cat(img_codes), sentence_codes(text_encoder, captions, lens, batch, device)
 
 
 class TooFewCaptions(ValueError):
@@ -237,9 +286,12 @@ class TooFewCaptions(ValueError):
 
 def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, captions: list, keys: list,
                         device='cpu') -> dict:
-    """R-precision (AttnGAN protocol) of uint8 images with their caption texts, using the
+    """R-precision of uint8 images with their caption texts and test-split ``keys``, using the
     DAMSM encoders at ``text_encoder_path`` (and its image_encoder file) and the config's test
-    vocabulary; captions of the same key are never drawn as mismatches."""
+    split, by ``EVAL.R_PRECISION_PROTOCOL``: 'pairs' (AttnGAN-style, ``metrics.r_precision``:
+    mismatches among the given captions, never of the same key) or 'dmgan' (DM-GAN's
+    trainer.py, ``metrics.r_precision_dmgan``: mismatches from all test captions of images of
+    other classes, 10 splits)."""
     n_words = text_encoder_vocab_size(text_encoder_path)
     vocab = test_captions(cfg, n_words)
     text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, device).eval()
@@ -247,19 +299,57 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
     encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
     caps = torch.stack([c for c, _, _ in encoded])
     lens = torch.tensor([max(int(n), 1) for _, n, _ in encoded])
-    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     img, txt = damsm_codes(image_encoder, text_encoder, images, caps, lens, device=device)
+    return dict(r_precision_of_codes(cfg, vocab, text_encoder, img, txt, keys, device),
+                text_encoder=os.path.abspath(text_encoder_path))
+
+
+def r_precision_of_codes(cfg, vocab, text_encoder, img: torch.Tensor, txt: torch.Tensor, keys: list,
+                         device='cpu') -> dict:
+    """R-precision by ``EVAL.R_PRECISION_PROTOCOL`` of DAMSM codes (N x D each) of images and
+    their captions, ``keys`` their test-split keys; ``vocab`` the test split and
+    ``text_encoder`` (eval mode) the encoder of the pool captions ('dmgan').
+    Returns ``{'mean', 'std', 'count', 'protocol', ...}``; TooFewCaptions when N is too small."""
+    protocol = cfg.EVAL.R_PRECISION_PROTOCOL
+    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    extra = {}
+    index = {k: i for i, k in enumerate(vocab.filenames)}
+    missing = [k for k in dict.fromkeys(keys) if k not in index] if protocol == 'dmgan' else []
+    if missing:
+        raise DataError(f"R-precision 'dmgan' needs the test-split key of every image; "
+                        f"{len(missing)} are not in the test split, e.g. '{missing[0]}'")
     try:
-        mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
-    except ValueError as e:   # too few distinct captions for 99 mismatches
+        if protocol == 'dmgan':
+            per = vocab.embeddings_num
+            pool = torch.stack([vocab.caption_tensor(i)[0] for i in range(len(vocab.captions))])
+            pool_lens = torch.tensor([max(vocab.caption_tensor(i)[1], 1) for i in range(len(vocab.captions))])
+            pool_codes = sentence_codes(text_encoder, pool, pool_lens, device=device)
+            mean, std = r_precision_dmgan(img, txt, [vocab.class_id[index[k]] for k in keys], pool_codes,
+                                          [vocab.class_id[i // per] for i in range(len(vocab.captions))],
+                                          splits=cfg.EVAL.SPLITS, seed=cfg.EVAL.SEED)
+            extra = {'pool_captions': len(vocab.captions), 'splits': cfg.EVAL.SPLITS}
+        else:
+            mean, std = r_precision(img, txt, groups=[group_of[k] for k in keys], seed=cfg.EVAL.SEED)
+    except ValueError as e:   # too few distinct captions for 99 mismatches, or images for the splits
         raise TooFewCaptions(str(e)) from None
-    return {'mean': mean, 'std': std, 'count': len(images), 'text_encoder': os.path.abspath(text_encoder_path)}
+    return {'mean': mean, 'std': std, 'count': len(img), 'protocol': protocol, **extra}
 
 
 # ----------------------------------------------------------------------------- driver
 def _domain_classifier(cfg, device):
-    """Optional IS classifier: torchvision Inception-v3 with EVAL.CLASSIFIER_CLASSES outputs;
-    input uint8 -> logits (resized to 299, ImageNet normalisation)."""
+    """Optional IS classifier, by EVAL.CLASSIFIER_PROTOCOL: 'torchvision' (EVAL.CLASSIFIER, a
+    torchvision Inception-v3 with EVAL.CLASSIFIER_CLASSES outputs; resized to 299, ImageNet
+    normalisation) or 'stackgan' (StackGAN's CUB Inception converted by
+    tools/convert_stackgan_inception.py, at EVAL.CLASSIFIER or STACKGAN_CLASSIFIER; its own
+    preprocessing). Returns ``(classify, path)``: classify uint8 B x 3 x H x W -> logits."""
+    if cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan':
+        path = cfg.EVAL.CLASSIFIER or STACKGAN_CLASSIFIER
+        try:
+            cub = load_cub_inception(path, device)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"EVAL.CLASSIFIER_PROTOCOL=stackgan: {e}; put the converted file at "
+                                    f"'{os.path.abspath(path)}' or set EVAL.CLASSIFIER=/path/to/it") from None
+        return (lambda images: cub_logits(cub, images, device)), path
     net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=cfg.EVAL.CLASSIFIER_CLASSES)
     if not os.path.isfile(cfg.EVAL.CLASSIFIER):
         raise FileNotFoundError(f"EVAL.CLASSIFIER='{cfg.EVAL.CLASSIFIER}' not found")
@@ -271,7 +361,7 @@ def _domain_classifier(cfg, device):
     def classify(images):
         x = F.interpolate(images.float() / 255.0, size=(299, 299), mode='bilinear', align_corners=False)
         return net((x - mean) / std)
-    return classify
+    return classify, cfg.EVAL.CLASSIFIER
 
 
 def _want_r_precision(cfg, source: ImageSource, text_path: str) -> bool:
@@ -285,10 +375,12 @@ def _want_r_precision(cfg, source: ImageSource, text_path: str) -> bool:
             raise ConfigError(f"EVAL.R_PRECISION='on' needs DAMSM-encoded captions; DATA.HD5_FILE="
                               f"'{cfg.DATA.HD5_FILE}' has precomputed embeddings: set EVAL.R_PRECISION=off")
         return False
-    ok = source.has_captions and os.path.isfile(text_path) and source.count >= 100
+    # 'pairs' draws 99 mismatches among the images' own captions; 'dmgan' draws from the test split
+    least = 100 if cfg.EVAL.R_PRECISION_PROTOCOL == 'pairs' else 2 * cfg.EVAL.SPLITS
+    ok = source.has_captions and os.path.isfile(text_path) and source.count >= least
     if mode == 'on' and not ok:
         raise ConfigError(f"EVAL.R_PRECISION='on' needs captions (a manifest.jsonl or --netG), the DAMSM "
-                          f"encoder '{text_path}' and at least 100 images")
+                          f"encoder '{text_path}' and at least {least} images")
     return ok
 
 
@@ -298,22 +390,23 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     write the result JSON (``out`` or next to the images) and return it."""
     if bool(images) == bool(netg):
         raise ConfigError('give exactly one of --images DIR or --netG FILE')
+    check_protocols(cfg)
     device = device_from_config(cfg).device
     num = num or (cfg.EVAL.NUM_IS if metric == 'IS' else cfg.EVAL.NUM_FID)
     source = folder_source(images, num, cfg.EVAL.BATCH_SIZE) if images else generator_source(cfg, netg, num, device)
     text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
     want_rp = _want_r_precision(cfg, source, text_path)
 
-    dims = str(cfg.EVAL.FID_DIMS)
-    if dims not in ('64', '192', '768', '2048'):
-        raise ConfigError(f"EVAL.FID_DIMS must be 64, 192, 768 or 2048, got {dims}")
+    dims = fid_dims(cfg)
+    # the classifier first: a missing file is reported before any image is generated
+    want_classifier = metric == 'IS' and (cfg.EVAL.CLASSIFIER or cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan')
+    classifier, classifier_path = _domain_classifier(cfg, device) if want_classifier else (None, '')
     features = ['logits_unbiased'] if metric == 'IS' else [dims]
     extractor, tag = inception_extractor(cfg, features, device)
     if tag['weights'] == 'random':
         print(f'warning: {RANDOM_NOTE}', file=sys.stderr)
 
     kept = {'images': [], 'captions': [], 'keys': []}
-    classifier = _domain_classifier(cfg, device) if (metric == 'IS' and cfg.EVAL.CLASSIFIER) else None
     domain_logits = []
 
     def on_batch(batch_images, captions, keys):
@@ -340,19 +433,22 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
         mean, std = inception_score(feats, cfg.EVAL.SPLITS)
         result.update(value=mean, std=std, splits=cfg.EVAL.SPLITS)
         if classifier is not None:
-            dmean, dstd = inception_score(torch.cat(domain_logits), cfg.EVAL.SPLITS)
-            result['domain_classifier'] = {'value': dmean, 'std': dstd, 'classifier': os.path.abspath(cfg.EVAL.CLASSIFIER)}
+            logits = torch.cat(domain_logits)
+            entry = {'protocol': cfg.EVAL.CLASSIFIER_PROTOCOL, 'classifier': os.path.abspath(classifier_path)}
+            if cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan':
+                # only full batches of 64 count, after a shuffle (seeded here, unseeded there)
+                dmean, dstd = stackgan_inception_score(logits, cfg.EVAL.SPLITS, PROTOCOL_BATCH, seed=cfg.EVAL.SEED)
+                entry['used'] = int(len(logits) // PROTOCOL_BATCH * PROTOCOL_BATCH)
+            else:
+                dmean, dstd = inception_score(logits, cfg.EVAL.SPLITS)
+            result['domain_classifier'] = dict(entry, value=dmean, std=dstd)
     else:
         ref = reference_statistics(cfg, extractor, tag, device, int(size))
-        mu, sigma = _statistics(feats)
-        result.update(value=frechet_distance(mu, sigma, ref['mu'], ref['sigma']), std=None, dims=int(dims),
+        scores = fid_and_kid(cfg, feats, ref)
+        result.update(value=scores['fid'], std=None, dims=int(dims),
                       reference={'count': ref['count'], 'cache': ref['path'], 'from_cache': ref['cached']})
-        if cfg.EVAL.KID:
-            subset = min(1000, len(feats), len(ref['features']))
-            kid = kid_features_to_metric(feats.float(), ref['features'].float(), kid_subsets=100,
-                                         kid_subset_size=subset, verbose=False, rng_seed=cfg.EVAL.SEED)
-            kmean, kstd = list(kid.values())[:2]
-            result['kid'] = {'value': float(kmean), 'std': float(kstd), 'subset_size': subset}
+        if 'kid' in scores:
+            result['kid'] = scores['kid']
     if want_rp:
         try:
             result['r_precision'] = caption_r_precision(cfg, text_path, torch.cat(kept['images']),

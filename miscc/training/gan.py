@@ -3,24 +3,32 @@
 ``MODEL.NAME``: the family gives the networks and the update, the driver the epoch loop."""
 from __future__ import annotations
 
+import json
 import os
+import warnings
 
 import torch
 import torch.nn as nn
 
 from datasets import build_dataset, collate_sorted
 
-from ..core.checkpoint import checkpoint_epoch, load_model_state, model_state_dict, save_atomic, sibling_checkpoint
+from ..core.checkpoint import (BEST_NAME, EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
+                               save_atomic, sibling_checkpoint)
 from ..core.config import ConfigError
+from ..core.files import atomic_write, write_json
 from ..core.runtime import device_from_config, init_distributed, seed_everything
 from ..data.hd5 import Hd5Batch, build_hd5_dataset, collate_hd5
 from ..evaluation.generation import decode_caption, mask_grid, save_grid
+from ..evaluation.in_training import TrainingEvaluator
 from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .driver import STATE_NAME, Driver, EpochSummary, StartPoint, read_progress, resolve_start_point
+from .ema import GeneratorEMA
 from .parallel import wrap_for_devices
 
-__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES']
+__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES', 'METRICS_NAME']
+
+METRICS_NAME = 'metrics.jsonl'   # <run>/metrics.jsonl: the in-training scores (EVAL.INTERVAL)
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
@@ -117,10 +125,25 @@ class GANTrainer:
         self.fixed = self._fixed_samples()
         if kind == 'weights':
             self.start.epoch = self._load_weights(path)
+        self.ema = self._make_ema(path if kind == 'weights' else '')
+        self.eval_history, self.eval_best = [], None      # in-training scores (EVAL.INTERVAL), resumed
 
         self._update_state = None   # the update's counters of a resumed state (set by load_state_dict)
         self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
                              self.dist)
+        self.evaluator = None
+        if cfg.EVAL.INTERVAL < 0:
+            raise ConfigError(f'EVAL.INTERVAL must be 0 (off) or a number of epochs, got {cfg.EVAL.INTERVAL}')
+        if cfg.EVAL.INTERVAL and cfg.DATA.HD5_FILE:
+            raise ConfigError(f"EVAL.INTERVAL={cfg.EVAL.INTERVAL} scores with the DAMSM text encoder's test captions, "
+                              f"but DATA.HD5_FILE='{cfg.DATA.HD5_FILE}' conditions on precomputed embeddings: set "
+                              f"EVAL.INTERVAL=0 and score saved generators with eval_FID.py --netG")
+        if cfg.EVAL.INTERVAL:
+            self.evaluator = TrainingEvaluator(cfg, self.family, self.text_encoder, self.image_encoder,
+                                               self.test_dataset, self.device, cfg.TREE.BASE_SIZE, self.dist)
+            if self.dist.is_main and kind == 'state':
+                # the history as of the resumed state: lines of a later, lost epoch go
+                self._write_metrics()
 
         # Wrap for several devices last, so states load into the bare modules.
         modules = {'netG': apply_fast_model_options(
@@ -195,6 +218,28 @@ class GANTrainer:
                 raise FileNotFoundError(f"continuing from '{path}' needs the {name} file '{other}' beside it")
         return checkpoint_epoch(path) + 1
 
+    def _make_ema(self, weights_path: str) -> GeneratorEMA | None:
+        """TRAIN.G_EMA's average of G (None when off), a copy of G, or continuing from weights:
+        the ``netG_ema_<epoch>.pth`` beside them when there is one."""
+        train = self.cfg.TRAIN
+        if not train.G_EMA:
+            return None
+        # a separate generator instance, built without drawing from the global RNG, so that
+        # training with the average on follows the same random stream as without it
+        with torch.random.fork_rng(devices=[]):
+            module = self.family.build_generator(self.cfg)
+        ema = GeneratorEMA(module.to(self.device), self.netG, train.G_EMA_DECAY, train.G_EMA_RAMPUP)
+        if weights_path and os.path.basename(weights_path).startswith('netG'):
+            saved = ema_checkpoint(weights_path)
+            if os.path.isfile(saved):
+                load_model_state(ema.module, saved)
+        return ema
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The generator to sample from: the average with TRAIN.G_EMA, else G (bare)."""
+        return self.netG if self.ema is None else self.ema.module
+
     def load_state_dict(self, state: dict) -> None:
         if state.get('finetune', False) != self.finetune:
             raise ConfigError(f"'{self.start.path}' is a {'fine-tuning' if state.get('finetune') else 'main.py'} "
@@ -209,12 +254,24 @@ class GANTrainer:
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
         self._update_state = state.get('update')
+        self.eval_history = list(state.get('eval_history', []))
+        self.eval_best = state.get('eval_best')
+        if self.ema is not None:
+            if 'netG_ema' in state:
+                self.ema.load_state_dict(state['netG_ema'])
+            else:
+                self.ema.copy_from(self.netG)
+                warnings.warn(f"TRAIN.G_EMA=True but '{self.start.path}' holds no average of G (trained without "
+                              f"it): the average starts from the resumed G")
 
     def state_dict(self) -> dict:
         state = {name: model_state_dict(net) for name, net in self.nets.items()}
         state.update({name: opt.state_dict() for name, opt in self.optimizers.items()})
         state.update(finetune=self.finetune, config=repr(self.cfg), fixed_noise=self.fixed['noise'],
                      update=self.update.state_dict())
+        if self.ema is not None:
+            state['netG_ema'] = self.ema.state_dict()
+        state.update(eval_history=list(self.eval_history), eval_best=self.eval_best)
         if self.finetune:
             state.update(text_encoder=model_state_dict(self.text_encoder),
                          image_encoder=model_state_dict(self.image_encoder))
@@ -247,6 +304,8 @@ class GANTrainer:
     def train_step(self, batch) -> dict:
         """One iteration on ``batch`` (a ``datasets.Batch``); returns the losses as floats."""
         losses = self.update(batch)
+        if self.ema is not None:
+            self.ema.update(self.netG)
         self.last_batch = (self.update.last_real, self.update.last_fake, batch)
         return losses
 
@@ -254,6 +313,8 @@ class GANTrainer:
         return {f'lr/{name[len("optimizer"):]}': opt.param_groups[0]['lr'] for name, opt in self.optimizers.items()}
 
     def end_of_epoch(self, summary: EpochSummary) -> None:
+        if self.evaluator is not None and summary.epoch % self.cfg.EVAL.INTERVAL == 0:
+            self.evaluate_in_training(summary.epoch)   # every rank: each generates its share
         if self.dist.is_main:
             self.end_of_epoch_images(summary.epoch)
             self.save_epoch_checkpoints(summary.epoch)
@@ -263,6 +324,49 @@ class GANTrainer:
     def fit(self) -> str | None:
         """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
         return self.driver.fit()
+
+    # ------------------------------------------------------------------ in-training evaluation
+    def evaluate_in_training(self, epoch: int) -> dict | None:
+        """FID/KID/R-precision of the sampling generator (the average with TRAIN.G_EMA) after
+        ``epoch``: logged to TensorBoard (eval/*), added to ``<run>/metrics.jsonl`` and, when the
+        FID is the lowest so far, ``models/netG_best.pth`` + ``netG_best.json``. Returns the record
+        on the main process."""
+        self.netG.eval()
+        try:
+            scores = self.evaluator.evaluate(self.sampling_generator)
+        finally:
+            self.netG.train()
+        if scores is None:
+            return None
+        record = dict({'epoch': epoch, 'step': self.global_step}, **scores,
+                      generator=EMA_NAME if self.ema is not None else 'netG')
+        self.eval_history.append(record)
+        self._write_metrics()
+        self.logger.scalars({k: record[k] for k in ('fid', 'kid', 'r_precision') if record[k] is not None},
+                            self.global_step, prefix='eval/')
+        if self.eval_best is None or record['fid'] < self.eval_best['fid']:
+            self.eval_best = {k: record[k] for k in ('epoch', 'step', 'fid', 'images', 'generator')}
+            self._save_best()
+        print(f"epoch {epoch}: FID {record['fid']:.3f} over {record['images']} images"
+              + (f", KID {record['kid']:.5f}" if record['kid'] is not None else '')
+              + (f", R-precision {record['r_precision']:.4f}" if record['r_precision'] is not None else '')
+              + f" ({record['seconds']:.1f} s; best FID {self.eval_best['fid']:.3f} at epoch {self.eval_best['epoch']})")
+        return record
+
+    def _write_metrics(self) -> None:
+        """``<run>/metrics.jsonl``, one line per evaluation, rewritten whole and atomically from
+        the history (a crash leaves the old file; a resume drops lines of epochs it redoes)."""
+        with atomic_write(os.path.join(self.run_dir, METRICS_NAME), 'w') as f:
+            f.write(''.join(json.dumps(r) + '\n' for r in self.eval_history))
+
+    def _save_best(self) -> None:
+        """The sampling generator as ``models/netG_best.pth`` (official keys; with its encoders
+        when fine-tuning), then ``netG_best.json``, each written atomically."""
+        save_atomic(model_state_dict(self.sampling_generator), os.path.join(self.models_dir, BEST_NAME + '.pth'))
+        if self.finetune:
+            for name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
+                save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{name}_best.pth'))
+        write_json(os.path.join(self.models_dir, BEST_NAME + '.json'), self.eval_best)
 
     # ------------------------------------------------------------------ outputs
     def save_epoch_checkpoints(self, epoch: int) -> None:
@@ -275,6 +379,9 @@ class GANTrainer:
             if epoch % train[self.family.save_intervals[name]]:
                 continue
             save_atomic(model_state_dict(net), os.path.join(self.models_dir, f'{name}_{epoch:03d}.pth'))
+            if self.ema is not None and net is self.netG:
+                save_atomic(model_state_dict(self.ema.module),
+                            os.path.join(self.models_dir, f'{EMA_NAME}_{epoch:03d}.pth'))
             if self.finetune and name == self.family.networks[0]:
                 for enc_name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
                     save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{enc_name}_{epoch:03d}.pth'))
@@ -290,7 +397,7 @@ class GANTrainer:
         else:
             self.text_encoder.eval()
             _, sent = self.text_encoder(fixed['captions'].to(self.device), fixed['lengths'])
-        images, masks = self.family.generate(self.netG, fixed['noise'].to(self.device), sent)
+        images, masks = self.family.generate(self.sampling_generator, fixed['noise'].to(self.device), sent)
         self.netG.train()
         if self.finetune:
             self.text_encoder.train(self.cfg.TRAIN.FINETUNE.ENCODERS_TRAIN_MODE)
