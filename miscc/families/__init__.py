@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..core.config import ConfigError
 from .base import Family, Update, noise_for
+from .dfgan import DFGAN, DFGANv1
 from .ssagan import SSAGAN
 
 __all__ = ['FAMILIES', 'Family', 'Update', 'family_of', 'build_networks', 'noise_for']
 
-FAMILIES = {family.name: family for family in (SSAGAN(),)}
+FAMILIES = {family.name: family for family in (SSAGAN(), DFGAN(), DFGANv1())}
 
 
 def family_of(cfg) -> Family:
