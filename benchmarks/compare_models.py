@@ -90,6 +90,7 @@ def parse_args(argv=None):
     p.add_argument('--synthetic-size', type=int, default=128)
     p.add_argument('--synthetic-seed', type=int, default=0)
     p.add_argument('--text-encoder', default='', help='pretrained DAMSM text encoder to use (image_encoder beside it)')
+    p.add_argument('--damsm-epochs', type=int, default=0, help="DAMSM pretraining epochs (0: the demo's 4)")
     p.add_argument('--image-encoder-input', type=int, default=96, help="TEXT.IMAGE_ENCODER_INPUT (the demo's 96)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
@@ -99,7 +100,7 @@ def parse_args(argv=None):
 def settings_of(args) -> dict:
     """What a result depends on (a stored row is reused only with the same settings)."""
     keys = ('steps', 'size', 'nf', 'batch', 'lr_scale', 'seed', 'eval_num', 'data_dir', 'num_train', 'num_test',
-            'synthetic_size', 'synthetic_seed', 'image_encoder_input', 'device')
+            'synthetic_size', 'synthetic_seed', 'damsm_epochs', 'image_encoder_input', 'device')
     return {k: getattr(args, k) for k in keys}
 
 
@@ -113,7 +114,9 @@ def damsm_encoder(args) -> str:
         f'DEVICE={args.device}', 'WORKERS=0', f'SEED={args.seed}', 'CONFIG_NAME=compare',
         f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', 'DATA.CACHE=True',
         f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
-        f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}'])
+        f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}']
+        + ([f'TRAIN.MAX_EPOCH={args.damsm_epochs}', f'TRAIN.SNAPSHOT_INTERVAL={args.damsm_epochs}']
+           if args.damsm_epochs else []))
     state = find_latest_state(cfg.OUTPUT_DIR, 'synthetic_birds_compare_')
     if state is not None and (read_progress(state) or {}).get('epoch', 0) >= cfg.TRAIN.MAX_EPOCH:
         run = os.path.dirname(os.path.dirname(state))
@@ -121,7 +124,10 @@ def damsm_encoder(args) -> str:
         cfg.RESTORE = state is not None
         with contextlib.redirect_stdout(sys.stderr):
             run = DAMSMTrainer(cfg.freeze()).fit()
-    return os.path.join(run, 'models', f'text_encoder{cfg.TRAIN.MAX_EPOCH}.pth')
+    path = os.path.join(run, 'models', f'text_encoder{cfg.TRAIN.MAX_EPOCH}.pth')
+    if not os.path.isfile(path):   # stopped early (Ctrl-C / SIGTERM): its state is saved
+        sys.exit(f"the DAMSM stage stopped before '{path}'; run the same command again to continue it")
+    return path
 
 
 def row_config(args, name: str, text_encoder: str):

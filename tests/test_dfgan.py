@@ -19,6 +19,7 @@ from miscc.core.checkpoint import CheckpointError, generator_layout, load_dfgan_
 from miscc.core.config import ConfigError, default_config, load_config
 from miscc.evaluation.generation import load_generation_stack, to_uint8_image
 from miscc.families import FAMILIES, family_of
+from miscc.training.gan import GANTrainer, resolve_resume
 from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
                                   generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
 from models import NetG as SSAGAN_NetG
@@ -730,3 +731,40 @@ def test_train_step_benchmark_runs_the_family(model, size, capsys):
     assert line['model'] == model and line['size'] == size and line['ms_per_iter'] > 0
     with pytest.raises(SystemExit):
         bench.main(['--model', model, '--mode', 'official'])
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_released_training_state(family_setup):
+    root = family_setup
+    cfg = family_cfg(root)
+    family = family_of(cfg)
+    nets = family.build_networks(cfg)
+    model = {name: randomised_state(net, 10 + i, prefix='module.') for i, (name, net) in enumerate(nets.items())}
+    for name, net in nets.items():
+        net.load_state_dict({k[len('module.'):]: v for k, v in model[name].items()})
+    opts = family.make_optimizers(cfg, nets)
+    for opt in opts.values():   # one step, so that the states hold moments
+        for group in opt.param_groups:
+            for p in group['params']:
+                p.grad = torch.randn_like(p)
+        opt.step()
+    path = root / 'release_train' / 'state_epoch_7.pth'
+    path.parent.mkdir()
+    torch.save({'model': model, 'optimizers': {'optimizer_G': opts['optimizerG'].state_dict(),
+                                               'optimizer_D': opts['optimizerD'].state_dict()}, 'epoch': 7}, path)
+    argv = family_argv(root, out='from_release', **{'TRAIN.NET_G': path, 'TRAIN.MAX_EPOCH': 8})
+    cfg = load_config(argv[1], argv[2:])
+    assert resolve_resume(cfg, False) == ('weights', str(path))
+    trainer = GANTrainer(cfg)
+    assert trainer.start.epoch == 8
+    for name in ('netG', 'netD', 'netC'):
+        for k, v in trainer.nets[name].state_dict().items():
+            assert torch.equal(v, model[name]['module.' + k]), f'{name}.{k}'
+    saved = opts['optimizerD'].state_dict()['state']
+    loaded = trainer.optimizers['optimizerD'].state_dict()['state']
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[i]['exp_avg'], loaded[i]['exp_avg']) for i in saved)
+    trainer.fit()   # epoch 8 only
+    (run,) = sorted((root / 'from_release').iterdir())
+    assert sorted(p.name for p in (run / 'models').glob('netG_*.pth')) == ['netG_008.pth']
+    # this project's own training states are not taken for DF-GAN's
+    assert not family.is_release_start(str(run / 'models' / 'state_last.pth'))

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from models.dfgan import NetC, NetD, NetD_v1, NetG, NetG_v1
 
-from ..core.checkpoint import load_dfgan_checkpoint, load_model_state, read_dfgan_checkpoint, unwrap_model
+from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file, load_model_state, read_dfgan_checkpoint,
+                               unwrap_model)
 from ..core.config import ConfigError
 from .base import Family, Update
 from .losses import discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
@@ -292,6 +293,25 @@ class DFGAN(Family):
             module = NetG_v1(bare.ngf, bare.nz, bare.imsize, bare.cond_dim).to(next(bare.parameters()).device)
         load_dfgan_checkpoint(path, module)
         return module
+
+    def is_release_start(self, path: str) -> bool:
+        """DF-GAN's own training state (``state_epoch_XXX.pth``: ``{'model': ..., 'optimizers': ...}``)
+        as TRAIN.NET_G: training continues from it."""
+        obj = load_file(path)
+        return isinstance(obj, Mapping) and 'model' in obj and 'progress' not in obj
+
+    def load_release_start(self, nets: dict, optimizers: dict, path: str) -> int | None:
+        """Networks and optimiser states of DF-GAN's training state, as DF-GAN's own resume
+        loads them; returns the epoch after the one it was saved at."""
+        if not self.is_release_start(path):
+            return None
+        ckpt = read_dfgan_checkpoint(path)
+        has_optimizers = isinstance(ckpt['optimizers'], Mapping) and {'optimizer_G', 'optimizer_D'} <= set(ckpt['optimizers'])
+        load_dfgan_checkpoint(path, nets['netG'], nets['netD'], nets.get('netC'),
+                              *((optimizers['optimizerG'], optimizers['optimizerD']) if has_optimizers else ()))
+        if ckpt['epoch'] is None:
+            raise CheckpointError(f"'{path}' holds no 'epoch' to continue after")
+        return int(ckpt['epoch']) + 1
 
     def noise(self, cfg, indices: Iterable[int], seed: int) -> torch.Tensor:
         """len(indices) x GAN.Z_DIM sampling noise, image n's from (seed, n) alone: with
