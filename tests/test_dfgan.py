@@ -3,12 +3,15 @@ against the formulas written out here with functional ops."""
 import importlib.util
 import json
 import math
+import os
 import pathlib
+import socket
 
 import numpy as np
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from PIL import Image
@@ -768,3 +771,33 @@ def test_training_continues_from_a_released_training_state(family_setup):
     assert sorted(p.name for p in (run / 'models').glob('netG_*.pth')) == ['netG_008.pth']
     # this project's own training states are not taken for DF-GAN's
     assert not family.is_release_start(str(run / 'models' / 'state_last.pth'))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, argv, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config(argv[1], argv[2:]).freeze()
+    trainer = GANTrainer(cfg)
+    trainer.fit()
+    torch.save({name: net.state_dict() for name, net in trainer.nets.items()}, os.path.join(out, f'rank{rank}.pth'))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_keeps_all_three_networks_identical(family_setup, tmp_path):
+    argv = family_argv(family_setup, out='ddp', **{'TRAIN.MAX_EPOCH': 1})
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, start_method='spawn')
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2))
+    assert set(r0) == {'netG', 'netD', 'netC'}
+    for net in r0:
+        for k, v in r0[net].items():
+            assert torch.equal(v, r1[net][k]), f'{net}.{k}'
+    (run,) = sorted((family_setup / 'ddp').iterdir())
+    assert (run / 'models' / 'netC_001.pth').is_file()
