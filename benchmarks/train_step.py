@@ -1,6 +1,7 @@
-"""Time full SSA-GAN training iterations on random data; print one JSON line.
+"""Time full training iterations of a family (SSA-GAN by default) on random data; print one JSON line.
 
     python benchmarks/train_step.py --nf 32 --batch 2 --size 256 --iters 3 --mode faithful
+    python benchmarks/train_step.py --model dfgan --nf 32 --batch 2 --size 256 --iters 3
     python benchmarks/train_step.py --nf 32 --batch 2 --mode fast
     python benchmarks/train_step.py --nf 32 --batch 2 --mode official --official-repo ../text2image
 
@@ -57,8 +58,11 @@ def random_batch(batch: int, size: int, seed: int):
 def build_ours(args, device, overrides=()):
     """Our update at the benchmark's settings: a callable (images, captions, lengths, class ids)
     -> losses like the official one, and the bare (netG, netD, text encoder, image encoder)."""
+    model = getattr(args, 'model', 'ssagan')
+    # DF-GAN's G loss has no DAMSM term (its configs set TRAIN.LAMBDA_DA: 0)
+    family_keys = [f'MODEL.NAME={model}'] + (['TRAIN.LAMBDA_DA=0'] if model.startswith('dfgan') else [])
     cfg = load_config(None, [f'TRAIN.NF={args.nf}', f'TREE.BASE_SIZE={args.size}',
-                             f'TRAIN.FAST={args.mode == "fast"}', *overrides])
+                             f'TRAIN.FAST={args.mode == "fast"}', *family_keys, *overrides])
     family = family_of(cfg)
     torch.manual_seed(0)
     nets = {k: net.to(device) for k, net in family.build_networks(cfg).items()}
@@ -220,6 +224,9 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--mode', choices=['faithful', 'fast', 'official'], default='faithful')
+    parser.add_argument('--model', default='ssagan',
+                        help="MODEL.NAME of the family to time (ssagan, dfgan, dfgan_v1); 'official' and "
+                             "--check are SSA-GAN's")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--official-repo', default='', help='local clone of the official repository')
     parser.add_argument('--check', action='store_true',
@@ -239,6 +246,8 @@ def main(argv=None):
     parser.add_argument('--peak-tflops', type=float, default=0.0, metavar='T',
                         help='with --flops: the device peak in TFLOP/s, to report model FLOP utilisation')
     args = parser.parse_args(argv)
+    if args.model != 'ssagan' and (args.mode == 'official' or args.check):
+        parser.error('--mode official and --check compare with the official SSA-GAN code: use --model ssagan')
     device = torch.device(args.device)
     if args.allocator is None:
         args.allocator = 'system' if args.mode == 'official' else load_config(None, args.set).CPU_ALLOCATOR
@@ -298,7 +307,7 @@ def main(argv=None):
         extra['achieved_tflops'] = round(flops / (ms / 1000) / 1e12, 2)
         if args.peak_tflops:
             extra['mfu'] = round(flops / (ms / 1000) / 1e12 / args.peak_tflops, 4)
-    print(json.dumps({'ms_per_iter': round(ms, 1), 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
+    print(json.dumps({'ms_per_iter': round(ms, 1), 'model': args.model, 'mode': args.mode, 'nf': args.nf, 'batch': args.batch,
                       'size': args.size, 'allocator': args.allocator,
                       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       **({'peak_gpu_mb': round(peak_memory_mb(device), 1)} if device.type == 'cuda' else {}),

@@ -12,9 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['NetG', 'SSACNBlock', 'SemanticSpatialBN', 'mask_predictor', 'generator_channels',
-           'num_stages']
+           'num_stages', 'MASK_MODES']
 
 MASK_HIDDEN = 100
+# 'predicted': the official SSACN (masks from the mask predictors); 'ones': every mask fixed
+# at 1, so each SSCBN is a sentence-conditioned BN (the paper's "no SSACN" ablation row)
+MASK_MODES = ('predicted', 'ones')
 
 
 def num_stages(img_size: int) -> int:
@@ -119,20 +122,31 @@ class NetG(nn.Module):
     ``masks`` is the list of the sigmoid masks used by each block, B x 1 x 4 x 4 up to
     B x 1 x S x S (7 of them at S = 256). The raw mask predicted after block i is resized
     bilinearly (align_corners=True) to the next block's size before its sigmoid.
+
+    ``masks='ones'`` (ablation) fixes every mask at 1: no mask predictor is built (so the
+    state dict has no ``conv_mask`` keys) and each SSCBN is ``(gamma(e) + 1) * BN(x) + beta(e)``;
+    the returned masks are those ones.
     """
 
-    def __init__(self, ngf: int = 64, nz: int = 100, img_size: int = 256, cond_dim: int = 256):
+    def __init__(self, ngf: int = 64, nz: int = 100, img_size: int = 256, cond_dim: int = 256,
+                 masks: str = 'predicted'):
         super().__init__()
+        if masks not in MASK_MODES:
+            raise ValueError(f"masks must be one of {', '.join(map(repr, MASK_MODES))}, got {masks!r}")
         self.ngf = ngf
         self.nz = nz
         self.img_size = img_size
+        self.masks = masks
+        predicted = masks == 'predicted'
         mults = generator_channels(img_size)
-        self.conv_mask = mask_predictor(8 * ngf)
+        if predicted:
+            self.conv_mask = mask_predictor(8 * ngf)
         self.fc = nn.Linear(nz, 8 * ngf * 4 * 4)
         in_ch = 8 * ngf
         for i, mult in enumerate(mults):
             last = i == len(mults) - 1
-            self.add_module(f'block{i}', SSACNBlock(in_ch, mult * ngf, cond_dim, predict_mask=not last))
+            self.add_module(f'block{i}', SSACNBlock(in_ch, mult * ngf, cond_dim,
+                                                    predict_mask=predicted and not last))
             in_ch = mult * ngf
         self.num_blocks = len(mults)
         self.conv_img = nn.Sequential(
@@ -155,14 +169,19 @@ class NetG(nn.Module):
 
     def forward(self, noise: torch.Tensor, sent: torch.Tensor):
         out = self.fc(noise).view(noise.size(0), 8 * self.ngf, 4, 4)
-        mask_logits = self.conv_mask(out)
+        predicted = self.masks == 'predicted'
+        mask_logits = self.conv_mask(out) if predicted else None
         masks = []
         for i, block in enumerate(self.blocks):
             if i > 0:
                 out = F.interpolate(out, scale_factor=2, mode='nearest')
-                mask_logits = F.interpolate(mask_logits, size=out.shape[2:], mode='bilinear',
-                                            align_corners=True)
-            mask = torch.sigmoid(mask_logits)
+                if predicted:
+                    mask_logits = F.interpolate(mask_logits, size=out.shape[2:], mode='bilinear',
+                                                align_corners=True)
+            if predicted:
+                mask = torch.sigmoid(mask_logits)
+            else:
+                mask = out.new_ones(out.size(0), 1, out.size(2), out.size(3))
             masks.append(mask)
             out, mask_logits = block(out, sent, mask)
         return self.conv_img(out), masks

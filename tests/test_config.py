@@ -175,3 +175,31 @@ def test_models_do_not_read_global_config():
     for path in (ROOT / 'models').glob('*.py'):
         text = path.read_text()
         assert 'miscc.config' not in text and 'cfg.' not in text, path.name
+
+
+ABLATIONS = {   # file: the keys in which it differs from cfg/bird.yml
+    'bird_no_ssacn_no_damsm': {'GAN.MASKS': 'ones', 'TRAIN.LAMBDA_DA': 0.0},
+    'bird_ssacn': {'TRAIN.LAMBDA_DA': 0.0},
+    'bird_ssacn_damsm': {},
+    'bird_ssacn_damsm_finetune': {},
+}
+
+
+def _flat(tree, prefix=''):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize('name', sorted(ABLATIONS))
+def test_ablation_configs_are_bird_yml_but_for_their_row(name):
+    root = ROOT
+    bird = _flat(load_config(str(root / 'cfg' / 'bird.yml')).to_dict())
+    ablation = _flat(load_config(str(root / 'cfg' / 'ablation' / f'{name}.yml')).to_dict())
+    differs = {k: v for k, v in ablation.items() if bird[k] != v and k != 'CONFIG_NAME'}
+    assert differs == ABLATIONS[name] and ablation['CONFIG_NAME'] == name
+    assert sorted(p.stem for p in (root / 'cfg' / 'ablation').glob('*.yml')) == sorted(ABLATIONS)

@@ -1,15 +1,28 @@
 """DF-GAN (2022 and 2020 releases): keys and shapes against the upstream code, forward passes
 against the formulas written out here with functional ops."""
+import importlib.util
 import json
 import math
+import os
 import pathlib
+import socket
+
+import numpy as np
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from PIL import Image
+
+from helpers import make_synthetic_with_encoders
+from miscc.cli import eval_main, gan_main
 from miscc.core.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
-from miscc.core.config import default_config, load_config
+from miscc.core.config import ConfigError, default_config, load_config
+from miscc.evaluation.generation import load_generation_stack, to_uint8_image
+from miscc.families import FAMILIES, family_of
+from miscc.training.gan import GANTrainer, resolve_resume
 from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
                                   generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
 from models import NetG as SSAGAN_NetG
@@ -527,3 +540,264 @@ def test_dfgan_configs_carry_its_published_settings():
         assert cfg.GAN.Z_DIM == 100 and cfg.TEXT.EMBEDDING_DIM == 256 and cfg.SEED == 100
         assert cfg.TEXT.CAPTIONS_PER_IMAGE == captions and cfg.EVAL.NUM_FID == fid
         assert cfg.DFGAN.TRUNCATION is True and cfg.DFGAN.TRUNC_RATE == 0.88
+
+
+
+# --- the families on the shared loop, sampling and evaluation --------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def family_setup(tmp_path_factory):
+    """8 train / 4 test synthetic birds and random DAMSM encoders for their vocabulary."""
+    return make_synthetic_with_encoders(tmp_path_factory.mktemp('dfgan'), 8, 4, seed=3, epoch=5)
+
+
+def family_argv(root, out='out', model='dfgan', **extra):
+    """cfg/bird_dfgan.yml scaled to 32 px, NF 2, batch 4: 2 steps per epoch, 2 epochs."""
+    base = {'MODEL.NAME': model, 'DATASET_NAME': 'synthetic_birds', 'DATA_DIR': root / 'synthetic_birds',
+            'OUTPUT_DIR': root / out, 'TEXT.DAMSM_NAME': root / 'enc' / 'text_encoder5.pth',
+            'TREE.BASE_SIZE': 64 if model == 'dfgan_v1' else 32, 'TRAIN.NF': 2, 'TRAIN.BATCH_SIZE': 4,
+            'TRAIN.MAX_EPOCH': 2, 'TRAIN.GSAVE_INTERVAL': 1, 'TRAIN.DSAVE_INTERVAL': 1, 'WORKERS': 0,
+            'DEVICE': 'cpu', 'SYNTHETIC.NUM_TRAIN': 8, 'SYNTHETIC.NUM_TEST': 4, 'SYNTHETIC.IMAGE_SIZE': 128,
+            'SYNTHETIC.SEED': 3}
+    base.update(extra)
+    return ['--cfg', str(ROOT / 'cfg' / 'bird_dfgan.yml')] + [f'{k}={v}' for k, v in base.items()]
+
+
+def family_cfg(root, **extra):
+    argv = family_argv(root, **extra)
+    return load_config(argv[1], argv[2:])
+
+
+def test_families_are_registered_with_their_networks():
+    assert {'ssagan', 'dfgan', 'dfgan_v1'} <= set(FAMILIES)
+    cfg = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'), ['TRAIN.NF=2', 'TREE.BASE_SIZE=64'])
+    family = family_of(cfg)
+    nets = family.build_networks(cfg)
+    assert family.networks == tuple(nets) == ('netG', 'netD', 'netC')
+    assert [type(n) for n in nets.values()] == [NetG, NetD, NetC]
+    assert family.save_intervals == {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL', 'netC': 'DSAVE_INTERVAL'}
+    opts = family.make_optimizers(cfg, nets)
+    assert set(opts) == {'optimizerG', 'optimizerD'}
+    d_params = list(nets['netD'].parameters()) + list(nets['netC'].parameters())
+    assert [id(p) for p in opts['optimizerD'].param_groups[0]['params']] == [id(p) for p in d_params]
+    assert opts['optimizerD'].param_groups[0]['betas'] == (0.0, 0.9) and opts['optimizerD'].param_groups[0]['lr'] == 4e-4
+    with pytest.raises(ConfigError, match='no encoder fine-tuning'):
+        family.make_optimizers(cfg, nets, finetune=True)
+    with pytest.raises(ConfigError, match='TRAIN.LAMBDA_DA=0.05'):
+        family.make_optimizers(load_config(None, ['MODEL.NAME=dfgan', 'TRAIN.NF=2']), nets)
+    v1 = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'), ['MODEL.NAME=dfgan_v1', 'TRAIN.NF=2', 'TREE.BASE_SIZE=64'])
+    nets_v1 = family_of(v1).build_networks(v1)
+    assert tuple(nets_v1) == family_of(v1).networks == ('netG', 'netD')
+    assert [type(n) for n in nets_v1.values()] == [NetG_v1, NetD_v1]
+
+
+def test_sampling_noise_is_truncated_per_image():
+    cfg = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'))
+    family = family_of(cfg)
+    noise = family.noise(cfg, range(64), seed=4)
+    assert noise.shape == (64, 100) and noise.abs().max() <= 2 * 0.88 and noise.abs().max() > 1.5
+    # image n's noise depends on (seed, n) only: batches and resumed runs agree
+    assert torch.equal(family.noise(cfg, [5, 9], seed=4), noise[[5, 9]])
+    expected = 0.88 * truncated_normal((100,), generator=torch.Generator().manual_seed(4 * 1_000_003 + 9))
+    assert torch.equal(noise[9], expected)
+    plain = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'), ['DFGAN.TRUNCATION=False'])
+    assert torch.equal(family.noise(plain, [9], seed=4)[0],
+                       torch.randn(100, generator=torch.Generator().manual_seed(4 * 1_000_003 + 9)))
+
+
+def state_of(run):
+    return torch.load(run / 'models' / 'state_last.pth', weights_only=True)
+
+
+@pytest.mark.slow
+def test_training_writes_netc_and_resumes_bit_identically(family_setup):
+    root = family_setup
+    assert gan_main(False, family_argv(root, out='straight')) == 0
+    (straight,) = sorted((root / 'straight').iterdir())
+    assert sorted(p.name for p in (straight / 'models').iterdir()) == [
+        'netC_001.pth', 'netC_002.pth', 'netD_001.pth', 'netD_002.pth', 'netG_001.pth', 'netG_002.pth',
+        'state_last.json', 'state_last.pth']
+    cfg = family_cfg(root)
+    nets = family_of(cfg).build_networks(cfg)
+    for name, net in nets.items():   # plain state dicts with DF-GAN's keys
+        net.load_state_dict(torch.load(straight / 'models' / f'{name}_002.pth', weights_only=True), strict=True)
+    # 3 steps (the middle of epoch 2), then RESTORE
+    assert gan_main(False, family_argv(root, out='split', **{'TRAIN.MAX_STEPS': 3})) == 0
+    assert gan_main(False, family_argv(root, out='split', RESTORE=True)) == 0
+    (split,) = sorted((root / 'split').iterdir())
+    a, b = state_of(straight), state_of(split)
+    assert a['progress'] == b['progress'] and a['progress']['global_step'] == 4
+    for part in ('netG', 'netD', 'netC'):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f'{part}.{k}'
+    for opt in ('optimizerG', 'optimizerD'):
+        assert a[opt]['state'].keys() == b[opt]['state'].keys()
+        for i, st in a[opt]['state'].items():
+            for k in ('exp_avg', 'exp_avg_sq'):
+                assert torch.equal(st[k], b[opt]['state'][i][k]), f'{opt}[{i}].{k}'
+    # every network trained from epoch 1 to 2, and D's optimiser covers netD and netC
+    for name in ('netG', 'netD', 'netC'):
+        one, two = (torch.load(straight / 'models' / f'{name}_00{e}.pth', weights_only=True) for e in (1, 2))
+        assert any(not torch.equal(one[k], two[k]) for k in one), name
+    assert len(a['optimizerD']['state']) == len(list(nets['netD'].parameters())) + len(list(nets['netC'].parameters()))
+
+
+def randomised_state(module, seed, prefix=''):
+    gen = torch.Generator().manual_seed(seed)
+    return {prefix + k: (torch.randn(v.shape, generator=gen) * 0.2 if v.is_floating_point() else v)
+            for k, v in module.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_generation_and_eval_from_a_released_training_state(family_setup, capsys):
+    root = family_setup
+    cfg = family_cfg(root)
+    nets = family_of(cfg).build_networks(cfg)
+    model = {name: randomised_state(net, i, prefix='module.') for i, (name, net) in enumerate(nets.items())}
+    path = root / 'released' / 'state_epoch_1220.pth'
+    path.parent.mkdir()
+    torch.save({'model': model, 'optimizers': {}, 'epoch': 1220}, path)
+    argv = family_argv(root, **{'B_VALIDATION': True, 'TRAIN.NET_G': path, 'SAMPLE.NUM': 3, 'SAMPLE.SEED': 2})
+    assert gan_main(False, argv) == 0
+    out = path.parent / 'state_epoch_1220' / 'valid'
+    lines = [json.loads(x) for x in (out / 'manifest.jsonl').read_text().splitlines()]
+    assert [e['file'] for e in lines] == ['img_s0.png', 'img_s1.png', 'img_s2.png']
+    assert all(e['mask'] is None for e in lines)            # DF-GAN has no masks
+    # the same image from the released weights, loaded here by hand, and DF-GAN's noise
+    netG = NetG(2, 100, 256, 32, 3)
+    netG.load_state_dict({k[len('module.'):]: v for k, v in model['netG'].items()})
+    netG.eval()
+    stack = load_generation_stack(cfg, str(path), 'cpu')
+    caps, lens, _ = stack.encode([lines[1]['caption']])
+    noise = 0.88 * truncated_normal((1, 100), generator=torch.Generator().manual_seed(2 * 1_000_003 + 1))
+    with torch.no_grad():
+        expected = to_uint8_image(netG(noise, stack.sentences(caps, lens)))[0].permute(1, 2, 0).numpy()
+    png = torch.from_numpy(np.array(Image.open(out / 'img_s1.png').convert('RGB')))
+    assert (png.int() - torch.from_numpy(expected).int()).abs().max() <= 1
+    # eval_IS generates from the same file through the same stack
+    eval_argv = ['--cfg', str(ROOT / 'cfg' / 'bird_dfgan.yml'), '--netG', str(path), '--num', '6'] + argv[2:] + [
+        'EVAL.RANDOM_WEIGHTS=True', 'EVAL.SPLITS=2', 'EVAL.BATCH_SIZE=6', f'EVAL.CACHE_DIR={root / "cache"}']
+    assert eval_main('IS', eval_argv) == 0
+    result = json.loads((path.parent / 'state_epoch_1220' / 'is.json').read_text())
+    assert result['count'] == 6 and result['value'] >= 1.0
+
+
+@pytest.mark.slow
+def test_a_2020_generator_is_sampled_under_dfgan(family_setup):
+    root = family_setup
+    v1 = NetG_v1(2, 100, 32, 256)
+    path = root / 'netG_2020.pth'
+    torch.save(randomised_state(v1, 5, prefix='module.'), path)
+    for model in ('dfgan', 'dfgan_v1'):     # detected by its keys, or named
+        stack = load_generation_stack(family_cfg(root, model=model, **{'TREE.BASE_SIZE': 32}), str(path), 'cpu')
+        assert type(stack.netG) is NetG_v1
+        assert torch.equal(stack.netG.block0.affine3.fc_gamma.linear1.weight,
+                           torch.load(path, weights_only=True)['module.block0.affine3.fc_gamma.linear1.weight'])
+        images, masks = stack.generate(stack.noise([0, 1], 0), torch.randn(2, 256))
+        assert images.shape == (2, 3, 32, 32) and masks == []
+    # an SSA-GAN generator is not a DF-GAN one: the error names the MODEL.NAME that fits
+    ssagan_file = root / 'netG_ssagan.pth'
+    torch.save(SSAGAN_NetG(2, 100, 64).state_dict(), ssagan_file)
+    with pytest.raises(CheckpointError, match='set MODEL.NAME: ssagan'):
+        load_generation_stack(family_cfg(root), str(ssagan_file), 'cpu')
+
+
+@pytest.mark.slow
+def test_dfgan_v1_trains_through_the_shared_loop(family_setup):
+    root = family_setup
+    argv = family_argv(root, out='v1', model='dfgan_v1', **{'TRAIN.MAX_EPOCH': 1})
+    assert gan_main(False, argv) == 0
+    (run,) = sorted((root / 'v1').iterdir())
+    assert sorted(p.name for p in (run / 'models').iterdir()) == ['netD_001.pth', 'netG_001.pth',
+                                                                   'state_last.json', 'state_last.pth']
+    state = torch.load(run / 'models' / 'netG_001.pth', weights_only=True)
+    assert generator_layout(state) == 'dfgan_v1'
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', ROOT / 'benchmarks' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model, size', [('dfgan', 32), ('dfgan_v1', 64)])
+def test_train_step_benchmark_runs_the_family(model, size, capsys):
+    bench = load_benchmark('train_step')
+    bench.main(['--model', model, '--nf', '2', '--size', str(size), '--batch', '2', '--iters', '1', '--warmup', '1'])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line['model'] == model and line['size'] == size and line['ms_per_iter'] > 0
+    with pytest.raises(SystemExit):
+        bench.main(['--model', model, '--mode', 'official'])
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_released_training_state(family_setup):
+    root = family_setup
+    cfg = family_cfg(root)
+    family = family_of(cfg)
+    nets = family.build_networks(cfg)
+    model = {name: randomised_state(net, 10 + i, prefix='module.') for i, (name, net) in enumerate(nets.items())}
+    for name, net in nets.items():
+        net.load_state_dict({k[len('module.'):]: v for k, v in model[name].items()})
+    opts = family.make_optimizers(cfg, nets)
+    for opt in opts.values():   # one step, so that the states hold moments
+        for group in opt.param_groups:
+            for p in group['params']:
+                p.grad = torch.randn_like(p)
+        opt.step()
+    path = root / 'release_train' / 'state_epoch_7.pth'
+    path.parent.mkdir()
+    torch.save({'model': model, 'optimizers': {'optimizer_G': opts['optimizerG'].state_dict(),
+                                               'optimizer_D': opts['optimizerD'].state_dict()}, 'epoch': 7}, path)
+    argv = family_argv(root, out='from_release', **{'TRAIN.NET_G': path, 'TRAIN.MAX_EPOCH': 8})
+    cfg = load_config(argv[1], argv[2:])
+    assert resolve_resume(cfg, False) == ('weights', str(path))
+    trainer = GANTrainer(cfg)
+    assert trainer.start.epoch == 8
+    for name in ('netG', 'netD', 'netC'):
+        for k, v in trainer.nets[name].state_dict().items():
+            assert torch.equal(v, model[name]['module.' + k]), f'{name}.{k}'
+    saved = opts['optimizerD'].state_dict()['state']
+    loaded = trainer.optimizers['optimizerD'].state_dict()['state']
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[i]['exp_avg'], loaded[i]['exp_avg']) for i in saved)
+    trainer.fit()   # epoch 8 only
+    (run,) = sorted((root / 'from_release').iterdir())
+    assert sorted(p.name for p in (run / 'models').glob('netG_*.pth')) == ['netG_008.pth']
+    # this project's own training states are not taken for DF-GAN's
+    assert not family.is_release_start(str(run / 'models' / 'state_last.pth'))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, argv, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config(argv[1], argv[2:]).freeze()
+    trainer = GANTrainer(cfg)
+    trainer.fit()
+    torch.save({name: net.state_dict() for name, net in trainer.nets.items()}, os.path.join(out, f'rank{rank}.pth'))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_keeps_all_three_networks_identical(family_setup, tmp_path):
+    argv = family_argv(family_setup, out='ddp', **{'TRAIN.MAX_EPOCH': 1})
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, start_method='spawn')
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2))
+    assert set(r0) == {'netG', 'netD', 'netC'}
+    for net in r0:
+        for k, v in r0[net].items():
+            assert torch.equal(v, r1[net][k]), f'{net}.{k}'
+    (run,) = sorted((family_setup / 'ddp').iterdir())
+    assert (run / 'models' / 'netC_001.pth').is_file()

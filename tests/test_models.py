@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from miscc.core.config import ConfigError, load_config
+from miscc.families import build_networks
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER
 from models.encoders import INCEPTION_FILENAMES
 from models.generator import SSACNBlock, SemanticSpatialBN, generator_channels
@@ -283,3 +285,54 @@ def test_imagenet_weights_load_from_hub_cache_and_path(monkeypatch, tmp_path):
         cnn = CNN_ENCODER(16, inception_weights=weights)
         assert torch.equal(cnn.Mixed_7c.branch_pool.conv.weight, reference.Mixed_7c.branch_pool.conv.weight)
         assert torch.equal(cnn.Conv2d_1a_3x3.bn.running_var, reference.Conv2d_1a_3x3.bn.running_var)
+
+
+def reference_generator_forward_without_masks(g, noise, sent):
+    """SSCBN reduced to sentence-conditioned BN, written out: (gamma(e) + 1) * BN(x) + beta(e)
+    in every block, no mask anywhere."""
+    def bn(x, module):
+        return F.batch_norm(x, None, None, module.weight, module.bias, True, 0.0, module.eps)
+
+    def mlp(seq, e):
+        return F.linear(F.relu(F.linear(e, seq.linear1.weight, seq.linear1.bias)), seq.linear2.weight, seq.linear2.bias)
+
+    def cbn(layer, x, e):
+        return (mlp(layer.fc_gamma, e)[:, :, None, None] + 1) * bn(x, layer.batch_norm2d) + mlp(layer.fc_beta, e)[:, :, None, None]
+
+    x = F.linear(noise, g.fc.weight, g.fc.bias).view(noise.size(0), -1, 4, 4)
+    for i in range(g.num_blocks):
+        blk = getattr(g, f'block{i}')
+        if i:
+            x = F.interpolate(x, scale_factor=2)
+        h = blk.c2(F.relu(cbn(blk.affine2, blk.c1(F.relu(cbn(blk.affine0, x, sent))), sent)))
+        x = (blk.c_sc(x) if blk.learnable_sc else x) + blk.gamma * h
+    x = F.conv2d(F.leaky_relu(bn(x, g.conv_img[0]), 0.2), g.conv_img[2].weight, g.conv_img[2].bias, padding=1)
+    return torch.tanh(x)
+
+
+def test_masks_ones_has_no_mask_predictor_and_is_sentence_conditioned_bn():
+    torch.manual_seed(3)
+    g = NetG(ngf=4, nz=100, img_size=64, masks='ones')
+    predicted = NetG(ngf=4, nz=100, img_size=64)
+    extra = set(predicted.state_dict()) - set(g.state_dict())
+    # exactly the mask predictors are gone (no unused parameters: nothing for DDP to wait for)
+    assert extra and all('conv_mask' in k for k in extra) and set(g.state_dict()) < set(predicted.state_dict())
+    assert not any('conv_mask' in name for name, _ in g.named_modules())
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0, 0.1)
+    noise, sent = torch.randn(3, 100), torch.randn(3, 256)
+    img, masks = g(noise, sent)
+    assert torch.allclose(img, reference_generator_forward_without_masks(g, noise, sent), atol=1e-5)
+    assert [m.shape[-1] for m in masks] == [4, 8, 16, 32, 64] and all(bool((m == 1).all()) for m in masks)
+    img.mean().backward()
+    assert all(p.grad is not None for p in g.parameters())   # every parameter is used
+    with pytest.raises(ValueError, match="masks must be one of 'predicted', 'ones'"):
+        NetG(ngf=4, img_size=64, masks='zeros')
+
+
+def test_gan_masks_key_reaches_the_generator():
+    assert build_networks(load_config(None, ['TRAIN.NF=2']))['netG'].masks == 'predicted'
+    assert build_networks(load_config(None, ['TRAIN.NF=2', 'GAN.MASKS=ones']))['netG'].masks == 'ones'
+    with pytest.raises(ConfigError, match='GAN.MASKS'):
+        build_networks(load_config(None, ['TRAIN.NF=2', 'GAN.MASKS=off']))

@@ -118,7 +118,9 @@ DEFAULTS: dict = {
             'ENCODERS_TRAIN_MODE': True,
         },
     },
-    'GAN': {                        # official keys; only Z_DIM is read
+    'GAN': {                        # official keys (only Z_DIM is read) and MASKS
+        'MASKS': 'predicted',       # SSA-GAN's SSCBN masks: 'predicted' (official) or 'ones' (ablation:
+                                    # no mask predictors, each SSCBN a sentence-conditioned BN)
         'DF_DIM': 64,
         'GF_DIM': 128,
         'Z_DIM': 100,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..core.config import ConfigError
 from .base import Family, Update, noise_for
+from .dfgan import DFGAN, DFGANv1
 from .gan_int_cls import GanIntCls
 from .ssagan import SSAGAN
 
 __all__ = ['FAMILIES', 'Family', 'Update', 'family_of', 'build_networks', 'noise_for',
            'require_precomputed_embeddings']
 
-FAMILIES = {family.name: family for family in (SSAGAN(), GanIntCls())}
+FAMILIES = {family.name: family for family in (SSAGAN(), DFGAN(), DFGANv1(), GanIntCls())}
 
 
 def family_of(cfg) -> Family:

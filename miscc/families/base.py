@@ -117,6 +117,16 @@ class Family:
         """Load network ``name`` from a checkpoint file (ours or a released one), strictly."""
         return load_model_state(module, path)
 
+    def is_release_start(self, path: str) -> bool:
+        """Whether ``path`` (a file named ``state*``) is another code base's training state that
+        this family starts from (``load_release_start``) rather than one of this project's."""
+        return False
+
+    def load_release_start(self, nets: dict, optimizers: dict, path: str) -> int | None:
+        """Load such a file into ``nets`` and ``optimizers``; the next epoch, or None when
+        ``path`` is not one (the per-network files of an epoch are loaded instead)."""
+        return None
+
     def noise(self, cfg, indices: Iterable[int], seed: int) -> torch.Tensor:
         """Sampling noise of images ``indices`` (len x GAN.Z_DIM), see ``noise_for``."""
         return noise_for(indices, cfg.GAN.Z_DIM, seed)

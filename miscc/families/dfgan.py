@@ -1,4 +1,6 @@
-"""DF-GAN's update: optimisers, one D step, one G step and its noise, as plain functions.
+"""DF-GAN as a family (``MODEL.NAME: dfgan`` for the 2022 release, ``dfgan_v1`` for the 2020 one):
+its update as plain functions (optimisers, one D step, one G step, its noise) and the
+``Family`` classes the shared loop, sampling and evaluation use.
 
 2022 release (tobran/DF-GAN ``code/lib/modules.py`` ``train``, ``code/src/train.py``):
 
@@ -24,17 +26,24 @@ the gradient with respect to the fake images is needed); under DDP pass the bare
 from __future__ import annotations
 
 import math
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-from .base import frozen
+from models.dfgan import NetC, NetD, NetD_v1, NetG, NetG_v1
+
+from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file, load_model_state, read_dfgan_checkpoint,
+                               unwrap_model)
+from ..core.config import ConfigError
+from .base import Family, Update, frozen
 from .losses import discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
            'build_optimizers', 'mismatched_features', 'hinge_real', 'hinge_fake',
            'discriminator_losses', 'd_step', 'generator_loss', 'g_step', 'd_step_v1', 'g_step_v1',
-           'truncated_normal', 'sample_noise', 'train_step', 'train_step_v1']
+           'truncated_normal', 'sample_noise', 'train_step', 'train_step_v1', 'DFGANUpdate', 'DFGAN',
+           'DFGANv1']
 
 GENERATOR_LR = 1e-4        # code/src/train.py: Adam(netG.parameters(), lr=0.0001, betas=(0.0, 0.9))
 DISCRIMINATOR_LR = 4e-4    # Adam(list(netD.parameters()) + list(netC.parameters()), lr=0.0004, ...)
@@ -193,3 +202,165 @@ def train_step_v1(netG, netD, optimizer_g, optimizer_d, real: torch.Tensor, sent
     losses = d_step_v1(netD, optimizer_d, real, fake, sent, magp_p, magp_k)
     losses.update(g_step_v1(netD, optimizer_g, fake, sent))
     return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# The families
+# ---------------------------------------------------------------------------------------------
+
+class DFGANUpdate(Update):
+    """One DF-GAN iteration on a ``datasets.Batch`` with the frozen DAMSM text encoder:
+    sentence codes (no gradient), fake = G(randn, sent), the D step, the G step on the same
+    fakes (2022: :func:`d_step` / :func:`g_step`; 2020: :func:`d_step_v1` / :func:`g_step_v1`).
+
+    ``nets`` are the bare networks, ``modules`` their device-wrapped forms (DDP...), used for
+    the forward passes of G and of the D step; the G step runs through the bare D (and C)
+    under DDP, so that it takes no part in D's gradient synchronisation.
+    """
+
+    def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict, version: int,
+                 z_dim: int, magp_p: float, magp_k: float, distributed: bool = False):
+        self.version, self.z_dim, self.magp_p, self.magp_k = version, z_dim, magp_p, magp_k
+        self.netG, self.netD, self.netC = nets['netG'], nets['netD'], nets.get('netC')
+        self.G, self.D, self.C = modules['netG'], modules['netD'], modules.get('netC')
+        self.T = modules['text_encoder']
+        self.optimizers = optimizers
+        self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
+        self.distributed = distributed
+        self.device = next(self.netG.parameters()).device
+
+    def __call__(self, batch) -> dict:
+        """``batch``: images B x 3 x S x S in [-1, 1], captions B x T, cap_lens B. Returns the
+        losses as floats: errD, errD_real, errD_fake, errD_mismatch, MAGP, errG."""
+        imgs = batch.images.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            _, sent = self.T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
+        sent = sent.detach().float()
+        fake = self.G(torch.randn(imgs.size(0), self.z_dim, device=self.device), sent)
+        if self.version == 2022:
+            losses = d_step(self.D, self.C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
+            d_for_g, c_for_g = (self.netD, self.netC) if self.distributed else (self.D, self.C)
+            losses.update(g_step(d_for_g, c_for_g, self.optG, fake, sent))
+        else:
+            losses = d_step_v1(self.D, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
+            losses.update(g_step_v1(self.netD if self.distributed else self.D, self.optG, fake, sent))
+        names = list(losses)
+        values = torch.stack([losses[k].float() for k in names]).tolist()   # one device sync
+        self.last_real, self.last_fake = imgs, fake.detach()
+        return dict(zip(names, values))
+
+
+class DFGAN(Family):
+    """DF-GAN 2022 (tobran/DF-GAN): ``NetG``, ``NetD`` and the matching head ``NetC`` of
+    ``models/dfgan.py``; the one-step D update with MA-GP, Adam 1e-4 / 4e-4 with betas
+    (0.0, 0.9) from TRAIN.*, truncated sampling noise with ``DFGAN.TRUNCATION``.
+
+    ``TRAIN.NET_G`` may be our ``netG_XXX.pth``, DF-GAN's released training state
+    (``state_epoch_1220.pth``: ``{'model': {'netG', ...}}``, with or without ``module.``) or a
+    plain generator state dict; a DF-GAN 2020 generator is detected by its keys and sampled
+    with ``NetG_v1``.
+    """
+    name = 'dfgan'
+    version = 2022
+    networks = ('netG', 'netD', 'netC')
+    save_intervals = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL', 'netC': 'DSAVE_INTERVAL'}
+
+    def build_networks(self, cfg) -> dict:
+        nf, size, cond = cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM
+        return {'netG': NetG(nf, cfg.GAN.Z_DIM, cond, size, 3), 'netD': NetD(nf, size, 3), 'netC': NetC(nf, cond)}
+
+    def load_weights(self, module: nn.Module, path: str, name: str) -> nn.Module:
+        """Strict load of network ``name`` from ``path``. A generator may come from any DF-GAN
+        file (``read_dfgan_checkpoint``); a 2020 generator given to the 2022 NetG is loaded
+        into a ``NetG_v1`` of the same widths, which is returned instead."""
+        if name != 'netG':
+            return load_model_state(module, path)
+        bare = unwrap_model(module)
+        if isinstance(bare, NetG) and read_dfgan_checkpoint(path)['layout'] == 'dfgan_v1':
+            module = NetG_v1(bare.ngf, bare.nz, bare.imsize, bare.cond_dim).to(next(bare.parameters()).device)
+        load_dfgan_checkpoint(path, module)
+        return module
+
+    def is_release_start(self, path: str) -> bool:
+        """DF-GAN's own training state (``state_epoch_XXX.pth``: ``{'model': ..., 'optimizers': ...}``)
+        as TRAIN.NET_G: training continues from it."""
+        obj = load_file(path)
+        return isinstance(obj, Mapping) and 'model' in obj and 'progress' not in obj
+
+    def load_release_start(self, nets: dict, optimizers: dict, path: str) -> int | None:
+        """Networks and optimiser states of DF-GAN's training state, as DF-GAN's own resume
+        loads them; returns the epoch after the one it was saved at."""
+        if not self.is_release_start(path):
+            return None
+        ckpt = read_dfgan_checkpoint(path)
+        has_optimizers = isinstance(ckpt['optimizers'], Mapping) and {'optimizer_G', 'optimizer_D'} <= set(ckpt['optimizers'])
+        load_dfgan_checkpoint(path, nets['netG'], nets['netD'], nets.get('netC'),
+                              *((optimizers['optimizerG'], optimizers['optimizerD']) if has_optimizers else ()))
+        if ckpt['epoch'] is None:
+            raise CheckpointError(f"'{path}' holds no 'epoch' to continue after")
+        return int(ckpt['epoch']) + 1
+
+    def noise(self, cfg, indices: Iterable[int], seed: int) -> torch.Tensor:
+        """len(indices) x GAN.Z_DIM sampling noise, image n's from (seed, n) alone: with
+        ``DFGAN.TRUNCATION`` ``TRUNC_RATE`` x a normal truncated to [-2, 2] (DF-GAN's sampling
+        and FID), else standard normal."""
+        if not cfg.DFGAN.TRUNCATION:
+            return super().noise(cfg, indices, seed)
+        gen = torch.Generator()
+        rows = []
+        for n in indices:
+            gen.manual_seed(seed * 1_000_003 + int(n))
+            rows.append(cfg.DFGAN.TRUNC_RATE * truncated_normal((cfg.GAN.Z_DIM,), generator=gen))
+        return torch.stack(rows)
+
+    def _discriminators(self, nets: dict) -> list:
+        return [nets['netD'], nets['netC']]
+
+    def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
+        """TRAIN.CONV_GRADFIX for the discriminator's convolutions (as for SSA-GAN)."""
+        mode = cfg.TRAIN.CONV_GRADFIX
+        if mode not in ('auto', 'on', 'off'):
+            raise ConfigError(f"TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got '{mode}'")
+        for net in self._discriminators(nets):
+            net.set_conv_gradfix(mode == 'on' or (mode == 'auto' and device.type == 'cuda'))
+
+    def _check(self, cfg, finetune: bool) -> None:
+        if finetune:
+            raise ConfigError(f"MODEL.NAME '{self.name}' has no encoder fine-tuning (main_finetune.py is "
+                              f"SSA-GAN's); train it with main.py")
+        if cfg.TRAIN.LAMBDA_DA:
+            raise ConfigError(f"MODEL.NAME '{self.name}': DF-GAN's G loss has no DAMSM term, but "
+                              f"TRAIN.LAMBDA_DA={cfg.TRAIN.LAMBDA_DA}; set TRAIN.LAMBDA_DA=0 "
+                              f"(cfg/bird_dfgan.yml does)")
+
+    def make_optimizers(self, cfg, nets: dict, text_encoder=None, image_encoder=None,
+                        finetune: bool = False) -> dict:
+        """Adam for G; one Adam for D over netD then netC (DF-GAN's order); TRAIN's rates and betas."""
+        self._check(cfg, finetune)
+        train = cfg.TRAIN
+        opt_g, opt_d = build_optimizers(nets['netG'], nets['netD'], nets.get('netC'), g_lr=train.GENERATOR_LR,
+                                        d_lr=train.DISCRIMINATOR_LR, betas=(train.BETA1, train.BETA2))
+        return {'optimizerG': opt_g, 'optimizerD': opt_d}
+
+    def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
+                    finetune: bool = False, distributed: bool = False) -> DFGANUpdate:
+        self._check(cfg, finetune)
+        return DFGANUpdate(nets, modules, encoders, optimizers, self.version, cfg.GAN.Z_DIM,
+                           cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K, distributed)
+
+
+class DFGANv1(DFGAN):
+    """DF-GAN 2020 (its arXiv v1 code): ``NetG_v1`` (keys ``block0..6``, ``affine0..3``) and
+    ``NetD_v1`` (SSA-GAN's discriminator, matching head ``COND_DNET`` inside); a hinge D step,
+    then an MA-GP step. Its released generator (a plain state dict) loads as TRAIN.NET_G."""
+    name = 'dfgan_v1'
+    version = 2020
+    networks = ('netG', 'netD')
+    save_intervals = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL'}
+
+    def build_networks(self, cfg) -> dict:
+        nf, size, cond = cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM
+        return {'netG': NetG_v1(nf, cfg.GAN.Z_DIM, size, cond), 'netD': NetD_v1(nf, size, cond)}
+
+    def _discriminators(self, nets: dict) -> list:
+        return [nets['netD']]

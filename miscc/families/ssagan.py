@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models import NetD, NetG
+from models.generator import MASK_MODES
 
 from ..core.config import ConfigError
 from .base import Family, Update, adam_for_g_and_d, autocast, frozen, optimizer_step
@@ -159,7 +160,10 @@ class SSAGAN(Family):
     name = 'ssagan'
 
     def build_networks(self, cfg) -> dict:
-        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM),
+        if cfg.GAN.MASKS not in MASK_MODES:
+            raise ConfigError(f"GAN.MASKS must be one of {', '.join(map(repr, MASK_MODES))}, got '{cfg.GAN.MASKS}'")
+        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM,
+                             masks=cfg.GAN.MASKS),
                 'netD': NetD(cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM)}
 
     def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:

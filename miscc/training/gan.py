@@ -51,6 +51,8 @@ def resolve_resume(cfg, finetune: bool) -> tuple:
             return state_path
         return None
     start = resolve_start_point(cfg, 'TRAIN.NET_G', state_for_file)
+    if start.kind == 'state' and family_of(cfg).is_release_start(start.path):
+        return 'weights', start.path   # a released training state of another code base (DF-GAN's)
     return start.kind, start.path
 
 
@@ -208,6 +210,9 @@ class GANTrainer:
     # ------------------------------------------------------------------ start / resume
     def _load_weights(self, path: str) -> int:
         """The official RESTORE: model files of an epoch, fresh optimisers; returns the next epoch."""
+        released = self.family.load_release_start(self.nets, self.optimizers, path)
+        if released is not None:
+            return released
         generator, *others = self.family.networks
         self.family.load_weights(self.nets[generator], path, generator)
         for name in others:

@@ -1,0 +1,232 @@
+"""Train DF-GAN, the SSA-GAN ablation rows and SSA-GAN on the synthetic birds with the same
+budget, data, seed and DAMSM encoders; print one JSON line per row.
+
+    python benchmarks/compare_models.py --out output/compare            # every row
+    python benchmarks/compare_models.py --rows dfgan,ssagan --steps 500
+
+Stages, each skipped when its result is there (run the command again to continue):
+
+1. the synthetic birds in ``--data-dir`` (``miscc.data.synthetic``; the demo's 2,000 / 500);
+2. DAMSM encoders: ``--text-encoder`` (its ``image_encoder`` file beside it), else pretrained
+   as the demo does (``cfg/DAMSM/demo.yml``'s trainer) into ``OUT/damsm``;
+3. per row: ``main.py``'s trainer (``main_finetune.py``'s for the fine-tuning row) on the row's
+   config with the shared overrides below, for ``--steps`` steps from scratch, then images for
+   the first ``--eval-num`` test captions (noise ``SAMPLE.SEED``, the family's sampling noise).
+
+Measures per row: body-colour accuracy (``judge_body_colour`` against the caption's body
+colour), R-precision with the pretrained DAMSM encoders (the same judge for every row, also for
+the row that fine-tunes its own), training steps, wall and process CPU seconds, ms per step and
+parameters. Shared settings: ``--size`` px, ``TRAIN.NF --nf``, batch ``--batch``, learning rates
+``--lr-scale`` x the official 1e-4 / 4e-4 (both papers use those), ``TRAIN.SEED --seed``, the
+D update with MA-GP on the real pass in one step (DF-GAN 2022's, SSA-GAN's ``TRAIN.FAST`` form
+without bfloat16), no checkpoints. A row's line is also appended to ``OUT/results.jsonl`` with
+the settings; rows already there with the same settings are printed, not retrained.
+
+Adding a row is one entry in ``ROWS``; a row whose ``MODEL.NAME`` is not registered in
+``miscc.families.FAMILIES`` prints a line with ``skipped`` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from miscc.core.config import load_config  # noqa: E402
+from miscc.core.files import read_jsonl  # noqa: E402
+from miscc.data.synthetic import ensure_synthetic_birds, judge_body_colour  # noqa: E402
+from miscc.evaluation.generation import GenerationStack, generate_test_images  # noqa: E402
+from miscc.evaluation.scores import caption_r_precision  # noqa: E402
+from miscc.families import FAMILIES  # noqa: E402
+from miscc.training.damsm import DAMSMTrainer  # noqa: E402
+from miscc.training.driver import find_latest_state, read_progress  # noqa: E402
+from miscc.training.gan import GANTrainer  # noqa: E402
+
+# name: config, MODEL.NAME, fine-tuning, the paper row, and the CUB numbers the project's
+# sources quote for it (IS, FID; 'report': the CUB report this project follows)
+ROWS = {
+    'dfgan': dict(cfg='cfg/bird_dfgan.yml', model='dfgan', finetune=False, paper='DF-GAN (2022 code)',
+                  cub={'report': {'IS': '4.49 +- 0.06', 'FID': 20.96}, 'dfgan_2022_release': {'FID': 12.10}}),
+    'ssagan_no_ssacn_no_damsm': dict(cfg='cfg/ablation/bird_no_ssacn_no_damsm.yml', model='ssagan', finetune=False,
+                                     paper='SSA-GAN ablation: no SSACN, no DAMSM',
+                                     cub={'paper': {'IS': 4.86, 'FID': 19.24}}),
+    'ssagan_ssacn': dict(cfg='cfg/ablation/bird_ssacn.yml', model='ssagan', finetune=False,
+                         paper='SSA-GAN ablation: SSACN', cub={'paper': {'IS': 4.97, 'FID': 18.54}}),
+    'ssagan': dict(cfg='cfg/bird.yml', model='ssagan', finetune=False, paper='SSA-GAN (SSACN + DAMSM)',
+                   cub={'paper': {'IS': 5.07, 'FID': 15.61}, 'report': {'IS': '4.91 +- 0.08', 'FID': 16.01}}),
+    'ssagan_finetune': dict(cfg='cfg/ablation/bird_ssacn_damsm_finetune.yml', model='ssagan', finetune=True,
+                            paper='SSA-GAN ablation: SSACN + DAMSM, encoders fine-tuned',
+                            cub={'paper': {'IS': 5.17, 'FID': 16.58}}),
+    # GAN-INT-CLS (Reed et al. 2016, 64 px): runs once its family is registered
+    'gan_int_cls': dict(cfg='cfg/bird_gan_int_cls.yml', model='gan_int_cls', finetune=False,
+                        paper='GAN-INT-CLS', cub={}),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--out', default='output/compare', help='folder for the encoders, runs and results.jsonl')
+    p.add_argument('--rows', default=','.join(ROWS), help=f'comma-separated rows of: {", ".join(ROWS)}')
+    p.add_argument('--steps', type=int, default=250, help='training steps per row')
+    p.add_argument('--size', type=int, default=64, help='image size (SSA-GAN needs >= 64)')
+    p.add_argument('--nf', type=int, default=8, help='TRAIN.NF of every row')
+    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--lr-scale', type=float, default=4.0,
+                   help="x the official rates 1e-4 (G) / 4e-4 (D) for every row (the demo's 4, README: The demo)")
+    p.add_argument('--seed', type=int, default=100)
+    p.add_argument('--eval-num', type=int, default=500, help='test captions to generate for (>= 100)')
+    p.add_argument('--data-dir', default='data/synthetic_birds')
+    p.add_argument('--num-train', type=int, default=2000)
+    p.add_argument('--num-test', type=int, default=500)
+    p.add_argument('--synthetic-size', type=int, default=128)
+    p.add_argument('--synthetic-seed', type=int, default=0)
+    p.add_argument('--text-encoder', default='', help='pretrained DAMSM text encoder to use (image_encoder beside it)')
+    p.add_argument('--damsm-epochs', type=int, default=0, help="DAMSM pretraining epochs (0: the demo's 4)")
+    p.add_argument('--image-encoder-input', type=int, default=96, help="TEXT.IMAGE_ENCODER_INPUT (the demo's 96)")
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
+    return p.parse_args(argv)
+
+
+def settings_of(args) -> dict:
+    """What a result depends on (a stored row is reused only with the same settings)."""
+    keys = ('steps', 'size', 'nf', 'batch', 'lr_scale', 'seed', 'eval_num', 'data_dir', 'num_train', 'num_test',
+            'synthetic_size', 'synthetic_seed', 'damsm_epochs', 'image_encoder_input', 'device')
+    return {k: getattr(args, k) for k in keys}
+
+
+def damsm_encoder(args) -> str:
+    """The text encoder file every row uses: ``--text-encoder``, or the demo's DAMSM stage
+    (cfg/DAMSM/demo.yml) trained (or continued) into OUT/damsm."""
+    if args.text_encoder:
+        return args.text_encoder
+    cfg = load_config(os.path.join(ROOT, 'cfg', 'DAMSM', 'demo.yml'), [
+        'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}', f'OUTPUT_DIR={os.path.join(args.out, "damsm")}',
+        f'DEVICE={args.device}', 'WORKERS=0', f'SEED={args.seed}', 'CONFIG_NAME=compare',
+        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', 'DATA.CACHE=True',
+        f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
+        f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}']
+        + ([f'TRAIN.MAX_EPOCH={args.damsm_epochs}', f'TRAIN.SNAPSHOT_INTERVAL={args.damsm_epochs}']
+           if args.damsm_epochs else []))
+    state = find_latest_state(cfg.OUTPUT_DIR, 'synthetic_birds_compare_')
+    if state is not None and (read_progress(state) or {}).get('epoch', 0) >= cfg.TRAIN.MAX_EPOCH:
+        run = os.path.dirname(os.path.dirname(state))
+    else:
+        cfg.RESTORE = state is not None
+        with contextlib.redirect_stdout(sys.stderr):
+            run = DAMSMTrainer(cfg.freeze()).fit()
+    path = os.path.join(run, 'models', f'text_encoder{cfg.TRAIN.MAX_EPOCH}.pth')
+    if not os.path.isfile(path):   # stopped early (Ctrl-C / SIGTERM): its state is saved
+        sys.exit(f"the DAMSM stage stopped before '{path}'; run the same command again to continue it")
+    return path
+
+
+def row_config(args, name: str, text_encoder: str):
+    row = ROWS[name]
+    steps_per_epoch = args.num_train // args.batch
+    overrides = [
+        f'MODEL.NAME={row["model"]}', 'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}',
+        f'OUTPUT_DIR={os.path.join(args.out, "runs", name)}', f'CONFIG_NAME={name}', f'TEXT.DAMSM_NAME={text_encoder}',
+        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TREE.BASE_SIZE={args.size}',
+        f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={args.seed}', f'DEVICE={args.device}',
+        'WORKERS=0', 'DATA.CACHE=True',
+        f'TRAIN.GENERATOR_LR={1e-4 * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={4e-4 * args.lr_scale}',
+        f'TRAIN.MAX_EPOCH={math.ceil(args.steps / steps_per_epoch)}', f'TRAIN.MAX_STEPS={args.steps}',
+        # no per-epoch files: the rows are scored from the networks in memory
+        'TRAIN.WARMUP_EPOCHS=100000', 'TRAIN.LOG_INTERVAL=25',
+        # SSA-GAN's fused D step (DF-GAN 2022's), in float32 like DF-GAN's
+        'TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.BF16=False', 'TRAIN.FAST_OPTIONS.COMPILE=False',
+        f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
+        f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}',
+    ]
+    return load_config(os.path.join(ROOT, row['cfg']), overrides).freeze()
+
+
+@torch.no_grad()
+def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
+    """Body-colour accuracy and R-precision of images for the first ``num`` test captions."""
+    trainer.netG.eval()
+    trainer.text_encoder.eval()
+    stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
+                            trainer.test_dataset, trainer.device)
+    images, keys, captions = [], [], []
+    for batch in generate_test_images(stack, num, 50, seed=cfg.SAMPLE.SEED):
+        images.append(batch.images)
+        keys += batch.keys
+        captions += batch.captions
+    images = torch.cat(images)
+    body = {a['key']: a['body'] for a in read_jsonl(os.path.join(cfg.DATA_DIR, 'attributes.jsonl'))}
+    judged = judge_body_colour(images.permute(0, 2, 3, 1).numpy())
+    accuracy = float(np.mean([j == body[k] for j, k in zip(judged, keys)]))
+    rp = caption_r_precision(cfg, judge_text_encoder, images, captions, keys)
+    return {'images': len(images), 'body_colour_accuracy': round(accuracy, 4),
+            'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4)}
+
+
+def run_row(args, name: str, text_encoder: str) -> dict:
+    row = ROWS[name]
+    line = {'row': name, 'paper_row': row['paper'], 'model': row['model'], 'config': row['cfg'],
+            'script': 'main_finetune.py' if row['finetune'] else 'main.py'}
+    if row['model'] not in FAMILIES:
+        return dict(line, skipped=f"MODEL.NAME '{row['model']}' is not registered in miscc.families.FAMILIES")
+    cfg = row_config(args, name, text_encoder)
+    torch.manual_seed(args.seed)
+    with contextlib.redirect_stdout(sys.stderr):   # the trainer's messages; stdout is for the JSON lines
+        trainer = GANTrainer(cfg, finetune=row['finetune'])
+        wall, cpu = time.perf_counter(), time.process_time()
+        trainer.fit()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    steps = trainer.global_step
+    params = {k: sum(p.numel() for p in net.parameters()) for k, net in trainer.nets.items()}
+    line.update(steps=steps, seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
+                ms_per_step=round(1000 * wall / max(steps, 1), 1), cpu_ms_per_step=round(1000 * cpu / max(steps, 1), 1),
+                parameters_G=params[trainer.family.networks[0]],
+                parameters_D=sum(v for k, v in params.items() if k != trainer.family.networks[0]))
+    line.update(score(cfg, trainer, text_encoder, args.eval_num))
+    line['cub'] = row['cub']
+    return line
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [r.strip() for r in args.rows.split(',') if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"--rows: unknown row(s) {', '.join(unknown)}; known: {', '.join(ROWS)}")
+    if args.eval_num < 100:
+        sys.exit('--eval-num must be at least 100 (R-precision draws 99 mismatching captions)')
+    os.makedirs(args.out, exist_ok=True)
+    ensure_synthetic_birds(args.data_dir, args.num_train, args.num_test, args.synthetic_size, args.synthetic_seed)
+    text_encoder = damsm_encoder(args)
+    settings = dict(settings_of(args), text_encoder=os.path.abspath(text_encoder))
+    results = os.path.join(args.out, 'results.jsonl')
+    done = {}
+    if os.path.isfile(results):
+        for entry in read_jsonl(results):
+            if entry.get('settings') == settings:
+                done[entry['row']] = entry
+    for name in rows:
+        line = done.get(name)
+        if line is None:
+            line = run_row(args, name, text_encoder)
+            line['settings'] = settings
+            if 'skipped' not in line:
+                with open(results, 'a', encoding='utf-8') as f:
+                    f.write(json.dumps(line) + '\n')
+        print(json.dumps({k: v for k, v in line.items() if k != 'settings'}), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
