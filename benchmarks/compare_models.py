@@ -17,7 +17,8 @@ Measures per row: body-colour accuracy (``judge_body_colour`` against the captio
 colour), R-precision with the pretrained DAMSM encoders (the same judge for every row, also for
 the row that fine-tunes its own), training steps, wall and process CPU seconds, ms per step and
 parameters. Shared settings: ``--size`` px, ``TRAIN.NF --nf``, batch ``--batch``, learning rates
-``--lr-scale`` x the official 1e-4 / 4e-4 (both papers use those), ``TRAIN.SEED --seed``, the
+``--lr-scale`` x the official rates of the row's family (1e-4 / 4e-4 for SSA-GAN and DF-GAN,
+2e-4 / 2e-4 for GAN-INT-CLS), ``TRAIN.SEED --seed``, the
 D update with MA-GP on the real pass in one step (DF-GAN 2022's, SSA-GAN's ``TRAIN.FAST`` form
 without bfloat16), no checkpoints. A row's line is also appended to ``OUT/results.jsonl`` with
 the settings; rows already there with the same settings are printed, not retrained.
@@ -66,9 +67,10 @@ ROWS = {
     'ssagan_finetune': dict(cfg='cfg/ablation/bird_ssacn_damsm_finetune.yml', model='ssagan', finetune=True,
                             paper='SSA-GAN ablation: SSACN + DAMSM, encoders fine-tuned',
                             cub={'paper': {'IS': 5.17, 'FID': 16.58}}),
-    # GAN-INT-CLS (Reed et al. 2016, 64 px): runs once its family is registered
+    # GAN-INT-CLS (Reed et al. 2016, 64 px, its own widths GAN_INT_CLS.NGF/NDF); its official
+    # rates are 2e-4 for G and D (``lr``), scaled by --lr-scale like the others'
     'gan_int_cls': dict(cfg='cfg/bird_gan_int_cls.yml', model='gan_int_cls', finetune=False,
-                        paper='GAN-INT-CLS', cub={}),
+                        paper='GAN-INT-CLS', lr=(2e-4, 2e-4), cub={}),
 }
 
 
@@ -133,13 +135,14 @@ def damsm_encoder(args) -> str:
 def row_config(args, name: str, text_encoder: str):
     row = ROWS[name]
     steps_per_epoch = args.num_train // args.batch
+    g_lr, d_lr = row.get('lr', (1e-4, 4e-4))   # the family's official rates
     overrides = [
         f'MODEL.NAME={row["model"]}', 'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}',
         f'OUTPUT_DIR={os.path.join(args.out, "runs", name)}', f'CONFIG_NAME={name}', f'TEXT.DAMSM_NAME={text_encoder}',
         f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TREE.BASE_SIZE={args.size}',
         f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={args.seed}', f'DEVICE={args.device}',
         'WORKERS=0', 'DATA.CACHE=True',
-        f'TRAIN.GENERATOR_LR={1e-4 * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={4e-4 * args.lr_scale}',
+        f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',
         f'TRAIN.MAX_EPOCH={math.ceil(args.steps / steps_per_epoch)}', f'TRAIN.MAX_STEPS={args.steps}',
         # no per-epoch files: the rows are scored from the networks in memory
         'TRAIN.WARMUP_EPOCHS=100000', 'TRAIN.LOG_INTERVAL=25',
