@@ -170,6 +170,12 @@ def test_bad_hd5_file_exits_2_naming_file_split_and_field(hd5_file, tmp_path, ca
     err = capsys.readouterr().err
     assert "MODEL.NAME='ssagan' needs the DAMSM encoders' word features: use MODEL.NAME 'gan_int_cls'" in err
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
+    # in-training scores need the DAMSM test captions, which an hd5 file does not carry
+    assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'EVAL.INTERVAL': 1})) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert f"EVAL.INTERVAL=1 scores with the DAMSM text encoder's test captions, but DATA.HD5_FILE='{path}'" in err
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 
 # ----------------------------------------------------------------------------- DAMSM conditioning

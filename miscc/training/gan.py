@@ -107,6 +107,12 @@ class GANTrainer:
             raise ConfigError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE} is the total batch and must be '
                               f'divisible by the {self.dist.world_size} processes')
         self.batch_size = train.BATCH_SIZE // self.dist.world_size
+        if cfg.EVAL.INTERVAL < 0:
+            raise ConfigError(f'EVAL.INTERVAL must be 0 (off) or a number of epochs, got {cfg.EVAL.INTERVAL}')
+        if cfg.EVAL.INTERVAL and cfg.DATA.HD5_FILE:
+            raise ConfigError(f"EVAL.INTERVAL={cfg.EVAL.INTERVAL} scores with the DAMSM text encoder's test captions, "
+                              f"but DATA.HD5_FILE='{cfg.DATA.HD5_FILE}' conditions on precomputed embeddings: set "
+                              f"EVAL.INTERVAL=0 and score saved generators with eval_FID.py --netG")
         if cfg.DATA.HD5_FILE:
             self._hd5_data(finetune)
         else:
@@ -134,12 +140,6 @@ class GANTrainer:
         self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
                              self.dist)
         self.evaluator = None
-        if cfg.EVAL.INTERVAL < 0:
-            raise ConfigError(f'EVAL.INTERVAL must be 0 (off) or a number of epochs, got {cfg.EVAL.INTERVAL}')
-        if cfg.EVAL.INTERVAL and cfg.DATA.HD5_FILE:
-            raise ConfigError(f"EVAL.INTERVAL={cfg.EVAL.INTERVAL} scores with the DAMSM text encoder's test captions, "
-                              f"but DATA.HD5_FILE='{cfg.DATA.HD5_FILE}' conditions on precomputed embeddings: set "
-                              f"EVAL.INTERVAL=0 and score saved generators with eval_FID.py --netG")
         if cfg.EVAL.INTERVAL:
             self.evaluator = TrainingEvaluator(cfg, self.family, self.text_encoder, self.image_encoder,
                                                self.test_dataset, self.device, cfg.TREE.BASE_SIZE, self.dist)
