@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from miscc.core.checkpoint import CheckpointError
+from miscc.core.config import ConfigError
 from miscc.training.driver import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.training.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
@@ -118,10 +119,11 @@ def test_select_device_on_cpu_machine():
     assert select_device('auto', gpu_id=-1).device.type == 'cpu'
     if not torch.cuda.is_available():
         assert select_device('auto').device.type == 'cpu'
-        with pytest.raises(RuntimeError, match='CUDA is not available'):
-            select_device('cuda:0,1')
-    with pytest.raises(ValueError, match="DEVICE must be"):
-        select_device('tpu')
+        for device in ('cuda:0,1', 'cuda:7'):        # a ConfigError: one line, exit code 2
+            with pytest.raises(ConfigError, match=f"DEVICE='{device}' asks for a GPU, but CUDA is not available"):
+                select_device(device)
+    with pytest.raises(ConfigError, match="DEVICE must be 'auto', 'cpu', 'cuda'.*got 'gpu'"):
+        select_device('gpu')
 
 
 def test_dataparallel_batchnorm_equals_full_batch_batchnorm():
@@ -450,6 +452,30 @@ def test_max_epoch_below_one_is_a_config_error_before_any_folder(tmp_path, value
     from miscc.core.config import ConfigError
     with pytest.raises(ConfigError, match=f'TRAIN.MAX_EPOCH={value}: the number of epochs'):
         _driver(tmp_path / 'out', _ToyTrainer(), **{'TRAIN.MAX_EPOCH': value})
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_batch_larger_than_the_data_set_is_a_config_error_before_any_folder(tmp_path):
+    from datasets import collate_sorted
+    from miscc.training.driver import Driver, StartPoint
+    with pytest.raises(ConfigError, match=r'TRAIN.BATCH_SIZE=16: 10 samples make no complete batch of 16 .* '
+                                          r'lower TRAIN.BATCH_SIZE'):   # was a ValueError traceback
+        Driver(_config(tmp_path / 'out', **{'TRAIN.BATCH_SIZE': 16}), _ToyTrainer(), _Items(), collate_sorted, 16,
+               StartPoint(), torch.device('cpu'))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_bad_devices_and_caption_files_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from miscc.cli import gan_main
+    base = ['--cfg', 'cfg/bird.yml', f'OUTPUT_DIR={tmp_path / "out"}']
+    assert gan_main(False, base + ['DEVICE=gpu']) == 2
+    assert capsys.readouterr().err == ("main.py: error: DEVICE must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                                       "'cuda:N,M,...', got 'gpu'\n")
+    captions = tmp_path / 'captions.txt'
+    captions.write_bytes(b'a red bird\na bl\xe9ue bird\n')          # Latin-1, not UTF-8
+    assert gan_main(False, base + ['B_VALIDATION=True', '--captions', str(captions)]) == 2
+    assert capsys.readouterr().err == (f"main.py: error: captions file '{captions}' line 2: byte b'\\xe9' is "
+                                       f"not UTF-8; save the file as UTF-8\n")   # was a UnicodeDecodeError
     assert not (tmp_path / 'out').exists()
 
 

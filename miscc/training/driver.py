@@ -406,7 +406,10 @@ class Driver:
             raise ConfigError(f'TRAIN.MAX_STEPS={train.MAX_STEPS}: must be 0 (no limit) or a number of steps')
         self.cfg, self.trainer, self.start, self.device = cfg, trainer, start, device
         self.dist = dist_env or DistEnv()
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
+        try:
+            self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
+        except ValueError as e:   # too few images for one batch
+            raise ConfigError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE}: {e}') from None
         self.loader = make_loader(dataset, self.sampler, collate_fn, cfg.WORKERS, pin_memory=device.type == 'cuda')
         self.rng = None
         self.saved = None          # (next_epoch, next_step) of the training state on disk
