@@ -580,6 +580,7 @@ class TextDataset(data.Dataset):
                  captions_per_image: int = 10, words_num: int = 18,
                  dataset_name: str = 'birds', augment: bool = True,
                  image_dir: Optional[str] = None, expected_vocab_size: Optional[int] = None,
+                 text_encoder: str = '',
                  check_images: bool = True, cache_dir: Optional[str] = None):
         if split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -605,7 +606,8 @@ class TextDataset(data.Dataset):
         if expected_vocab_size is not None and expected_vocab_size != self.n_words:
             raise DataError(
                 f"'{os.path.join(data_dir, 'captions.pickle')}' has a vocabulary of {self.n_words} "
-                f"words but the text encoder expects {expected_vocab_size} (its embedding rows): "
+                f"words but the text encoder{f' {text_encoder!r}' if text_encoder else ''} expects "
+                f"{expected_vocab_size} (its embedding rows): "
                 f"use the captions.pickle the encoder was trained with (the official birds one "
                 f"has 5,450 words), or train a text encoder on this vocabulary (pretrain_DAMSM.py)")
         self.filenames = train_keys if split == 'train' else test_keys
@@ -713,7 +715,7 @@ def _config_paths(cfg, split: str):
 
 
 def build_dataset(cfg, split: str, augment: bool = True,
-                  expected_vocab_size: Optional[int] = None) -> TextDataset:
+                  expected_vocab_size: Optional[int] = None, text_encoder: str = '') -> TextDataset:
     """``TextDataset`` of ``split`` as the config describes it (creating the synthetic
     set first when ``DATASET_NAME`` is ``'synthetic_birds'`` and it is missing)."""
     name, data_dir, image_dir = _config_paths(cfg, split)
@@ -721,7 +723,7 @@ def build_dataset(cfg, split: str, augment: bool = True,
     return TextDataset(data_dir, split, image_size=cfg.TREE.BASE_SIZE,
                        captions_per_image=cfg.TEXT.CAPTIONS_PER_IMAGE,
                        words_num=cfg.TEXT.WORDS_NUM, dataset_name=name, augment=augment,
-                       image_dir=image_dir, expected_vocab_size=expected_vocab_size,
+                       image_dir=image_dir, expected_vocab_size=expected_vocab_size, text_encoder=text_encoder,
                        cache_dir=cache_dir)
 
 

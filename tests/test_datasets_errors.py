@@ -150,6 +150,8 @@ def test_vocabulary_size_must_match_the_text_encoder(mini_birds):
     msg = str(e.value)
     assert f"'{mini_birds / 'captions.pickle'}' has a vocabulary of {n} words but the text " \
            f"encoder expects 5450" in msg
+    with pytest.raises(DataError, match=re.escape(f"but the text encoder 'enc/text_encoder200.pth' expects 5450")):
+        _build(mini_birds, expected_vocab_size=5450, text_encoder='enc/text_encoder200.pth')
 
 
 def test_class_info_of_another_length_is_refused(mini_birds):

@@ -231,6 +231,13 @@ def test_resume_point_checks_the_generator(tmp_path):
     assert other_generator(str(out), str(g2)) == f"'{g1}'"
     with pytest.raises(FileExistsError, match="holds images of '.*netG_001.pth', not of '.*netG_002.pth'"):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g2))
+    g1.write_bytes(b'another generator')        # replaced under the same name: said once, with both hashes
+    with pytest.raises(FileExistsError) as caught:
+        resume_point(str(out), FakeTestSet(), 10, generator=str(g1))
+    assert str(caught.value).startswith(
+        f"'{out}' holds images of an earlier version of that file (replaced since: SHA-256 "
+        f"{hashlib.sha256(b'one').hexdigest()[:12]}... then, {hashlib.sha256(b'another generator').hexdigest()[:12]}"
+        f"... now), not of '{g1}'")                                # was "of '<g1>', not of '<g1>'"
     (out / 'generator.json').unlink()
     with pytest.raises(FileExistsError, match='holds images of an unrecorded generator'):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g1))

@@ -149,6 +149,17 @@ def final_weights(run):
     return state
 
 
+def test_resuming_with_another_width_names_the_state_file_and_the_network(tiny_setup, main_run, capsys):
+    state = main_run / 'models' / 'state_last.pth'
+    before = state.read_bytes()
+    argv = overrides(tiny_setup, **{'TRAIN.NET_G': state, 'TRAIN.NF': 4, 'TRAIN.MAX_EPOCH': 3})
+    assert gan_main(False, argv) == 2
+    err = capsys.readouterr().err.strip()
+    # was "'state dict' does not match NetG:" over three lines, naming no file
+    assert err.startswith(f"main.py: error: '{state} [netG]' does not match NetG; wrong shapes (")
+    assert '\n' not in err and 'TRAIN.NF' in err and state.read_bytes() == before
+
+
 def test_exact_resume_gives_bit_identical_weights(tiny_setup):
     assert gan_main(False, overrides(tiny_setup, out='straight')) == 0
     # stop after 3 steps (in the middle of epoch 2), then resume

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from datasets import TextDataset, build_dataset, encode_caption
 
-from ..core.checkpoint import BEST_NAME, ema_checkpoint, is_ema_checkpoint, plain_generator_checkpoint, sibling_checkpoint
+from ..core.checkpoint import (BEST_NAME, ema_checkpoint, is_ema_checkpoint, not_a_file, plain_generator_checkpoint,
+                               sibling_checkpoint)
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
@@ -100,10 +101,11 @@ def sampling_checkpoint(cfg, netg_path: str) -> str:
     return ema
 
 
-def test_captions(cfg, n_words: int) -> TextDataset:
+def test_captions(cfg, n_words: int, text_encoder: str = '') -> TextDataset:
     """The test split as the config describes it (its vocabulary must have ``n_words`` words,
-    those of the text encoder): vocabulary and test captions for sampling and R-precision."""
-    return build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+    those of the text encoder file ``text_encoder``): vocabulary and test captions for
+    sampling and R-precision."""
+    return build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words, text_encoder=text_encoder)
 
 
 @dataclass
@@ -148,7 +150,7 @@ class GenerationStack:
 
 def _load_generator(cfg, family: Family, path: str, device) -> nn.Module:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"generator checkpoint '{path}' not found (TRAIN.NET_G)")
+        raise FileNotFoundError(f"generator checkpoint '{path}' {not_a_file(path)} (TRAIN.NET_G)")
     netG = family.load_weights(family.build_generator(cfg), path, family.networks[0])
     return netG.to(device).eval()
 
@@ -166,7 +168,7 @@ def load_generation_stack(cfg, netg_path: str, device, text_encoder_path: str = 
                                build_hd5_dataset(cfg, 'test'), torch.device(device))
     text_path = text_encoder_path or generator_text_encoder(cfg, netg_path)
     n_words = text_encoder_vocab_size(text_path)
-    dataset = test_captions(cfg, n_words)
+    dataset = test_captions(cfg, n_words, text_path)
     text_encoder = load_text_encoder(cfg, text_path, n_words, device).eval()
     return GenerationStack(cfg, family, _load_generator(cfg, family, netg_path, device), netg_path,
                            text_encoder, text_path, dataset, torch.device(device))

@@ -306,7 +306,7 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
     trainer.py, ``metrics.r_precision_dmgan``: mismatches from all test captions of images of
     other classes, 10 splits)."""
     n_words = text_encoder_vocab_size(text_encoder_path)
-    vocab = test_captions(cfg, n_words)
+    vocab = test_captions(cfg, n_words, text_encoder_path)
     text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, device).eval()
     image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], device).eval()
     encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
