@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 
@@ -484,6 +485,18 @@ def test_bad_devices_and_caption_files_are_one_line_with_exit_code_2(tmp_path, c
     assert capsys.readouterr().err == (f"main.py: error: captions file '{captions}' line 2: byte b'\\xe9' is "
                                        f"not UTF-8; save the file as UTF-8\n")   # was a UnicodeDecodeError
     assert not (tmp_path / 'out').exists()
+
+
+def test_an_output_dir_in_the_way_is_a_config_error_at_set_up(tmp_path):
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(ConfigError, match=re.escape(f"OUTPUT_DIR='{tmp_path / 'afile'}': '{tmp_path / 'afile'}' is a "
+                                                    f"file, not a folder")):
+        _driver(tmp_path / 'afile', _ToyTrainer())          # was a NotADirectoryError traceback in fit()
+    _, _, run = _toy_run(tmp_path / 'out', **{'TRAIN.MAX_STEPS': 2})
+    os.rmdir(f'{run}/samples')
+    open(f'{run}/samples', 'w').close()                      # a resumed run checks its own folders
+    with pytest.raises(ConfigError, match=re.escape(f"'{run}/samples' is a file, not a folder")):
+        _driver(tmp_path / 'out', _ToyTrainer(), start=_restore_start(tmp_path / 'out'))
 
 
 def test_the_run_folder_is_made_by_fit_not_by_the_set_up(tmp_path):

@@ -107,6 +107,18 @@ def test_generation_writes_images_masks_and_manifest(tiny_setup, main_run):
     assert (out / 'img_s0.png').read_bytes() == first
 
 
+def test_generation_into_a_file_is_refused_before_any_image(tiny_setup, main_run, tmp_path, capsys):
+    netg = main_run / 'models' / 'netG_002.pth'
+    (tmp_path / 'afile').write_text('x')
+    for extra in ([], ['--caption', 'a red bird']):
+        argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.NUM': 4,
+                                        'SAMPLE.OUT_DIR': tmp_path / 'afile' / 'valid'})
+        assert gan_main(False, argv + extra) == 2         # was "[Errno 17] File exists" / NotADirectoryError
+        assert (f"SAMPLE.OUT_DIR='{tmp_path / 'afile' / 'valid'}': '{tmp_path / 'afile'}' is a file, not a folder"
+                in capsys.readouterr().err)
+    assert (tmp_path / 'afile').read_text() == 'x'
+
+
 def test_generation_from_user_captions(tiny_setup, main_run, capsys):
     netg = main_run / 'models' / 'netG_002.pth'
     argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.PER_CAPTION': 2})

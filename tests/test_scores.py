@@ -308,6 +308,10 @@ def test_too_few_or_mixed_images_are_one_line_naming_the_folder(eval_setup, tmp_
         err = capsys.readouterr().err
         assert "'img_2.png' is 32 x 32 px but 'img_0.png' is 64 x 64 px" in err and str(mixed) in err
         assert '\reval_' not in err and not (mixed / f'{metric.lower()}.json').exists()
+    # a file where the result JSON's folder should be: named before any image is read
+    (tmp_path / 'afile').write_text('x')
+    assert eval_main('IS', _argv(root, '--images', three, '--out', tmp_path / 'afile' / 'is.json')) == 2
+    assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err
     # files that are not PNG/JPG are not images of the folder
     (three / 'notes.txt').write_text('not an image')
     assert eval_main('IS', _argv(root, '--images', three)) == 0

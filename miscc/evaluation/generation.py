@@ -19,6 +19,7 @@ from datasets import TextDataset, build_dataset, encode_caption
 from ..core.checkpoint import (BEST_NAME, ema_checkpoint, is_ema_checkpoint, not_a_file, plain_generator_checkpoint,
                                sibling_checkpoint)
 from ..core.config import ConfigError
+from ..core.files import check_output_dir
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
 from ..families import Family, family_of, require_precomputed_embeddings
@@ -261,8 +262,9 @@ def generate(cfg, user_captions=()) -> str:
     base = os.path.splitext(stack.netg_path)[0]
     batch_size = cfg.SAMPLE.BATCH_SIZE or cfg.TRAIN.BATCH_SIZE
 
+    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions' if user_captions else 'valid')
+    check_output_dir(out_dir, 'SAMPLE.OUT_DIR')
     if user_captions:
-        out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions')
         caps, lens, texts = stack.encode(user_captions)
         per = cfg.SAMPLE.PER_CAPTION
         sent = stack.sentences(caps, lens).repeat_interleave(per, dim=0)
@@ -274,7 +276,6 @@ def generate(cfg, user_captions=()) -> str:
         print(f'{len(images)} images ({per} per caption) with their masks: {path}')
         return out_dir
 
-    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'valid')
     num = cfg.SAMPLE.NUM
     start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)

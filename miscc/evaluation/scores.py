@@ -30,7 +30,7 @@ from datasets import DataError, build_real_image_dataset, encode_caption
 
 from ..core.checkpoint import load_file, load_model_state
 from ..core.config import ConfigError
-from ..core.files import atomic_write, file_sha256, write_json
+from ..core.files import atomic_write, check_output_dir, file_sha256, write_json
 from ..core.runtime import device_from_config
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .cub_inception import PROTOCOL_BATCH, cub_logits, load_cub_inception
@@ -425,7 +425,8 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     device = device_from_config(cfg).device
     num = num or (cfg.EVAL.NUM_IS if metric == 'IS' else cfg.EVAL.NUM_FID)
     source = folder_source(images, num, cfg.EVAL.BATCH_SIZE) if images else generator_source(cfg, netg, num, device)
-    _check_count(cfg, metric, source)
+    path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
+    check_output_dir(os.path.dirname(os.path.abspath(path)), '--out')
     text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
     want_rp = _want_r_precision(cfg, source, text_path)
 
@@ -433,6 +434,7 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     # the classifier first: a missing file is reported before any image is generated
     want_classifier = metric == 'IS' and (cfg.EVAL.CLASSIFIER or cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan')
     classifier, classifier_path = _domain_classifier(cfg, device) if want_classifier else (None, '')
+    _check_count(cfg, metric, source)
     features = ['logits_unbiased'] if metric == 'IS' else [dims]
     extractor, tag = inception_extractor(cfg, features, device)
     if tag['weights'] == 'random':
@@ -489,7 +491,6 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
             if cfg.EVAL.R_PRECISION == 'on':
                 raise ConfigError(f'EVAL.R_PRECISION=on: {e}') from None
             result['r_precision'] = {'skipped': str(e)}
-    path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
     write_json(path, result)
     result['json'] = path
     return result

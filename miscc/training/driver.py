@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..core.checkpoint import CheckpointError, load_file, save_atomic
 from ..core.config import ConfigError
-from ..core.files import is_temp_file, read_json, remove_stale_temp_files, write_json
+from ..core.files import check_output_dir, is_temp_file, read_json, remove_stale_temp_files, write_json
 from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
                             rng_state, sample_seeds, set_rng_state)
 
@@ -432,6 +432,10 @@ class Driver:
         self.run_dir = run_dir
         self.models_dir = os.path.join(run_dir, 'models') if run_dir else None
         self.logger = RunLogger(None)
+        if self.dist.is_main:   # a file in the way or a read-only folder: now, not at the first save
+            for folder in ([os.path.join(run_dir, sub) for sub in ('models', 'log', 'samples')] if run_dir
+                           else [cfg.OUTPUT_DIR]):
+                check_output_dir(folder, 'OUTPUT_DIR' if not run_dir else self.trainer.net_key)
 
     def _rank_rng(self, state: dict, path: str):
         """This rank's RNG states in ``state``; a warning when the state was written by another
