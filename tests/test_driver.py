@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from miscc.core.checkpoint import CheckpointError
 from miscc.core.config import ConfigError
+from miscc.data.errors import DataError
 from miscc.training.driver import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.training.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
@@ -485,6 +486,25 @@ def test_bad_devices_and_caption_files_are_one_line_with_exit_code_2(tmp_path, c
     assert capsys.readouterr().err == (f"main.py: error: captions file '{captions}' line 2: byte b'\\xe9' is "
                                        f"not UTF-8; save the file as UTF-8\n")   # was a UnicodeDecodeError
     assert not (tmp_path / 'out').exists()
+
+
+class _BadItem(_Items):
+    def __getitem__(self, i):
+        if i == 3:
+            raise DataError("cannot read image 'images/k3.jpg' (key 'k3'): truncated")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_a_data_error_mid_epoch_keeps_its_one_line_from_a_worker_too(tmp_path, workers):
+    from datasets import collate_sorted
+    from miscc.training.driver import Driver, StartPoint
+    driver = Driver(_config(tmp_path, WORKERS=workers), _ToyTrainer(), _BadItem(), collate_sorted, 4, StartPoint(),
+                    torch.device('cpu'))
+    with pytest.raises(DataError) as caught:
+        driver.fit()
+    # a worker's error came back as "Caught DataError in DataLoader worker process 0. Original Traceback ..."
+    assert str(caught.value) == "cannot read image 'images/k3.jpg' (key 'k3'): truncated"
 
 
 def test_an_output_dir_in_the_way_is_a_config_error_at_set_up(tmp_path):

@@ -32,6 +32,7 @@ from ..core.config import ConfigError
 from ..core.files import check_output_dir, is_temp_file, read_json, remove_stale_temp_files, write_json
 from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
                             rng_state, sample_seeds, set_rng_state)
+from ..data.errors import DataError
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
            'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path',
@@ -151,6 +152,17 @@ class EpochBatchSampler(Sampler):
             positions = range(b * per_step + self.rank * self.batch_size,
                               b * per_step + (self.rank + 1) * self.batch_size)
             yield [(int(order[p]), int(seeds[p])) for p in positions]
+
+
+def _worker_message(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker: PyTorch raises it again in the
+    main process with the worker's traceback as its text, whose last line is the original."""
+    text = str(error).rstrip()
+    if 'Original Traceback' not in text:
+        return text
+    last = text.splitlines()[-1]
+    prefix = f'{type(error).__module__}.{type(error).__qualname__}: '
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def make_loader(dataset: Dataset, sampler: EpochBatchSampler, collate_fn, workers: int,
@@ -585,34 +597,41 @@ class Driver:
                        desc=f'{t.name}epoch {epoch}/{train.MAX_EPOCH}', leave=False)
             began = window_start = time.time()
             sums, window_images, step, losses = {}, 0, first, {}
-            for batch in self.loader:
-                losses = t.train_step(batch)
-                step += 1
-                self.global_step += 1
-                self.position = (epoch, step)
-                check_finite(losses, epoch, step, self.global_step)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                window_images += batch.images.size(0) * self.dist.world_size
-                bar.update(1)
-                if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
-                    shown = t.postfix_losses or losses
-                    bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
-                    self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
-                                        self.global_step)
-                    window_start, window_images = time.time(), 0
-                if step < steps_per_epoch:
-                    signum, limit = self._stop(stop)
-                    if signum or limit:
-                        bar.close()
-                        with stop.deferring():
-                            self.save_state(epoch - 1, epoch, step)
-                        if main and not signum:
-                            print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
-                                  f'training state saved in {self.models_dir}; {self._resume_hint()}')
-                        return signum
+            try:
+                for batch in self.loader:
+                    losses = t.train_step(batch)
+                    step += 1
+                    self.global_step += 1
+                    self.position = (epoch, step)
+                    check_finite(losses, epoch, step, self.global_step)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    window_images += batch.images.size(0) * self.dist.world_size
+                    bar.update(1)
+                    if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
+                        shown = t.postfix_losses or losses
+                        bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
+                        elapsed = max(time.time() - window_start, 1e-9)
+                        self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
+                        self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
+                                            self.global_step)
+                        window_start, window_images = time.time(), 0
+                    if step < steps_per_epoch:
+                        signum, limit = self._stop(stop)
+                        if signum or limit:
+                            bar.close()
+                            with stop.deferring():
+                                self.save_state(epoch - 1, epoch, step)
+                            if main and not signum:
+                                print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
+                                      f'training state saved in {self.models_dir}; {self._resume_hint()}')
+                            return signum
+            except DataError as e:   # from a DataLoader worker: its one line, not the worker's traceback
+                bar.close()
+                raise DataError(_worker_message(e)) from None
+            except BaseException:
+                bar.close()   # so that the error's line starts a line of its own
+                raise
             bar.close()
             done = step - first
             t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
