@@ -23,6 +23,7 @@ values in [-1, 1].
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -101,13 +102,19 @@ def read_caption_file(path: str, captions_per_image: int) -> list:
 
     Empty lines and lines without any word are skipped, as in the official code (a line
     whose words are all non-ASCII counts as an empty caption there, and here too).
-    May return fewer captions; the caller decides whether that is an error.
+    May return fewer captions; the caller decides whether that is an error. Bytes that are
+    not UTF-8 are a DataError naming the file and line (the official code's strict decoding
+    fails on them too; dropping them would silently change the words).
     """
-    # Invalid UTF-8 bytes become U+FFFD, which the tokeniser treats as a separator.
-    with open(path, 'r', encoding='utf-8', errors='replace', newline='') as f:
-        lines = f.read().split('\n')
+    with open(path, 'rb') as f:
+        raw = f.read().split(b'\n')
     captions = []
-    for line in lines:
+    for n, data in enumerate(raw, 1):
+        try:
+            line = data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise DataError(f"caption file '{path}' line {n}: byte {data[e.start:e.start + 1]!r} (byte {e.start + 1} "
+                            f"of the line) is not UTF-8; save the file as UTF-8") from None
         if not line:
             continue
         if not _TOKENIZER.tokenize(line.replace('\ufffd\ufffd', ' ').lower()):
@@ -321,15 +328,35 @@ def _read_all_captions(data_dir: str, keys: Sequence[str], captions_per_image: i
     return out
 
 
+def _caption_files_digest(data_dir: str, keys: Sequence[str]) -> Optional[str]:
+    """SHA-256 of the key, size and modification time of every ``text/<key>.txt``, in order
+    (stat only, no reads): changes when a caption file is edited or replaced. None when a
+    file is absent: the cache then stands in for the text files."""
+    h = hashlib.sha256()
+    for key in keys:
+        try:
+            st = os.stat(os.path.join(data_dir, 'text', key + '.txt'))
+        except OSError:
+            return None
+        h.update(f'{key}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()
+
+
 def load_captions_pickle(data_dir: str, train_keys: Sequence[str], test_keys: Sequence[str],
                          captions_per_image: int, dataset_name: str = 'birds'):
     """``(train_captions, test_captions, ixtoword, wordtoix)`` from ``captions.pickle``.
 
     Builds the cache from ``text/`` when absent (written atomically; a read-only folder
     only costs a warning). The cache is checked against the split sizes so that a file
-    of another data set or caption count is not silently misaligned.
+    of another data set or caption count is not silently misaligned. A cache built here
+    carries a fifth entry, ``{'text_files': _caption_files_digest(...)}`` (the official code
+    reads only the first four), and is rebuilt (with a warning) when a caption file changed
+    since; a cache without it (the official download, whose word numbering the released
+    encoders need) is used as it is, and so is any cache while caption files are absent.
     """
     path = os.path.join(data_dir, 'captions.pickle')
+    digest = _caption_files_digest(data_dir, list(train_keys) + list(test_keys))
+    x = None
     if os.path.isfile(path):
         x = _load_pickle(path)
         if not (isinstance(x, (list, tuple)) and len(x) >= 4 and isinstance(x[2], dict)
@@ -345,13 +372,18 @@ def load_captions_pickle(data_dir: str, train_keys: Sequence[str], test_keys: Se
                     f"{len(keys) * captions_per_image}; the cache belongs to another data set or "
                     f"caption count: set TEXT.CAPTIONS_PER_IMAGE to match it, or delete it to "
                     f"rebuild it from text/")
-    else:
+        record = x[4] if len(x) > 4 and isinstance(x[4], dict) else {}
+        if digest is not None and record.get('text_files', digest) != digest:
+            warnings.warn(f"caption files under '{os.path.join(data_dir, 'text')}' changed since '{path}' "
+                          f"was built: rebuilding it")
+            x = None
+    if x is None:
         train_tok = _read_all_captions(data_dir, train_keys, captions_per_image, dataset_name)
         test_tok = _read_all_captions(data_dir, test_keys, captions_per_image, dataset_name)
         train, test, ixtoword, wordtoix = build_vocabulary(train_tok, test_tok)
         if len(ixtoword) > 1:
             try:
-                _atomic_pickle([train, test, ixtoword, wordtoix], path)
+                _atomic_pickle([train, test, ixtoword, wordtoix, {'text_files': digest}], path)
             except OSError as e:
                 warnings.warn(f"could not write the vocabulary cache '{path}' ({e}); "
                               f"it is rebuilt on every start")
@@ -418,7 +450,15 @@ class _ImageSource:
                             f"or truncated, replace it with the original "
                             f"({_where_to_get(self.dataset_name, self.data_dir, 'images')})") from None
         if self.bbox is not None:
-            img = img.crop(crop_box(self.bbox[key], img.width, img.height))
+            box = crop_box(self.bbox[key], img.width, img.height)
+            if box[0] >= box[2] or box[1] >= box[3]:   # PIL would fail mid-epoch naming no file
+                raise DataError(
+                    f"image '{path}' (key '{key}') is {img.width} x {img.height} px, but its bounding box "
+                    f"{tuple(self.bbox[key])} (x, y, width, height) in "
+                    f"'{os.path.join(self.data_dir, 'CUB_200_2011', 'bounding_boxes.txt')}' lies outside it; "
+                    f"the image or the box is not the original "
+                    f"({_where_to_get(self.dataset_name, self.data_dir, 'images')})")
+            img = img.crop(box)
         return img
 
 
@@ -540,6 +580,7 @@ class TextDataset(data.Dataset):
                  captions_per_image: int = 10, words_num: int = 18,
                  dataset_name: str = 'birds', augment: bool = True,
                  image_dir: Optional[str] = None, expected_vocab_size: Optional[int] = None,
+                 text_encoder: str = '',
                  check_images: bool = True, cache_dir: Optional[str] = None):
         if split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -565,7 +606,8 @@ class TextDataset(data.Dataset):
         if expected_vocab_size is not None and expected_vocab_size != self.n_words:
             raise DataError(
                 f"'{os.path.join(data_dir, 'captions.pickle')}' has a vocabulary of {self.n_words} "
-                f"words but the text encoder expects {expected_vocab_size} (its embedding rows): "
+                f"words but the text encoder{f' {text_encoder!r}' if text_encoder else ''} expects "
+                f"{expected_vocab_size} (its embedding rows): "
                 f"use the captions.pickle the encoder was trained with (the official birds one "
                 f"has 5,450 words), or train a text encoder on this vocabulary (pretrain_DAMSM.py)")
         self.filenames = train_keys if split == 'train' else test_keys
@@ -673,7 +715,7 @@ def _config_paths(cfg, split: str):
 
 
 def build_dataset(cfg, split: str, augment: bool = True,
-                  expected_vocab_size: Optional[int] = None) -> TextDataset:
+                  expected_vocab_size: Optional[int] = None, text_encoder: str = '') -> TextDataset:
     """``TextDataset`` of ``split`` as the config describes it (creating the synthetic
     set first when ``DATASET_NAME`` is ``'synthetic_birds'`` and it is missing)."""
     name, data_dir, image_dir = _config_paths(cfg, split)
@@ -681,7 +723,7 @@ def build_dataset(cfg, split: str, augment: bool = True,
     return TextDataset(data_dir, split, image_size=cfg.TREE.BASE_SIZE,
                        captions_per_image=cfg.TEXT.CAPTIONS_PER_IMAGE,
                        words_num=cfg.TEXT.WORDS_NUM, dataset_name=name, augment=augment,
-                       image_dir=image_dir, expected_vocab_size=expected_vocab_size,
+                       image_dir=image_dir, expected_vocab_size=expected_vocab_size, text_encoder=text_encoder,
                        cache_dir=cache_dir)
 
 

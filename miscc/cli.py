@@ -91,8 +91,15 @@ def _read_captions(args) -> list:
     if args.captions:
         if not os.path.isfile(args.captions):
             raise FileNotFoundError(f"captions file '{args.captions}' not found")
-        with open(args.captions, 'r', encoding='utf-8') as f:
-            texts += [line.strip() for line in f if line.strip()]
+        with open(args.captions, 'rb') as f:
+            data = f.read()
+        try:
+            text = data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b'\n') + 1
+            raise CaptionError(f"captions file '{args.captions}' line {line}: byte {data[e.start:e.start + 1]!r} "
+                               f"is not UTF-8; save the file as UTF-8") from None
+        texts += [line.strip() for line in text.splitlines() if line.strip()]
         if not texts:
             raise CaptionError(f"captions file '{args.captions}' holds no caption")
     return texts

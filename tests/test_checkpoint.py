@@ -3,6 +3,8 @@ import json
 import os
 import pathlib
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -78,6 +80,21 @@ def test_wrong_nf_gives_one_error_listing_first_few():
     small = NetD(4, img_size=64).state_dict()
     with pytest.raises(CheckpointError, match=r'wrong shapes \(\d+\):.*\(\+\d+ more\)'):
         load_model_state(NetD(8, img_size=64), small)
+    # a state dict from inside a training state is named by its file and entry, on one line
+    with pytest.raises(CheckpointError) as e:
+        load_model_state(NetD(8, img_size=64), small, name='run/models/state_last.pth [netD]')
+    msg = str(e.value)
+    assert msg.startswith("'run/models/state_last.pth [netD]' does not match NetD; wrong shapes (")
+    assert '\n' not in msg and 'TRAIN.NF' in msg
+
+
+def test_empty_file_and_folder_are_named_as_such(tmp_path):
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint '{tmp_path / 'empty.pth'}' is empty (0 bytes)")):
+        load_file(str(tmp_path / 'empty.pth'))
+    (tmp_path / 'netG_001.pth').mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(f"'{tmp_path / 'netG_001.pth'}' is a folder, not a file")):
+        load_file(str(tmp_path / 'netG_001.pth'))
 
 
 class Payload:

@@ -147,6 +147,26 @@ def test_bad_overrides():
     assert cfg.TRAIN.NF == 32  # nothing applied by the failed overrides
 
 
+@pytest.mark.parametrize('key, value, least', [('TRAIN.BATCH_SIZE', 0, 1), ('TRAIN.BATCH_SIZE', -4, 1),
+                                               ('WORKERS', -1, 0), ('EVAL.SPLITS', 0, 1),
+                                               ('TEXT.CAPTIONS_PER_IMAGE', 0, 1)])
+def test_counts_below_their_least_value_name_the_key(tmp_path, key, value, least):
+    with pytest.raises(ConfigError, match=re.escape(f'{key}={value}: must be at least {least} (')):
+        load_config(None, [f'{key}={value}'])                 # were tracebacks deep inside PyTorch
+    section, _, name = key.rpartition('.')
+    yml = write(tmp_path, f'{section}: {{{name}: {value}}}\n' if section else f'{name}: {value}\n')
+    with pytest.raises(ConfigError, match=re.escape(f'{key}={value}')):
+        load_config(yml)
+    assert load_config(None, [f'{key}={least}']).get(key) == least
+
+
+@pytest.mark.parametrize('model', ['ssagan', 'dfgan', 'dfgan_v1'])
+def test_an_image_size_the_generator_cannot_reach_names_tree_base_size(model):
+    from miscc.families import build_networks
+    with pytest.raises(ConfigError, match=f'TREE.BASE_SIZE=100: the {model} generator .* power of two >= 32'):
+        build_networks(load_config(None, ['TREE.BASE_SIZE=100', f'MODEL.NAME={model}', 'TRAIN.NF=2']))
+
+
 def test_missing_and_malformed_yaml(tmp_path):
     missing = str(tmp_path / 'nope.yml')
     with pytest.raises(ConfigError, match=re.escape(missing) + "' not found"):

@@ -150,6 +150,8 @@ def test_vocabulary_size_must_match_the_text_encoder(mini_birds):
     msg = str(e.value)
     assert f"'{mini_birds / 'captions.pickle'}' has a vocabulary of {n} words but the text " \
            f"encoder expects 5450" in msg
+    with pytest.raises(DataError, match=re.escape(f"but the text encoder 'enc/text_encoder200.pth' expects 5450")):
+        _build(mini_birds, expected_vocab_size=5450, text_encoder='enc/text_encoder200.pth')
 
 
 def test_class_info_of_another_length_is_refused(mini_birds):
@@ -157,3 +159,56 @@ def test_class_info_of_another_length_is_refused(mini_birds):
         pickle.dump([1, 2, 3], f, protocol=2)
     with pytest.raises(DataError, match=r"holds 3 class ids but .* lists 6 keys"):
         _build(mini_birds)
+
+
+def test_edited_caption_file_rebuilds_the_cache_with_a_warning(mini_birds):
+    first = _build(mini_birds)
+    assert 'zebraword' not in first.wordtoix
+    path = mini_birds / 'text' / (first.filenames[0] + '.txt')
+    path.write_text('a zebraword bird\n' * 10)
+    with pytest.warns(UserWarning, match=re.escape(f"caption files under '{mini_birds / 'text'}' changed since")):
+        again = _build(mini_birds)
+    assert 'zebraword' in again.wordtoix                                   # was the stale vocabulary
+    assert again.captions[0] == [again.wordtoix[w] for w in ('a', 'zebraword', 'bird')]
+    with open(mini_birds / 'captions.pickle', 'rb') as f:                 # the rebuilt cache is kept
+        assert len(pickle.load(f)) == 5
+    # a cache without the record (the official download's layout) is used as it is
+    test_captions = TextDataset(str(mini_birds), 'test', image_size=32).captions
+    with open(mini_birds / 'captions.pickle', 'wb') as f:
+        pickle.dump([first.captions, test_captions, first.ixtoword, first.wordtoix], f, protocol=2)
+    assert 'zebraword' not in _build(mini_birds).wordtoix
+
+
+def test_bounding_box_outside_the_image_is_named(mini_birds):
+    ds = _build(mini_birds)
+    key = ds.filenames[2]
+    path = mini_birds / 'CUB_200_2011' / 'images' / (key + '.jpg')
+    from PIL import Image
+    Image.new('RGB', (1, 1)).save(path)            # a 1 x 1 image: the box starts at x = 60 or more
+    ds.bbox[key] = (600, 500, 40, 30)
+    with pytest.raises(DataError) as e:             # was PIL's "Coordinate 'right' is less than 'left'"
+        ds[2]
+    msg = str(e.value)
+    assert f"image '{path}' (key '{key}') is 1 x 1 px, but its bounding box (600, 500, 40, 30)" in msg
+    assert 'bounding_boxes.txt' in msg
+
+
+def test_grayscale_and_cmyk_images_are_read_as_rgb(mini_birds):
+    from PIL import Image
+    ds = _build(mini_birds)
+    for i, mode, colour in ((0, 'L', 90), (1, 'CMYK', (10, 20, 30, 0))):
+        Image.new(mode, (500, 400), colour).save(mini_birds / 'CUB_200_2011' / 'images' / (ds.filenames[i] + '.jpg'))
+        assert ds[i][0].shape == (3, 32, 32)
+
+
+def test_caption_bytes_that_are_not_utf8_are_named_with_the_line(tmp_path):
+    train, test = real_keys('train')[:2], real_keys('test')[:1]
+    root = make_birds_layout(tmp_path / 'birds', train, test)
+    path = root / 'text' / (train[1] + '.txt')
+    lines = path.read_bytes().split(b'\n')
+    lines[1] = b'a bi\xffrd with wings'
+    path.write_bytes(b'\n'.join(lines))
+    with pytest.raises(DataError) as e:            # was dropped silently: 'bi' and 'rd' became words
+        _build(root)
+    assert f"caption file '{path}' line 2: byte b'\\xff' (byte 5 of the line) is not UTF-8" in str(e.value)
+    assert not (root / 'captions.pickle').exists()

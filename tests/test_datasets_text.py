@@ -66,7 +66,8 @@ def test_vocabulary_cache_layout_matches_the_official_one(tiny):
     raw = path.read_bytes()
     assert raw[:2] == b'\x80\x02'   # protocol 2, readable by the official (Python 2) code
     x = pickle.loads(raw)
-    assert isinstance(x, list) and len(x) == 4
+    # the official code reads x[0..3]; x[4] records the caption files the cache was built from
+    assert isinstance(x, list) and len(x) == 5 and set(x[4]) == {'text_files'}
     assert x[0] == ds.captions and x[1] == [[5, 4, 2, 10, 8, 9], [11, 12]]
     assert x[2] == ds.ixtoword and x[3] == ds.wordtoix
 

@@ -347,7 +347,7 @@ def test_wrong_width_names_the_file_and_the_network(tmp_path):
     netG, netD, netC = NetG(4, 100, 256, 64, 3), NetD(4, 64, 3), NetC(4, 256)
     path = tmp_path / 'state_epoch_005.pth'
     torch.save({'model': {'netG': netG.state_dict(), 'netD': netD.state_dict(), 'netC': netC.state_dict()}}, path)
-    with pytest.raises(CheckpointError, match=r"state_epoch_005.pth \[netG\]' does not match NetG:\n  wrong shapes"):
+    with pytest.raises(CheckpointError, match=r"state_epoch_005.pth \[netG\]' does not match NetG; wrong shapes"):
         load_dfgan_checkpoint(str(path), *small_dfgan())
 
 

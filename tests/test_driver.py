@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 
@@ -13,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from miscc.core.checkpoint import CheckpointError
+from miscc.core.config import ConfigError
+from miscc.data.errors import DataError
 from miscc.training.driver import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
                           find_latest_state, load_training_state, read_progress, save_training_state)
 from miscc.training.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
@@ -118,10 +121,11 @@ def test_select_device_on_cpu_machine():
     assert select_device('auto', gpu_id=-1).device.type == 'cpu'
     if not torch.cuda.is_available():
         assert select_device('auto').device.type == 'cpu'
-        with pytest.raises(RuntimeError, match='CUDA is not available'):
-            select_device('cuda:0,1')
-    with pytest.raises(ValueError, match="DEVICE must be"):
-        select_device('tpu')
+        for device in ('cuda:0,1', 'cuda:7'):        # a ConfigError: one line, exit code 2
+            with pytest.raises(ConfigError, match=f"DEVICE='{device}' asks for a GPU, but CUDA is not available"):
+                select_device(device)
+    with pytest.raises(ConfigError, match="DEVICE must be 'auto', 'cpu', 'cuda'.*got 'gpu'"):
+        select_device('gpu')
 
 
 def test_dataparallel_batchnorm_equals_full_batch_batchnorm():
@@ -229,6 +233,13 @@ def test_resume_point_checks_the_generator(tmp_path):
     assert other_generator(str(out), str(g2)) == f"'{g1}'"
     with pytest.raises(FileExistsError, match="holds images of '.*netG_001.pth', not of '.*netG_002.pth'"):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g2))
+    g1.write_bytes(b'another generator')        # replaced under the same name: said once, with both hashes
+    with pytest.raises(FileExistsError) as caught:
+        resume_point(str(out), FakeTestSet(), 10, generator=str(g1))
+    assert str(caught.value).startswith(
+        f"'{out}' holds images of an earlier version of that file (replaced since: SHA-256 "
+        f"{hashlib.sha256(b'one').hexdigest()[:12]}... then, {hashlib.sha256(b'another generator').hexdigest()[:12]}"
+        f"... now), not of '{g1}'")                                # was "of '<g1>', not of '<g1>'"
     (out / 'generator.json').unlink()
     with pytest.raises(FileExistsError, match='holds images of an unrecorded generator'):
         resume_point(str(out), FakeTestSet(), 10, generator=str(g1))
@@ -451,6 +462,61 @@ def test_max_epoch_below_one_is_a_config_error_before_any_folder(tmp_path, value
     with pytest.raises(ConfigError, match=f'TRAIN.MAX_EPOCH={value}: the number of epochs'):
         _driver(tmp_path / 'out', _ToyTrainer(), **{'TRAIN.MAX_EPOCH': value})
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_batch_larger_than_the_data_set_is_a_config_error_before_any_folder(tmp_path):
+    from datasets import collate_sorted
+    from miscc.training.driver import Driver, StartPoint
+    with pytest.raises(ConfigError, match=r'TRAIN.BATCH_SIZE=16: 10 samples make no complete batch of 16 .* '
+                                          r'lower TRAIN.BATCH_SIZE'):   # was a ValueError traceback
+        Driver(_config(tmp_path / 'out', **{'TRAIN.BATCH_SIZE': 16}), _ToyTrainer(), _Items(), collate_sorted, 16,
+               StartPoint(), torch.device('cpu'))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_bad_devices_and_caption_files_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from miscc.cli import gan_main
+    base = ['--cfg', 'cfg/bird.yml', f'OUTPUT_DIR={tmp_path / "out"}']
+    assert gan_main(False, base + ['DEVICE=gpu']) == 2
+    assert capsys.readouterr().err == ("main.py: error: DEVICE must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                                       "'cuda:N,M,...', got 'gpu'\n")
+    captions = tmp_path / 'captions.txt'
+    captions.write_bytes(b'a red bird\na bl\xe9ue bird\n')          # Latin-1, not UTF-8
+    assert gan_main(False, base + ['B_VALIDATION=True', '--captions', str(captions)]) == 2
+    assert capsys.readouterr().err == (f"main.py: error: captions file '{captions}' line 2: byte b'\\xe9' is "
+                                       f"not UTF-8; save the file as UTF-8\n")   # was a UnicodeDecodeError
+    assert not (tmp_path / 'out').exists()
+
+
+class _BadItem(_Items):
+    def __getitem__(self, i):
+        if i == 3:
+            raise DataError("cannot read image 'images/k3.jpg' (key 'k3'): truncated")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_a_data_error_mid_epoch_keeps_its_one_line_from_a_worker_too(tmp_path, workers):
+    from datasets import collate_sorted
+    from miscc.training.driver import Driver, StartPoint
+    driver = Driver(_config(tmp_path, WORKERS=workers), _ToyTrainer(), _BadItem(), collate_sorted, 4, StartPoint(),
+                    torch.device('cpu'))
+    with pytest.raises(DataError) as caught:
+        driver.fit()
+    # a worker's error came back as "Caught DataError in DataLoader worker process 0. Original Traceback ..."
+    assert str(caught.value) == "cannot read image 'images/k3.jpg' (key 'k3'): truncated"
+
+
+def test_an_output_dir_in_the_way_is_a_config_error_at_set_up(tmp_path):
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(ConfigError, match=re.escape(f"OUTPUT_DIR='{tmp_path / 'afile'}': '{tmp_path / 'afile'}' is a "
+                                                    f"file, not a folder")):
+        _driver(tmp_path / 'afile', _ToyTrainer())          # was a NotADirectoryError traceback in fit()
+    _, _, run = _toy_run(tmp_path / 'out', **{'TRAIN.MAX_STEPS': 2})
+    os.rmdir(f'{run}/samples')
+    open(f'{run}/samples', 'w').close()                      # a resumed run checks its own folders
+    with pytest.raises(ConfigError, match=re.escape(f"'{run}/samples' is a file, not a folder")):
+        _driver(tmp_path / 'out', _ToyTrainer(), start=_restore_start(tmp_path / 'out'))
 
 
 def test_the_run_folder_is_made_by_fit_not_by_the_set_up(tmp_path):

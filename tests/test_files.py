@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -81,3 +82,36 @@ def test_stale_temp_files_are_recognised_and_only_they_are_removed(tmp_path):
     (tmp_path / '.dir.abcdefgh.tmp').mkdir()
     assert remove_stale_temp_files(str(tmp_path)) == ['.state_last.pth.q1w2e3r4.tmp']
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:] + ['.dir.abcdefgh.tmp', 'netG_001.pth'])
+
+
+def test_output_dir_in_the_way_or_read_only_is_named_before_any_work(tmp_path, monkeypatch):
+    from miscc.core.config import ConfigError
+    from miscc.core.files import check_output_dir
+    check_output_dir(str(tmp_path / 'new' / 'deeper'), 'OUTPUT_DIR')            # can be made: fine
+    assert not (tmp_path / 'new').exists()                                      # and nothing is made
+    (tmp_path / 'afile').write_text('x')
+    for path in (tmp_path / 'afile', tmp_path / 'afile' / 'sub'):
+        with pytest.raises(ConfigError, match=re.escape(f"OUTPUT_DIR='{path}': '{tmp_path / 'afile'}' is a file, "
+                                                        f"not a folder; choose another OUTPUT_DIR")):
+            check_output_dir(str(path), 'OUTPUT_DIR')
+    # root may write anywhere, so a read-only folder is what os.access reports
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode: False if os.path.abspath(p) == str(ro) else real_access(p, mode))
+    with pytest.raises(ConfigError, match=re.escape(f"SAMPLE.OUT_DIR='{ro / 'valid'}': cannot write into '{ro}'")):
+        check_output_dir(str(ro / 'valid'), 'SAMPLE.OUT_DIR')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_a_really_read_only_folder_is_refused(tmp_path):
+    from miscc.core.config import ConfigError
+    from miscc.core.files import check_output_dir
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match='cannot write into'):
+            check_output_dir(str(ro), 'OUTPUT_DIR')
+    finally:
+        ro.chmod(0o755)

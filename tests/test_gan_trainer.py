@@ -107,6 +107,18 @@ def test_generation_writes_images_masks_and_manifest(tiny_setup, main_run):
     assert (out / 'img_s0.png').read_bytes() == first
 
 
+def test_generation_into_a_file_is_refused_before_any_image(tiny_setup, main_run, tmp_path, capsys):
+    netg = main_run / 'models' / 'netG_002.pth'
+    (tmp_path / 'afile').write_text('x')
+    for extra in ([], ['--caption', 'a red bird']):
+        argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.NUM': 4,
+                                        'SAMPLE.OUT_DIR': tmp_path / 'afile' / 'valid'})
+        assert gan_main(False, argv + extra) == 2         # was "[Errno 17] File exists" / NotADirectoryError
+        assert (f"SAMPLE.OUT_DIR='{tmp_path / 'afile' / 'valid'}': '{tmp_path / 'afile'}' is a file, not a folder"
+                in capsys.readouterr().err)
+    assert (tmp_path / 'afile').read_text() == 'x'
+
+
 def test_generation_from_user_captions(tiny_setup, main_run, capsys):
     netg = main_run / 'models' / 'netG_002.pth'
     argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.PER_CAPTION': 2})
@@ -147,6 +159,17 @@ def test_finetune_trains_encoders_and_saves_them(tiny_setup, main_run):
 def final_weights(run):
     state = torch.load(run / 'models' / 'state_last.pth', weights_only=True)
     return state
+
+
+def test_resuming_with_another_width_names_the_state_file_and_the_network(tiny_setup, main_run, capsys):
+    state = main_run / 'models' / 'state_last.pth'
+    before = state.read_bytes()
+    argv = overrides(tiny_setup, **{'TRAIN.NET_G': state, 'TRAIN.NF': 4, 'TRAIN.MAX_EPOCH': 3})
+    assert gan_main(False, argv) == 2
+    err = capsys.readouterr().err.strip()
+    # was "'state dict' does not match NetG:" over three lines, naming no file
+    assert err.startswith(f"main.py: error: '{state} [netG]' does not match NetG; wrong shapes (")
+    assert '\n' not in err and 'TRAIN.NF' in err and state.read_bytes() == before
 
 
 def test_exact_resume_gives_bit_identical_weights(tiny_setup):

@@ -282,3 +282,37 @@ def test_dmgan_r_precision_draws_from_all_test_captions_of_other_classes(eval_se
     with pytest.raises(DataError, match="e.g. 'not_a_key'"):
         caption_r_precision(cfg, str(root / 'enc' / 'text_encoder1.pth'), images, captions,
                             ['not_a_key'] + keys[1:])
+
+
+def _folder(path, sizes):
+    path.mkdir()
+    for i, side in enumerate(sizes):
+        Image.new('RGB', (side, side), (40 * i, 100, 50)).save(path / f'img_{i}.png')
+    return path
+
+
+def test_too_few_or_mixed_images_are_one_line_naming_the_folder(eval_setup, tmp_path, capsys):
+    root = eval_setup
+    one = _folder(tmp_path / 'one', [64])
+    assert eval_main('FID', _argv(root, '--images', one)) == 2            # was a sqrtm traceback or a hang
+    err = capsys.readouterr().err
+    assert f"folder '{one}' gives 1 image(s); FID needs at least 2" in err and 'Traceback' not in err
+    three = _folder(tmp_path / 'three', [64] * 3)
+    assert eval_main('IS', _argv(root, '--images', three, **{'EVAL.SPLITS': 10})) == 2   # was a ValueError
+    err = capsys.readouterr().err
+    assert f"folder '{three}' gives 3 image(s); IS needs at least 10" in err and 'EVAL.SPLITS' in err
+    # sizes that differ between batches were scored against the last batch's reference
+    mixed = _folder(tmp_path / 'mixed', [64, 64, 32, 32])
+    for metric in ('IS', 'FID'):
+        assert eval_main(metric, _argv(root, '--images', mixed, **{'EVAL.BATCH_SIZE': 2})) == 2
+        err = capsys.readouterr().err
+        assert "'img_2.png' is 32 x 32 px but 'img_0.png' is 64 x 64 px" in err and str(mixed) in err
+        assert '\reval_' not in err and not (mixed / f'{metric.lower()}.json').exists()
+    # a file where the result JSON's folder should be: named before any image is read
+    (tmp_path / 'afile').write_text('x')
+    assert eval_main('IS', _argv(root, '--images', three, '--out', tmp_path / 'afile' / 'is.json')) == 2
+    assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err
+    # files that are not PNG/JPG are not images of the folder
+    (three / 'notes.txt').write_text('not an image')
+    assert eval_main('IS', _argv(root, '--images', three)) == 0
+    assert json.loads((three / 'is.json').read_text())['count'] == 3

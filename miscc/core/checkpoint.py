@@ -22,7 +22,7 @@ import torch.nn as nn
 from .config import ConfigError
 from .files import atomic_write
 
-__all__ = ['CheckpointError', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
+__all__ = ['CheckpointError', 'not_a_file', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
            'sibling_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint', 'ema_checkpoint',
            'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
@@ -36,10 +36,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not match the model."""
 
 
+def not_a_file(path: str) -> str:
+    """Why ``path`` is no file to read: 'is a folder, not a file' or 'not found'."""
+    return 'is a folder, not a file' if os.path.isdir(path) else 'not found'
+
+
 def load_file(path: str, map_location='cpu'):
     """``torch.load(path, weights_only=True)`` with errors that name the file."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' not found")
+        raise CheckpointError(f"checkpoint '{path}' {not_a_file(path)}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy? "
+                              f"Copy or save it again")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -103,23 +111,25 @@ def check_state_dict(model: nn.Module, state: Mapping, source: str = 'state dict
         if not items:
             return ''
         more = f' (+{len(items) - _SHOW} more)' if len(items) > _SHOW else ''
-        return f'\n  {name} ({len(items)}): ' + ', '.join(items[:_SHOW]) + more
+        return f'; {name} ({len(items)}): ' + ', '.join(items[:_SHOW]) + more
 
+    # one line, as the command line prints every error
     raise CheckpointError(
-        f"'{source}' does not match {type(unwrap_model(model)).__name__}:"
+        f"'{source}' does not match {type(unwrap_model(model)).__name__}"
         + listing('missing keys', missing) + listing('unexpected keys', unexpected)
         + listing('wrong shapes', wrong)
-        + '\n  Check the model options (TRAIN.NF, TREE.BASE_SIZE, vocabulary size) against the '
-          'ones the checkpoint was trained with.')
+        + '; check the model options (TRAIN.NF, TREE.BASE_SIZE, vocabulary size) against the '
+          'ones the checkpoint was trained with')
 
 
-def load_model_state(model: nn.Module, source, strict: bool = True) -> nn.Module:
+def load_model_state(model: nn.Module, source, strict: bool = True, name: str = '') -> nn.Module:
     """Load a state dict (or the file at path ``source``) into ``model``.
 
     Wrapper prefixes are stripped; with ``strict`` any key or shape mismatch raises one
-    CheckpointError naming the file and the first few offending keys of each kind.
+    CheckpointError naming the file (``name`` for a state dict, e.g. "state_last.pth [netG]")
+    and the first few offending keys of each kind.
     """
-    name = source if isinstance(source, str) else 'state dict'
+    name = source if isinstance(source, str) else (name or 'state dict')
     state = load_file(source) if isinstance(source, str) else source
     if not isinstance(state, Mapping):
         raise CheckpointError(f"'{name}' holds a {type(state).__name__}, not a state dict")

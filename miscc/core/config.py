@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'default_config', 'load_config', 'parse_overrides']
+__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'default_config', 'load_config', 'parse_overrides',
+           'check_values']
 
 
 class ConfigError(ValueError):
@@ -467,9 +468,30 @@ def parse_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return cfg
 
 
+# keys that must be at least some value: (dotted key, least, what the value counts)
+_LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
+          ('WORKERS', 0, 'DataLoader worker processes; 0 loads in the main process'),
+          ('SAMPLE.BATCH_SIZE', 0, 'images per generation step; 0 = TRAIN.BATCH_SIZE'),
+          ('EVAL.BATCH_SIZE', 1, 'images per evaluation step'),
+          ('EVAL.SPLITS', 1, 'the chunks IS and R-precision are averaged over'),
+          ('TEXT.CAPTIONS_PER_IMAGE', 1, 'caption lines read per image'),
+          ('TEXT.WORDS_NUM', 1, 'words per caption'))
+
+
+def check_values(cfg: Config) -> Config:
+    """ConfigError naming the key, its value and the least allowed one for the counts of
+    ``_LEAST`` (a zero or negative batch otherwise fails deep inside PyTorch)."""
+    for key, least, what in _LEAST:
+        value = cfg.get(key)
+        if value < least:
+            raise ConfigError(f"{key}={value}: must be at least {least} ({what})")
+    return cfg
+
+
 def load_config(cfg_file: str | None = None, overrides: Iterable[str] = (),
                 base: Mapping | None = None) -> Config:
-    """Defaults, then ``base`` (a script's own defaults), then ``cfg_file``, then overrides."""
+    """Defaults, then ``base`` (a script's own defaults), then ``cfg_file``, then overrides;
+    the counts checked by ``check_values``."""
     cfg = default_config()
     if base:
         cfg.merge(base, source='script defaults')
@@ -478,4 +500,4 @@ def load_config(cfg_file: str | None = None, overrides: Iterable[str] = (),
         if not cfg.CONFIG_NAME:
             cfg.CONFIG_NAME = os.path.splitext(os.path.basename(cfg_file))[0]
     parse_overrides(cfg, overrides)
-    return cfg
+    return check_values(cfg)

@@ -18,8 +18,10 @@ import re
 import tempfile
 from typing import Any, Iterator
 
+from .config import ConfigError
+
 __all__ = ['atomic_write', 'write_json', 'write_text', 'file_sha256', 'read_json', 'read_jsonl',
-           'TEMP_SUFFIX', 'DiskFullError', 'is_temp_file', 'remove_stale_temp_files']
+           'TEMP_SUFFIX', 'DiskFullError', 'is_temp_file', 'remove_stale_temp_files', 'check_output_dir']
 
 TEMP_SUFFIX = '.tmp'
 # mkstemp creates private (0600) files; finished files get the permissions open() would give
@@ -35,6 +37,21 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
+
+
+def check_output_dir(path: str, key: str) -> None:
+    """ConfigError naming ``key`` unless ``path`` is a folder this process can write into, or
+    can be made one: checked before the work starts, so that a run does not fail at its first
+    save (after a whole epoch) on a file in the way or a read-only folder."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):          # the nearest part of the path that exists
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{key}='{path}': '{probe}' is a file, not a folder; choose another {key} "
+                          f"or move that file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}='{path}': cannot write into '{probe}' (no permission, or a read-only "
+                          f"file system); choose another {key} or make that folder writable")
 
 
 def is_temp_file(name: str) -> bool:

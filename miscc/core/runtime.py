@@ -62,10 +62,10 @@ def select_device(device: str = 'auto', gpu_id: int = 0, cuda: bool = True,
     if want_cpu:
         return DeviceSetup(torch.device('cpu'))
     if text not in ('auto', 'cuda') and not text.startswith('cuda:'):
-        raise ValueError(f"DEVICE must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cuda:N,M,...', got {device!r}")
+        raise ConfigError(f"DEVICE must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cuda:N,M,...', got {device!r}")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE={device!r} asks for a GPU, but CUDA is not available here; "
-                           f"use DEVICE=cpu (or DEVICE=auto)")
+        raise ConfigError(f"DEVICE={device!r} asks for a GPU, but CUDA is not available here; "
+                          f"use DEVICE=cpu (or DEVICE=auto)")
     if local_rank is not None:
         ids = [local_rank]
     elif text in ('auto', 'cuda'):
@@ -74,11 +74,12 @@ def select_device(device: str = 'auto', gpu_id: int = 0, cuda: bool = True,
         try:
             ids = [int(part) for part in text[len('cuda:'):].split(',')]
         except ValueError:
-            raise ValueError(f"DEVICE={device!r}: GPU ids must be integers, e.g. cuda:0,1") from None
+            raise ConfigError(f"DEVICE={device!r}: GPU ids must be integers, e.g. cuda:0,1") from None
     count = torch.cuda.device_count()
     bad = [i for i in ids if not 0 <= i < count]
     if bad:
-        raise ValueError(f'DEVICE={device!r}: GPU {bad[0]} does not exist ({count} visible)')
+        raise ConfigError(f'DEVICE={device!r}: GPU {bad[0]} does not exist ({count} visible); '
+                          f'use one of cuda:0 .. cuda:{count - 1}')
     return DeviceSetup(torch.device('cuda', ids[0]), ids)
 
 

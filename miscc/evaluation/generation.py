@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from datasets import TextDataset, build_dataset, encode_caption
 
-from ..core.checkpoint import BEST_NAME, ema_checkpoint, is_ema_checkpoint, plain_generator_checkpoint, sibling_checkpoint
+from ..core.checkpoint import (BEST_NAME, ema_checkpoint, is_ema_checkpoint, not_a_file, plain_generator_checkpoint,
+                               sibling_checkpoint)
 from ..core.config import ConfigError
+from ..core.files import check_output_dir
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
 from ..families import Family, family_of, require_precomputed_embeddings
@@ -100,10 +102,11 @@ def sampling_checkpoint(cfg, netg_path: str) -> str:
     return ema
 
 
-def test_captions(cfg, n_words: int) -> TextDataset:
+def test_captions(cfg, n_words: int, text_encoder: str = '') -> TextDataset:
     """The test split as the config describes it (its vocabulary must have ``n_words`` words,
-    those of the text encoder): vocabulary and test captions for sampling and R-precision."""
-    return build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+    those of the text encoder file ``text_encoder``): vocabulary and test captions for
+    sampling and R-precision."""
+    return build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words, text_encoder=text_encoder)
 
 
 @dataclass
@@ -148,7 +151,7 @@ class GenerationStack:
 
 def _load_generator(cfg, family: Family, path: str, device) -> nn.Module:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"generator checkpoint '{path}' not found (TRAIN.NET_G)")
+        raise FileNotFoundError(f"generator checkpoint '{path}' {not_a_file(path)} (TRAIN.NET_G)")
     netG = family.load_weights(family.build_generator(cfg), path, family.networks[0])
     return netG.to(device).eval()
 
@@ -166,7 +169,7 @@ def load_generation_stack(cfg, netg_path: str, device, text_encoder_path: str = 
                                build_hd5_dataset(cfg, 'test'), torch.device(device))
     text_path = text_encoder_path or generator_text_encoder(cfg, netg_path)
     n_words = text_encoder_vocab_size(text_path)
-    dataset = test_captions(cfg, n_words)
+    dataset = test_captions(cfg, n_words, text_path)
     text_encoder = load_text_encoder(cfg, text_path, n_words, device).eval()
     return GenerationStack(cfg, family, _load_generator(cfg, family, netg_path, device), netg_path,
                            text_encoder, text_path, dataset, torch.device(device))
@@ -259,8 +262,9 @@ def generate(cfg, user_captions=()) -> str:
     base = os.path.splitext(stack.netg_path)[0]
     batch_size = cfg.SAMPLE.BATCH_SIZE or cfg.TRAIN.BATCH_SIZE
 
+    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions' if user_captions else 'valid')
+    check_output_dir(out_dir, 'SAMPLE.OUT_DIR')
     if user_captions:
-        out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions')
         caps, lens, texts = stack.encode(user_captions)
         per = cfg.SAMPLE.PER_CAPTION
         sent = stack.sentences(caps, lens).repeat_interleave(per, dim=0)
@@ -272,7 +276,6 @@ def generate(cfg, user_captions=()) -> str:
         print(f'{len(images)} images ({per} per caption) with their masks: {path}')
         return out_dir
 
-    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'valid')
     num = cfg.SAMPLE.NUM
     start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)

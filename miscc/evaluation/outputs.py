@@ -78,13 +78,21 @@ def generator_record(out_dir: str) -> dict | None:
 
 def other_generator(out_dir: str, generator: str) -> str | None:
     """Who made the images in ``out_dir`` when that is not ``generator`` (by SHA-256): the
-    recorded path, quoted, or 'an unrecorded generator'; None for its own images or none."""
+    recorded path, quoted; 'an earlier version of that file ...' when the recorded path is
+    ``generator`` itself (the file was replaced since); or 'an unrecorded generator'. None
+    for its own images or none."""
     if not read_manifest(out_dir):
         return None
     record = generator_record(out_dir)
-    if record is not None and record.get('sha256') == file_sha256(generator):
+    if record is None:
+        return 'an unrecorded generator'
+    now = file_sha256(generator)
+    if record.get('sha256') == now:
         return None
-    return f"'{record.get('generator')}'" if record else 'an unrecorded generator'
+    if record.get('generator') == os.path.abspath(generator):
+        return (f"an earlier version of that file (replaced since: SHA-256 {str(record.get('sha256'))[:12]}... "
+                f"then, {now[:12]}... now)")
+    return f"'{record.get('generator')}'"
 
 
 def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) -> int:

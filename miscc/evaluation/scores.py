@@ -30,7 +30,7 @@ from datasets import DataError, build_real_image_dataset, encode_caption
 
 from ..core.checkpoint import load_file, load_model_state
 from ..core.config import ConfigError
-from ..core.files import atomic_write, file_sha256, write_json
+from ..core.files import atomic_write, check_output_dir, file_sha256, write_json
 from ..core.runtime import device_from_config
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .cub_inception import PROTOCOL_BATCH, cub_logits, load_cub_inception
@@ -133,6 +133,11 @@ def _read_image(path: str) -> np.ndarray:
         raise DataError(f"cannot read image '{path}': {e}; remove or regenerate it") from None
 
 
+def _size(shape: tuple) -> str:
+    """'W x H px' of an H x W x 3 array shape."""
+    return f'{shape[1]} x {shape[0]} px'
+
+
 def folder_source(folder: str, num: int, batch_size: int) -> ImageSource:
     """Images of ``folder`` (PNG/JPG; the ``fm_*`` masks are skipped): the files of its
     ``manifest.jsonl`` in order when there is one (captions known), else sorted names."""
@@ -155,11 +160,16 @@ def folder_source(folder: str, num: int, batch_size: int) -> ImageSource:
               file=sys.stderr)
 
     def batches():
+        first = None   # (name, shape) of the first image: every other must match it
         for s in range(0, len(files), batch_size):
-            arrays = [_read_image(os.path.join(folder, f)) for f in files[s:s + batch_size]]
-            shapes = {a.shape for a in arrays}
-            if len(shapes) > 1:
-                raise DataError(f"images of different sizes in '{folder}': {sorted(shapes)}")
+            arrays = []
+            for f in files[s:s + batch_size]:
+                arrays.append(_read_image(os.path.join(folder, f)))
+                first = first or (f, arrays[-1].shape)
+                if arrays[-1].shape != first[1]:
+                    raise DataError(f"images of different sizes in '{folder}': '{f}' is {_size(arrays[-1].shape)} "
+                                    f"but '{first[0]}' is {_size(first[1])}; evaluate one generator's "
+                                    f"images of one size per folder")
             images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
             part = entries[s:s + batch_size]
             yield images, [e['caption'] for e in part] or None, [e['key'] for e in part] or None
@@ -185,19 +195,19 @@ def extract(extractor, batches, total: int, device, desc: str, on_batch=None) ->
     """Run ``extractor`` over uint8 batches; returns one N x D float64 CPU tensor per feature.
     ``on_batch(images, captions, keys)`` sees every batch (e.g. for R-precision)."""
     outputs = None
-    bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
-    for item in batches:
-        images = item[0] if isinstance(item, (tuple, list)) else item
-        feats = extractor(images.to(device))
-        feats = feats if isinstance(feats, tuple) else (feats,)
-        if outputs is None:
-            outputs = [[] for _ in feats]
-        for store, f in zip(outputs, feats):
-            store.append(f.detach().double().cpu())
-        if on_batch is not None:
-            on_batch(*item)
-        bar.update(images.size(0))
-    bar.close()
+    # closed on an error too, so that the error's line starts a line of its own
+    with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
+        for item in batches:
+            images = item[0] if isinstance(item, (tuple, list)) else item
+            feats = extractor(images.to(device))
+            feats = feats if isinstance(feats, tuple) else (feats,)
+            if outputs is None:
+                outputs = [[] for _ in feats]
+            for store, f in zip(outputs, feats):
+                store.append(f.detach().double().cpu())
+            if on_batch is not None:
+                on_batch(*item)
+            bar.update(images.size(0))
     if outputs is None:
         raise ValueError(f'{desc}: no images')
     return [torch.cat(o) for o in outputs]
@@ -226,6 +236,9 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
                 return {'mu': z['mu'], 'sigma': z['sigma'], 'features': torch.from_numpy(z['features']),
                         'count': int(z['count']), 'cached': True, 'path': path}
     dataset = build_real_image_dataset(cfg, split, image_size)
+    if len(dataset) < 2:
+        raise DataError(f"the {split} split of {cfg.DATASET_NAME} holds {len(dataset)} image(s); FID reference "
+                        f"statistics need at least 2 (a covariance needs two)")
     batch = cfg.EVAL.BATCH_SIZE
 
     def batches():
@@ -293,7 +306,7 @@ def caption_r_precision(cfg, text_encoder_path: str, images: torch.Tensor, capti
     trainer.py, ``metrics.r_precision_dmgan``: mismatches from all test captions of images of
     other classes, 10 splits)."""
     n_words = text_encoder_vocab_size(text_encoder_path)
-    vocab = test_captions(cfg, n_words)
+    vocab = test_captions(cfg, n_words, text_encoder_path)
     text_encoder = load_text_encoder(cfg, text_encoder_path, n_words, device).eval()
     image_encoder = load_image_encoder(cfg, damsm_paths(text_encoder_path)[1], device).eval()
     encoded = [encode_caption(c, vocab.wordtoix, cfg.TEXT.WORDS_NUM) for c in captions]
@@ -384,6 +397,24 @@ def _want_r_precision(cfg, source: ImageSource, text_path: str) -> bool:
     return ok
 
 
+def _check_count(cfg, metric: str, source: ImageSource) -> None:
+    """DataError naming the source and the least number of images ``metric`` needs: IS one per
+    split (with the 'stackgan' classifier: full batches of 64 for the splits), FID two (a
+    covariance of one image is undefined: the matrix square root fails or never ends)."""
+    if metric == 'IS':
+        least, why = cfg.EVAL.SPLITS, f'one per split, EVAL.SPLITS={cfg.EVAL.SPLITS}'
+        if cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan':
+            least = -(-cfg.EVAL.SPLITS // PROTOCOL_BATCH) * PROTOCOL_BATCH
+            why += f', in full batches of {PROTOCOL_BATCH} (EVAL.CLASSIFIER_PROTOCOL=stackgan)'
+        fix = 'or lower EVAL.SPLITS'
+    else:
+        least, why, fix = 2, 'a covariance needs two', ''
+    if source.count < least:
+        more = 'raise --num' if source.description.startswith('generator') else 'add images to it (or raise --num)'
+        raise DataError(f"{source.description} gives {source.count} image(s); {metric} needs at least {least} "
+                        f"({why}): {more} {fix}".rstrip())
+
+
 def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, out: str = '',
              command: str = '') -> dict:
     """Compute ``metric`` ('IS' or 'FID') of a folder (``images``) or a generator (``netg``);
@@ -394,6 +425,8 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     device = device_from_config(cfg).device
     num = num or (cfg.EVAL.NUM_IS if metric == 'IS' else cfg.EVAL.NUM_FID)
     source = folder_source(images, num, cfg.EVAL.BATCH_SIZE) if images else generator_source(cfg, netg, num, device)
+    path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
+    check_output_dir(os.path.dirname(os.path.abspath(path)), '--out')
     text_path = source.info.get('text_encoder') or damsm_paths(cfg.TEXT.DAMSM_NAME)[0]
     want_rp = _want_r_precision(cfg, source, text_path)
 
@@ -401,6 +434,7 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     # the classifier first: a missing file is reported before any image is generated
     want_classifier = metric == 'IS' and (cfg.EVAL.CLASSIFIER or cfg.EVAL.CLASSIFIER_PROTOCOL == 'stackgan')
     classifier, classifier_path = _domain_classifier(cfg, device) if want_classifier else (None, '')
+    _check_count(cfg, metric, source)
     features = ['logits_unbiased'] if metric == 'IS' else [dims]
     extractor, tag = inception_extractor(cfg, features, device)
     if tag['weights'] == 'random':
@@ -457,7 +491,6 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
             if cfg.EVAL.R_PRECISION == 'on':
                 raise ConfigError(f'EVAL.R_PRECISION=on: {e}') from None
             result['r_precision'] = {'skipped': str(e)}
-    path = out or os.path.join(source.out_dir, f'{metric.lower()}.json')
     write_json(path, result)
     result['json'] = path
     return result

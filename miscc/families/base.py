@@ -13,9 +13,25 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from ..core.checkpoint import load_model_state
+from models.generator import num_stages
 
-__all__ = ['Family', 'Update', 'noise_for', 'frozen', 'autocast', 'optimizer_step', 'adam_for_g_and_d']
+from ..core.checkpoint import load_model_state
+from ..core.config import ConfigError
+
+__all__ = ['Family', 'Update', 'noise_for', 'frozen', 'autocast', 'optimizer_step', 'adam_for_g_and_d',
+           'check_image_size']
+
+
+def check_image_size(cfg) -> int:
+    """TREE.BASE_SIZE, or a ConfigError naming it unless the generator's up-sampling stages
+    (4, 8, ... px, doubling) reach it: a power of two >= 32."""
+    size = cfg.TREE.BASE_SIZE
+    try:
+        num_stages(size)
+    except ValueError:
+        raise ConfigError(f'TREE.BASE_SIZE={size}: the {cfg.MODEL.NAME} generator doubles 4 px until the image '
+                          f'size, which must be a power of two >= 32: set TREE.BASE_SIZE=64, 128 or 256') from None
+    return size
 
 
 def noise_for(indices: Iterable[int], nz: int, seed: int) -> torch.Tensor:

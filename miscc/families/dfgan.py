@@ -36,7 +36,7 @@ from models.dfgan import NetC, NetD, NetD_v1, NetG, NetG_v1
 from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file, load_model_state, read_dfgan_checkpoint,
                                unwrap_model)
 from ..core.config import ConfigError
-from .base import Family, Update, frozen
+from .base import Family, Update, check_image_size, frozen
 from .losses import discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
@@ -266,7 +266,7 @@ class DFGAN(Family):
     save_intervals = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL', 'netC': 'DSAVE_INTERVAL'}
 
     def build_networks(self, cfg) -> dict:
-        nf, size, cond = cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM
+        nf, size, cond = cfg.TRAIN.NF, check_image_size(cfg), cfg.TEXT.EMBEDDING_DIM
         return {'netG': NetG(nf, cfg.GAN.Z_DIM, cond, size, 3), 'netD': NetD(nf, size, 3), 'netC': NetC(nf, cond)}
 
     def load_weights(self, module: nn.Module, path: str, name: str) -> nn.Module:
@@ -359,7 +359,7 @@ class DFGANv1(DFGAN):
     save_intervals = {'netG': 'GSAVE_INTERVAL', 'netD': 'DSAVE_INTERVAL'}
 
     def build_networks(self, cfg) -> dict:
-        nf, size, cond = cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM
+        nf, size, cond = cfg.TRAIN.NF, check_image_size(cfg), cfg.TEXT.EMBEDDING_DIM
         return {'netG': NetG_v1(nf, cfg.GAN.Z_DIM, size, cond), 'netD': NetD_v1(nf, size, cond)}
 
     def _discriminators(self, nets: dict) -> list:

@@ -5,7 +5,7 @@ import os
 
 from models import CNN_ENCODER, RNN_ENCODER
 
-from ..core.checkpoint import CheckpointError, load_file, load_model_state, strip_prefixes
+from ..core.checkpoint import CheckpointError, load_file, load_model_state, not_a_file, strip_prefixes
 from ..core.config import ConfigError
 
 __all__ = ['DAMSM_HELP', 'damsm_paths', 'text_encoder_vocab_size', 'load_text_encoder', 'load_image_encoder']
@@ -26,7 +26,7 @@ def damsm_paths(text_encoder_path: str):
 
 def _require(path: str, what: str, key: str) -> None:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} '{path}' not found ({key}); {DAMSM_HELP}")
+        raise FileNotFoundError(f"{what} '{path}' {not_a_file(path)} ({key}); {DAMSM_HELP}")
 
 
 def text_encoder_vocab_size(path: str, key: str = 'TEXT.DAMSM_NAME') -> int:

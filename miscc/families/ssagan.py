@@ -19,7 +19,7 @@ from models import NetD, NetG
 from models.generator import MASK_MODES
 
 from ..core.config import ConfigError
-from .base import Family, Update, adam_for_g_and_d, autocast, frozen, optimizer_step
+from .base import Family, Update, adam_for_g_and_d, autocast, check_image_size, frozen, optimizer_step
 from .losses import damsm_loss, discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['SSAGAN', 'SSAGANUpdate', 'UpdateOptions', 'make_optimizers', 'd_step_faithful', 'd_step_fused',
@@ -162,9 +162,9 @@ class SSAGAN(Family):
     def build_networks(self, cfg) -> dict:
         if cfg.GAN.MASKS not in MASK_MODES:
             raise ConfigError(f"GAN.MASKS must be one of {', '.join(map(repr, MASK_MODES))}, got '{cfg.GAN.MASKS}'")
-        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM,
-                             masks=cfg.GAN.MASKS),
-                'netD': NetD(cfg.TRAIN.NF, cfg.TREE.BASE_SIZE, cfg.TEXT.EMBEDDING_DIM)}
+        size = check_image_size(cfg)
+        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, size, cfg.TEXT.EMBEDDING_DIM, masks=cfg.GAN.MASKS),
+                'netD': NetD(cfg.TRAIN.NF, size, cfg.TEXT.EMBEDDING_DIM)}
 
     def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
         """TRAIN.CONV_GRADFIX for D's convolutions; the lean SSCBN with TRAIN.FAST."""

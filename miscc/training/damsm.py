@@ -111,8 +111,10 @@ class DAMSMTrainer:
         self.start = resolve_start_point(cfg, 'TRAIN.NET_E')
         weights = self.start.kind == 'weights'
         expected = text_encoder_vocab_size(self.start.path, 'TRAIN.NET_E') if weights else None
-        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=expected)
-        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=expected)
+        encoder = self.start.path if weights else ''
+        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=expected, text_encoder=encoder)
+        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=expected,
+                                          text_encoder=encoder)
         self.n_words = self.dataset.n_words
 
         trunk = None if cfg.DAMSM.RANDOM_TRUNK else (cfg.PRETRAINED.INCEPTION or 'hub')
@@ -157,8 +159,8 @@ class DAMSMTrainer:
         return int(digits) + 1 if digits else 1
 
     def load_state_dict(self, state: dict) -> None:
-        load_model_state(self.text_encoder, state['text_encoder'])
-        load_model_state(self.image_encoder, state['image_encoder'])
+        for name in ('text_encoder', 'image_encoder'):
+            load_model_state(getattr(self, name), state[name], name=f'{self.start.path} [{name}]')
         self.optimizer = self._new_optimizer(state['progress']['next_epoch'])
         self.optimizer.load_state_dict(state['optimizer'])
 

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from ..core.checkpoint import CheckpointError, load_file, save_atomic
 from ..core.config import ConfigError
-from ..core.files import is_temp_file, read_json, remove_stale_temp_files, write_json
+from ..core.files import check_output_dir, is_temp_file, read_json, remove_stale_temp_files, write_json
 from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
                             rng_state, sample_seeds, set_rng_state)
+from ..data.errors import DataError
 
 __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
            'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path',
@@ -151,6 +152,17 @@ class EpochBatchSampler(Sampler):
             positions = range(b * per_step + self.rank * self.batch_size,
                               b * per_step + (self.rank + 1) * self.batch_size)
             yield [(int(order[p]), int(seeds[p])) for p in positions]
+
+
+def _worker_message(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker: PyTorch raises it again in the
+    main process with the worker's traceback as its text, whose last line is the original."""
+    text = str(error).rstrip()
+    if 'Original Traceback' not in text:
+        return text
+    last = text.splitlines()[-1]
+    prefix = f'{type(error).__module__}.{type(error).__qualname__}: '
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def make_loader(dataset: Dataset, sampler: EpochBatchSampler, collate_fn, workers: int,
@@ -406,7 +418,10 @@ class Driver:
             raise ConfigError(f'TRAIN.MAX_STEPS={train.MAX_STEPS}: must be 0 (no limit) or a number of steps')
         self.cfg, self.trainer, self.start, self.device = cfg, trainer, start, device
         self.dist = dist_env or DistEnv()
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
+        try:
+            self.sampler = EpochBatchSampler(len(dataset), batch_size, cfg.SEED, self.dist.rank, self.dist.world_size)
+        except ValueError as e:   # too few images for one batch
+            raise ConfigError(f'TRAIN.BATCH_SIZE={train.BATCH_SIZE}: {e}') from None
         self.loader = make_loader(dataset, self.sampler, collate_fn, cfg.WORKERS, pin_memory=device.type == 'cuda')
         self.rng = None
         self.saved = None          # (next_epoch, next_step) of the training state on disk
@@ -429,6 +444,10 @@ class Driver:
         self.run_dir = run_dir
         self.models_dir = os.path.join(run_dir, 'models') if run_dir else None
         self.logger = RunLogger(None)
+        if self.dist.is_main:   # a file in the way or a read-only folder: now, not at the first save
+            for folder in ([os.path.join(run_dir, sub) for sub in ('models', 'log', 'samples')] if run_dir
+                           else [cfg.OUTPUT_DIR]):
+                check_output_dir(folder, 'OUTPUT_DIR' if not run_dir else self.trainer.net_key)
 
     def _rank_rng(self, state: dict, path: str):
         """This rank's RNG states in ``state``; a warning when the state was written by another
@@ -578,34 +597,41 @@ class Driver:
                        desc=f'{t.name}epoch {epoch}/{train.MAX_EPOCH}', leave=False)
             began = window_start = time.time()
             sums, window_images, step, losses = {}, 0, first, {}
-            for batch in self.loader:
-                losses = t.train_step(batch)
-                step += 1
-                self.global_step += 1
-                self.position = (epoch, step)
-                check_finite(losses, epoch, step, self.global_step)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                window_images += batch.images.size(0) * self.dist.world_size
-                bar.update(1)
-                if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
-                    shown = t.postfix_losses or losses
-                    bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
-                    self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
-                                        self.global_step)
-                    window_start, window_images = time.time(), 0
-                if step < steps_per_epoch:
-                    signum, limit = self._stop(stop)
-                    if signum or limit:
-                        bar.close()
-                        with stop.deferring():
-                            self.save_state(epoch - 1, epoch, step)
-                        if main and not signum:
-                            print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
-                                  f'training state saved in {self.models_dir}; {self._resume_hint()}')
-                        return signum
+            try:
+                for batch in self.loader:
+                    losses = t.train_step(batch)
+                    step += 1
+                    self.global_step += 1
+                    self.position = (epoch, step)
+                    check_finite(losses, epoch, step, self.global_step)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    window_images += batch.images.size(0) * self.dist.world_size
+                    bar.update(1)
+                    if step % train.LOG_INTERVAL == 0 or step == steps_per_epoch:
+                        shown = t.postfix_losses or losses
+                        bar.set_postfix({k: f'{v:.3f}' for k, v in losses.items() if k in shown})
+                        elapsed = max(time.time() - window_start, 1e-9)
+                        self.logger.scalars({f'loss/{k}': v for k, v in losses.items()}, self.global_step)
+                        self.logger.scalars(dict(t.step_scalars(), **{'speed/images_per_s': window_images / elapsed}),
+                                            self.global_step)
+                        window_start, window_images = time.time(), 0
+                    if step < steps_per_epoch:
+                        signum, limit = self._stop(stop)
+                        if signum or limit:
+                            bar.close()
+                            with stop.deferring():
+                                self.save_state(epoch - 1, epoch, step)
+                            if main and not signum:
+                                print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
+                                      f'training state saved in {self.models_dir}; {self._resume_hint()}')
+                            return signum
+            except DataError as e:   # from a DataLoader worker: its one line, not the worker's traceback
+                bar.close()
+                raise DataError(_worker_message(e)) from None
+            except BaseException:
+                bar.close()   # so that the error's line starts a line of its own
+                raise
             bar.close()
             done = step - first
             t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))

@@ -173,8 +173,9 @@ class GANTrainer:
             if os.path.isfile(own_text):
                 text_path, image_path = own_text, sibling_checkpoint(path, 'image_encoder')
         n_words = text_encoder_vocab_size(text_path)
-        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words)
-        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words)
+        self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words, text_encoder=text_path)
+        self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words,
+                                          text_encoder=text_path)
         self.text_encoder = load_text_encoder(cfg, text_path, n_words, self.device)
         self.image_encoder = load_image_encoder(cfg, image_path, self.device)
         self.collate = collate_sorted
@@ -250,12 +251,12 @@ class GANTrainer:
             raise ConfigError(f"'{self.start.path}' is a {'fine-tuning' if state.get('finetune') else 'main.py'} "
                               f"training state; resume it with the matching script")
         for name, net in self.nets.items():
-            load_model_state(net, state[name])
+            load_model_state(net, state[name], name=f'{self.start.path} [{name}]')
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
         if self.finetune:
-            load_model_state(self.text_encoder, state['text_encoder'])
-            load_model_state(self.image_encoder, state['image_encoder'])
+            for name in ('text_encoder', 'image_encoder'):
+                load_model_state(getattr(self, name), state[name], name=f'{self.start.path} [{name}]')
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
         self._update_state = state.get('update')
