@@ -169,6 +169,9 @@ def expect_error(res: Result, *names) -> tuple:
         return WRONG, f'accepted: {res.what()}'
     if names and not any(str(n) in res.last for n in names):
         where = 'its last line' if '\n' not in res.message() else 'its last line (the message spans lines)'
+        earlier = [ln for ln in res.lines if 'error:' in ln and any(str(n) in ln for n in names)]
+        if earlier:
+            where += f', though an earlier line does ({earlier[-1][-200:]})'
         return WRONG, f'{where} names none of {[str(n)[-60:] for n in names]}: {res.what()}'
     return CLEAR, res.what()
 
