@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchvision.models import inception_v3
 
-__all__ = ['RNN_ENCODER', 'CNN_ENCODER', 'inception_imagenet_state', 'INCEPTION_TRUNK',
-           'INCEPTION_FILENAMES']
+__all__ = ['RNN_ENCODER', 'CNN_ENCODER', 'inception_imagenet_path', 'inception_imagenet_state',
+           'InceptionWeightsError', 'INCEPTION_TRUNK', 'INCEPTION_FILENAMES']
 
 # torchvision's current file name first, then the one AttnGAN's code downloaded.
 INCEPTION_FILENAMES = ('inception_v3_google-0cc3c7bd.pth', 'inception_v3_google-1a9a5a14.pth')
@@ -88,8 +89,12 @@ def _inception_trunk() -> nn.Module:
     return inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
 
 
-def inception_imagenet_state(path: str = '') -> dict:
-    """ImageNet Inception-v3 weights from ``path`` or, if empty, the torch hub cache.
+class InceptionWeightsError(ValueError):
+    """The ImageNet Inception-v3 weights given to ``CNN_ENCODER`` are not torchvision's."""
+
+
+def inception_imagenet_path(path: str = '') -> str:
+    """The file of the ImageNet Inception-v3 weights: ``path`` or, if empty, the torch hub cache's.
 
     Raises FileNotFoundError naming the expected file and where to put it.
     """
@@ -109,8 +114,13 @@ def inception_imagenet_state(path: str = '') -> dict:
                 f"ImageNet Inception-v3 weights not found: no {INCEPTION_FILENAMES[0]} in the torch "
                 f"hub cache '{hub_dir}'. Download {INCEPTION_URL} into that folder, or set "
                 f"PRETRAINED.INCEPTION=/path/to/{INCEPTION_FILENAMES[0]}.")
+    return candidates[0]
+
+
+def inception_imagenet_state(path: str = '') -> dict:
+    """ImageNet Inception-v3 weights from ``path`` or, if empty, the torch hub cache."""
     # weights_only: a tensor file never runs code on loading
-    return torch.load(candidates[0], map_location='cpu', weights_only=True)
+    return torch.load(inception_imagenet_path(path), map_location='cpu', weights_only=True)
 
 
 class CNN_ENCODER(nn.Module):
@@ -125,7 +135,8 @@ class CNN_ENCODER(nn.Module):
 
     ``inception_weights``: None builds a random trunk (to be overwritten by a DAMSM
     checkpoint, which holds the trunk too); ``'hub'`` loads ImageNet weights from the
-    torch hub cache; any other string is a path to those weights.
+    torch hub cache; any other string is a path to those weights; a mapping is those
+    weights already loaded. Weights without the trunk's keys raise InceptionWeightsError.
     """
 
     def __init__(self, nef: int = 256, inception_weights: str | None = None, input_size: int = 299):
@@ -136,11 +147,15 @@ class CNN_ENCODER(nn.Module):
         self.input_size = input_size
         trunk = _inception_trunk()
         if inception_weights is not None:
-            state = inception_imagenet_state('' if inception_weights == 'hub' else inception_weights)
+            state = inception_weights if isinstance(inception_weights, Mapping) else \
+                inception_imagenet_state('' if inception_weights == 'hub' else inception_weights)
+            if not isinstance(state, Mapping):
+                raise InceptionWeightsError(f'Inception-v3 weights are a {type(state).__name__}, not a state dict; '
+                                            f"expected torchvision's {INCEPTION_FILENAMES[0]}")
             missing = [k for k in trunk.state_dict() if k.split('.')[0] in INCEPTION_TRUNK
                        and k not in state]
             if missing:
-                raise ValueError(f"Inception-v3 weights lack trunk keys, e.g. {missing[:3]}; "
+                raise InceptionWeightsError(f"Inception-v3 weights lack trunk keys, e.g. {missing[:3]}; "
                                  f"expected torchvision's {INCEPTION_FILENAMES[0]}")
             trunk.load_state_dict(state, strict=False)
         for name in INCEPTION_TRUNK:

@@ -210,3 +210,14 @@ class TinyExtractor(torch.nn.Module):
 def tiny_extractor(cfg, features, device):
     """``miscc.evaluation.scores.inception_extractor``'s signature with ``TinyExtractor``."""
     return TinyExtractor().to(device).eval(), {'weights': 'tiny stand-in', 'sha256': 'tiny-stand-in-extractor'}
+
+
+class CodePayload:
+    """Unpickling this runs ``open(marker, 'w')``: a loader that lets crafted files run code
+    leaves the marker file behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code from a crafted file ran')",))

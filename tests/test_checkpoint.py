@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from miscc.core.checkpoint import (CheckpointError, load_file, load_model_state, model_state_dict,
                               save_atomic, strip_prefixes)
+from helpers import CodePayload
 from models import NetD, NetG, RNN_ENCODER
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -117,6 +118,23 @@ def test_unsafe_missing_and_truncated_files(tmp_path):
     with pytest.raises(CheckpointError, match='not a state dict'):
         torch.save([1, 2], tmp_path / 'list.pth')
         load_model_state(NetD(2, img_size=64), str(tmp_path / 'list.pth'))
+
+
+def test_a_crafted_file_is_refused_in_one_line_naming_it_without_running_code(tmp_path):
+    crafted, marker = tmp_path / 'netG_001.pth', tmp_path / 'ran'
+    torch.save({'fc.weight': torch.zeros(2), 'x': CodePayload(marker)}, crafted)
+    with pytest.raises(CheckpointError) as e:
+        load_file(str(crafted))
+    message = str(e.value)
+    # the CLI prints it as its one error line: torch's many lines of advice are left out,
+    # including the one suggesting to allow-list the refused global
+    assert '\n' not in message and str(crafted) in message and 'Unsupported global' in message
+    assert 'add_safe_globals' not in message and not marker.exists()
+    truncated = tmp_path / 'cut.pth'
+    truncated.write_bytes(crafted.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as e:
+        load_file(str(truncated))
+    assert '\n' not in str(e.value) and str(truncated) in str(e.value)
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):

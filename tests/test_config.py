@@ -179,6 +179,17 @@ def test_missing_and_malformed_yaml(tmp_path):
         load_config(listing)
 
 
+def test_yaml_python_tags_are_refused_in_one_line_naming_the_file(tmp_path):
+    marker = tmp_path / 'ran'
+    crafted = write(tmp_path, f"CONFIG_NAME: !!python/object/apply:builtins.exec [\"open('{marker}', 'w')\"]\n",
+                    'crafted.yml')
+    with pytest.raises(ConfigError) as e:
+        load_config(crafted)
+    message = str(e.value)
+    assert '\n' not in message and message.count(crafted) >= 1 and 'python/object/apply' in message
+    assert not marker.exists()
+
+
 def test_frozen_config_refuses_changes_and_clone_is_independent():
     cfg = default_config().freeze()
     with pytest.raises(ConfigError, match='frozen'):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import CodePayload
 from miscc.families.encoders import load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from miscc.cli import damsm_main
 from miscc.core.config import load_config
@@ -180,6 +181,20 @@ def test_damsm_configs_hold_attngan_values():
         assert (cfg.TRAIN.SMOOTH.GAMMA1, cfg.TRAIN.SMOOTH.GAMMA2, cfg.TRAIN.SMOOTH.GAMMA3) == (4.0, 5.0, 10.0)
         assert (cfg.TRAIN.SNAPSHOT_INTERVAL, cfg.TEXT.CAPTIONS_PER_IMAGE, cfg.TEXT.WORDS_NUM) == (snapshot, captions, words)
         assert cfg.TEXT.IMAGE_ENCODER_INPUT == 299 and not cfg.DAMSM.RANDOM_TRUNK and cfg.DAMSM.LR_DECAY == 0.98
+
+
+def test_crafted_or_foreign_imagenet_weights_are_one_line_errors_naming_the_file(synthetic_small, tmp_path, capsys):
+    marker = tmp_path / 'ran'
+    crafted = tmp_path / 'inception_v3_google-0cc3c7bd.pth'
+    torch.save({'fc.weight': torch.zeros(2, 2), 'x': CodePayload(marker)}, crafted)
+    foreign = tmp_path / 'foreign.pth'
+    torch.save({'fc.weight': torch.zeros(2, 2)}, foreign)   # loads, but holds no Inception trunk
+    for path in (crafted, foreign):
+        argv = overrides(synthetic_small, tmp_path / 'out', **{'DAMSM.RANDOM_TRUNK': False, 'PRETRAINED.INCEPTION': path})
+        assert damsm_main(argv) == 2
+        (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert line.startswith('pretrain_DAMSM.py: error: ') and str(path) in line, line
+    assert not marker.exists()
 
 
 def test_missing_imagenet_weights_name_the_file(synthetic_small, tmp_path, monkeypatch, capsys):

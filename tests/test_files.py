@@ -1,4 +1,5 @@
 """miscc/core/files.py: atomic writes, JSON lines, SHA-256."""
+import errno
 import hashlib
 import json
 import os
@@ -6,6 +7,7 @@ import re
 import stat
 
 import pytest
+import torch
 
 from miscc.core.files import (TEMP_SUFFIX, atomic_write, file_sha256, read_json, read_jsonl, write_json,
                               write_text)
@@ -69,6 +71,35 @@ def test_a_full_disk_is_an_error_naming_the_file_and_the_old_file_stays(tmp_path
             f.write('{"epoch": ')
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert read_json(str(path)) == {'epoch': 1} and os.listdir(tmp_path) == ['state.json']
+
+
+class _FillingDisk:
+    """A file object whose disk fills after ``room`` bytes (``write`` raises ENOSPC, as a real one)."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_a_full_disk_during_torch_save_is_a_disk_full_error(tmp_path):
+    """torch.save turns the ENOSPC of a full disk into a RuntimeError ('unexpected pos') raised
+    while it handles it; the write is still a DiskFullError naming the file."""
+    from miscc.core.files import DiskFullError
+    path = tmp_path / 'state_last.pth'
+    torch.save({'w': torch.zeros(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(DiskFullError, match=f"^disk full: could not write '{path}' .*the previous file is intact"):
+        with atomic_write(str(path), 'wb') as f:
+            torch.save({'w': torch.zeros(100_000)}, _FillingDisk(f, 50_000))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ['state_last.pth']
 
 
 def test_stale_temp_files_are_recognised_and_only_they_are_removed(tmp_path):

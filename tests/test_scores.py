@@ -147,6 +147,27 @@ def test_reference_cache_is_reused_and_invalidated(eval_setup, monkeypatch):
     assert not reference_statistics(cfg, extractor, tag, 'cpu', 64)['cached'] and len(calls) == 5
 
 
+def test_a_crafted_or_corrupt_reference_cache_is_recomputed_never_unpickled(eval_setup, tmp_path):
+    from helpers import CodePayload, TinyExtractor
+    cfg = load_config(None, _overrides(eval_setup, **{'EVAL.CACHE_DIR': tmp_path / 'cache'})).freeze()
+    tag = {'weights': 'tiny', 'sha256': 'ab' * 32}
+    first = reference_statistics(cfg, TinyExtractor(), tag, 'cpu', 64)
+    path, marker = Path(first['path']), tmp_path / 'ran'
+    with np.load(path) as z:
+        stored = {k: z[k] for k in z.files}
+    crafted = dict(stored, meta=np.array([CodePayload(marker)], dtype=object))
+    for content in (crafted, None):
+        if content is None:
+            path.write_bytes(path.read_bytes()[:200])            # truncated
+        else:
+            with open(path, 'wb') as f:
+                np.savez(f, **content)
+        with pytest.warns(UserWarning, match=f"FID reference cache '{path}' could not be read"):
+            again = reference_statistics(cfg, TinyExtractor(), tag, 'cpu', 64)
+        assert not again['cached'] and np.allclose(again['mu'], first['mu']) and not marker.exists()
+        assert reference_statistics(cfg, TinyExtractor(), tag, 'cpu', 64)['cached']   # rewritten whole
+
+
 def test_bad_inputs_are_named(eval_setup, tmp_path, capsys, monkeypatch):
     root = eval_setup
     folder = tmp_path / 'imgs'

@@ -53,10 +53,20 @@ def load_file(path: str, map_location='cpu'):
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint '{path}' holds objects other than tensors and plain containers, so it is "
-            f"not loaded (weights_only=True). Re-save its state_dict(). Details: {e}") from None
+            f"not loaded (weights_only=True). Re-save its state_dict(). Details: {_one_line(e)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' could not be read (truncated or not a torch "
-                              f"file?): {e}") from None
+                              f"file?): {_one_line(e)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """torch's loading errors span many lines (advice on weights_only); the line that says what
+    was refused (``WeightsUnpickler error: Unsupported global: ...``), else the first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith('WeightsUnpickler error'):
+            return ln.split('. Please use')[0]   # not the advice to allow-list what was refused
+    return lines[0] if lines else type(error).__name__
 
 
 def save_atomic(obj, path: str) -> None:

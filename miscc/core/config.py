@@ -422,7 +422,9 @@ def _read_yaml(path: str) -> dict:
         with open(path, 'r', encoding='utf-8') as f:
             tree = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        # one line: PyYAML's message puts the place of the error on lines of its own
+        raise ConfigError(f"config file '{path}' is not valid YAML (or uses tags such as !!python/object, "
+                          f"which are never run): {' '.join(str(e).split())}") from None
     if tree is None:
         return {}
     if not isinstance(tree, Mapping):

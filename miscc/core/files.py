@@ -102,12 +102,26 @@ def atomic_write(path: str, mode: str = 'wb', fsync: bool = False) -> Iterator:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in _DISK_FULL and not isinstance(e, DiskFullError):
+        full = _disk_full(e)
+        if full is not None:
             kept = 'the previous file is intact' if os.path.exists(path) else 'nothing was written'
-            raise DiskFullError(e.errno, f"disk full: could not write '{path}' ({os.strerror(e.errno)}); "
-                                         f"{kept}. Free some space (or point OUTPUT_DIR elsewhere) and "
-                                         f"run again") from None
+            raise DiskFullError(full, f"disk full: could not write '{path}' ({os.strerror(full)}); "
+                                      f"{kept}. Free some space (or point OUTPUT_DIR elsewhere) and "
+                                      f"run again") from None
         raise
+
+
+def _disk_full(error: BaseException) -> int | None:
+    """The errno when ``error`` comes from a full disk, else None. The OSError may sit in the
+    exception's context: torch.save, hit by ENOSPC, raises a RuntimeError of its own ('unexpected
+    pos') while closing its archive."""
+    seen = set()
+    while error is not None and id(error) not in seen and not isinstance(error, DiskFullError):
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def write_json(path: str, obj: Any, indent: int = 1) -> None:

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import sys
+import warnings
+import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from unittest import mock
@@ -218,6 +220,22 @@ def _statistics(features: torch.Tensor) -> tuple:
     return stats['mu'], stats['sigma']
 
 
+def _read_reference_cache(path: str, meta: dict) -> dict | None:
+    """The statistics stored at ``path`` when its recorded settings are ``meta``, else None.
+    Only plain arrays are read (never pickled objects); a file that cannot be read that way
+    (corrupt, truncated, foreign) is a stale cache: a warning names it and it is recomputed."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z['meta'])) != meta:
+                return None
+            return {'mu': z['mu'], 'sigma': z['sigma'], 'features': torch.from_numpy(z['features']),
+                    'count': int(z['count']), 'cached': True, 'path': path}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"FID reference cache '{path}' could not be read ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); computing the statistics again")
+        return None
+
+
 def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, split: str = 'test') -> dict:
     """mu, sigma (and features, for KID) of the real ``split`` images prepared as in training
     (CUB bounding-box crop), resized to ``image_size``: read from the cache when its key
@@ -230,11 +248,9 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
     meta = {'dataset': cfg.DATASET_NAME, 'split': split, 'image_size': image_size, 'dims': dims,
             'weights_sha256': tag['sha256']}
     if os.path.isfile(path):
-        with np.load(path, allow_pickle=False) as z:
-            stored = json.loads(str(z['meta']))
-            if stored == meta:
-                return {'mu': z['mu'], 'sigma': z['sigma'], 'features': torch.from_numpy(z['features']),
-                        'count': int(z['count']), 'cached': True, 'path': path}
+        cached = _read_reference_cache(path, meta)
+        if cached is not None:
+            return cached
     dataset = build_real_image_dataset(cfg, split, image_size)
     if len(dataset) < 2:
         raise DataError(f"the {split} split of {cfg.DATASET_NAME} holds {len(dataset)} image(s); FID reference "

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from datasets import build_dataset, collate_sorted
 from models import CNN_ENCODER, RNN_ENCODER
+from models.encoders import InceptionWeightsError, inception_imagenet_path
 
-from ..core.checkpoint import load_model_state, model_state_dict, save_atomic
+from ..core.checkpoint import CheckpointError, load_file, load_model_state, model_state_dict, save_atomic
 from ..core.config import ConfigError
 from ..core.runtime import device_from_config, seed_everything
 from ..evaluation.metrics import r_precision
@@ -117,11 +118,18 @@ class DAMSMTrainer:
                                           text_encoder=encoder)
         self.n_words = self.dataset.n_words
 
-        trunk = None if cfg.DAMSM.RANDOM_TRUNK else (cfg.PRETRAINED.INCEPTION or 'hub')
+        trunk = trunk_path = None
+        if not cfg.DAMSM.RANDOM_TRUNK:
+            # read here, not in models/: an untrusted or broken file is a one-line error naming it
+            trunk_path = inception_imagenet_path(cfg.PRETRAINED.INCEPTION)
+            trunk = load_file(trunk_path)
         self.text_encoder = RNN_ENCODER(self.n_words, nhidden=cfg.TEXT.EMBEDDING_DIM,
                                         rnn_type=cfg.RNN_TYPE).to(self.device)
-        self.image_encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, inception_weights=trunk,
-                                         input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(self.device)
+        try:
+            self.image_encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, inception_weights=trunk,
+                                             input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(self.device)
+        except InceptionWeightsError as e:
+            raise CheckpointError(f"'{trunk_path}' (PRETRAINED.INCEPTION): {e}") from None
         self.params = [p for p in list(self.text_encoder.parameters()) + list(self.image_encoder.parameters())
                        if p.requires_grad]
         if weights:
