@@ -293,7 +293,9 @@ def test_missing_damsm_encoder_is_a_clear_error(tiny_setup, capsys):
     torch.save(RNN_ENCODER(5).state_dict(), tiny_setup / 'enc2' / 'text_encoder1.pth')
     argv = overrides(tiny_setup, **{'TEXT.DAMSM_NAME': tiny_setup / 'enc2' / 'text_encoder1.pth'})
     assert gan_main(False, argv) == 2
-    assert re.search(r'vocabulary of \d+ words but the text encoder expects 5', capsys.readouterr().err)
+    err = capsys.readouterr().err
+    enc = str(tiny_setup / 'enc2' / 'text_encoder1.pth')
+    assert re.search(r'vocabulary of \d+ words but the text encoder ' + re.escape(repr(enc)) + ' expects 5', err)
 
 
 def test_compiled_generator_trains_and_saves_official_keys(tiny_setup, eager_compile):
