@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import CodePayload as Payload, make_synthetic_with_encoders  # noqa: E402  (the tests' builders)
+from helpers import CodePayload as Payload, make_synthetic_with_encoders, torchrun_worker_pids  # noqa: E402  (the tests' builders)
 from models import RNN_ENCODER  # noqa: E402
 
 CLEAR, CORRECT, TRACEBACK, HANG = 'clear error', 'correct', 'traceback', 'hang'
@@ -963,29 +963,6 @@ def _dist_args(ctx, out, **extra):
     return ctx.gan_args(out, **extra)
 
 
-def _worker_pids(parent: int) -> dict:
-    """{rank: pid} of torchrun's workers (descendants of ``parent`` with RANK in their environment)."""
-    children = collections.defaultdict(list)
-    envs = {}
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open(f'/proc/{pid}/stat') as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-            with open(f'/proc/{pid}/environ', 'rb') as f:
-                envs[int(pid)] = dict(i.split(b'=', 1) for i in f.read().split(b'\0') if b'=' in i)
-        except (OSError, ValueError):
-            continue
-        children[ppid].append(int(pid))
-    found, todo = {}, [parent]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            env = envs.get(pid, {})
-            if b'RANK' in env and b'TORCHELASTIC_RUN_ID' in env:
-                found[int(env[b'RANK'])] = pid
-            todo.append(pid)
-    return found
-
-
 def _dist_reference(ctx) -> Path:
     return ctx.reference('ddp', lambda out: torchrun(_dist_args(ctx, out)))
 
@@ -1016,7 +993,7 @@ def _dist_fault(c, rank: int, sig) -> tuple:
         if not _wait_for(lambda: any((f / 'models' / 'state_last.pth').exists() for f in run_folders(out)),
                          proc, timeout=300, poll=0.2):
             return expect_ok(finish(proc))[0], 'no state after epoch 1'
-        ranks = _worker_pids(proc.pid)
+        ranks = torchrun_worker_pids(proc.pid)
         if sorted(ranks) != [0, 1]:
             return SKIPPED, f'could not find both workers in /proc: {ranks}'
         time.sleep(0.5)
@@ -1024,7 +1001,7 @@ def _dist_fault(c, rank: int, sig) -> tuple:
         hit = time.time()
         res = finish(proc, timeout=timeout_s + 150)
     finally:
-        for pid in _worker_pids(proc.pid).values() if proc.poll() is None else ():
+        for pid in torchrun_worker_pids(proc.pid).values() if proc.poll() is None else ():
             os.kill(pid, signal.SIGKILL)
         kill_group(proc, signal.SIGCONT)
         kill_group(proc)

@@ -1,5 +1,6 @@
 """Helpers shared by the tests: the real CUB metadata, small generated data sets (CUB, COCO,
 synthetic birds, hd5 files), random encoders, and the SSA-GAN update built from bare modules."""
+import collections
 import io
 import os
 import pickle
@@ -221,3 +222,26 @@ class CodePayload:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').write('code from a crafted file ran')",))
+
+
+def torchrun_worker_pids(parent: int) -> dict:
+    """{rank: pid} of torchrun's workers (descendants of ``parent`` with RANK in their environment)."""
+    children = collections.defaultdict(list)
+    envs = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                envs[int(pid)] = dict(i.split(b'=', 1) for i in f.read().split(b'\0') if b'=' in i)
+        except (OSError, ValueError):
+            continue
+        children[ppid].append(int(pid))
+    found, todo = {}, [parent]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            env = envs.get(pid, {})
+            if b'RANK' in env and b'TORCHELASTIC_RUN_ID' in env:
+                found[int(env[b'RANK'])] = pid
+            todo.append(pid)
+    return found

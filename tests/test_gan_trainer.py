@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from helpers import make_synthetic_with_encoders, torchrun_worker_pids
 from miscc.core.checkpoint import load_model_state
 from miscc.cli import gan_main
 from miscc.core.config import load_config
@@ -32,7 +33,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
     """8 train / 4 test synthetic birds and random DAMSM encoders for their vocabulary."""
-    from helpers import make_synthetic_with_encoders
     root = make_synthetic_with_encoders(tmp_path_factory.mktemp('train'), 8, 4, seed=3, epoch=5)
     return root
 
@@ -389,22 +389,6 @@ def test_torchrun_stop_and_resume_equals_the_uninterrupted_run(tiny_setup):
             assert torch.equal(a[part][k], b[part][k]), f'{part}.{k}'
 
 
-def _worker_pids(parent: int) -> dict:
-    """{rank: pid} of torchrun's worker processes (children of ``parent``)."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open(f'/proc/{pid}/stat') as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-            with open(f'/proc/{pid}/environ', 'rb') as f:
-                env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-        except (OSError, ValueError):
-            continue
-        if ppid == parent and b'RANK' in env:
-            found[int(env[b'RANK'])] = int(pid)
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker processes through /proc')
 def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_time(tiny_setup):
     out_dir = tiny_setup / 'ddp_kill'
@@ -413,7 +397,7 @@ def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_ti
         deadline = time.time() + 300
         while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
             time.sleep(0.5)
-        ranks = _worker_pids(proc.pid)
+        ranks = torchrun_worker_pids(proc.pid)
         assert sorted(ranks) == [0, 1], 'no state after epoch 1 or no workers found'
         os.kill(ranks[1], signal.SIGKILL)
         killed = time.time()
