@@ -445,9 +445,11 @@ class Driver:
         self.models_dir = os.path.join(run_dir, 'models') if run_dir else None
         self.logger = RunLogger(None)
         if self.dist.is_main:   # a file in the way or a read-only folder: now, not at the first save
-            for folder in ([os.path.join(run_dir, sub) for sub in ('models', 'log', 'samples')] if run_dir
-                           else [cfg.OUTPUT_DIR]):
-                check_output_dir(folder, 'OUTPUT_DIR' if not run_dir else self.trainer.net_key)
+            # a run folder given to resume or continue comes from the trainer's key, a new one from OUTPUT_DIR
+            folders, key = (([os.path.join(run_dir, sub) for sub in ('models', 'log', 'samples')],
+                             self.trainer.net_key) if run_dir else ([cfg.OUTPUT_DIR], 'OUTPUT_DIR'))
+            for folder in folders:
+                check_output_dir(folder, key)
 
     def _rank_rng(self, state: dict, path: str):
         """This rank's RNG states in ``state``; a warning when the state was written by another
@@ -627,12 +629,9 @@ class Driver:
                                       f'training state saved in {self.models_dir}; {self._resume_hint()}')
                             return signum
             except DataError as e:   # from a DataLoader worker: its one line, not the worker's traceback
-                bar.close()
                 raise DataError(_worker_message(e)) from None
-            except BaseException:
-                bar.close()   # so that the error's line starts a line of its own
-                raise
-            bar.close()
+            finally:
+                bar.close()   # also before an error, so that the error's line starts a line of its own
             done = step - first
             t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
             with stop.deferring():
