@@ -451,6 +451,29 @@ def test_restore_of_a_finished_run_says_so_and_exits_0(tiny_setup, main_run, cap
     assert run_dirs(tiny_setup) == [main_run]
 
 
+def test_a_run_killed_before_its_first_state_is_trained_again_by_restore(tiny_setup, capsys):
+    """kill -9 between the first epoch's model files and its training state: models/ holds
+    netG/netD files and the state's temp file but no state_last.pth. RESTORE=True trains that
+    folder from epoch 1 and writes the same weights again."""
+    assert gan_main(False, overrides(tiny_setup, out='early', **{'TRAIN.MAX_EPOCH': 1})) == 0
+    (run,) = run_dirs(tiny_setup, 'early')
+    models = run / 'models'
+    first = {n: torch.load(models / n, weights_only=True) for n in ('netG_001.pth', 'netD_001.pth')}
+    for name in ('state_last.pth', 'state_last.json'):
+        (models / name).unlink()
+    (models / '.state_last.pth.k2j4h5g6.tmp').write_bytes(b'\0' * 64)
+    capsys.readouterr()
+    assert gan_main(False, overrides(tiny_setup, out='early', RESTORE=True, **{'TRAIN.MAX_EPOCH': 1})) == 0
+    out = capsys.readouterr().out
+    assert 'holds no completed training state' in out and 'removed 1 temporary file(s)' in out
+    assert run_dirs(tiny_setup, 'early') == [run]
+    assert sorted(p.name for p in models.iterdir()) == ['netD_001.pth', 'netG_001.pth', 'state_last.json',
+                                                        'state_last.pth']
+    for name, weights in first.items():
+        again = torch.load(models / name, weights_only=True)
+        assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+
+
 @pytest.mark.parametrize('value', [0, -1])
 def test_max_epoch_below_one_exits_2_naming_the_key_without_a_run_folder(tiny_setup, capsys, value):
     assert gan_main(False, overrides(tiny_setup, out=f'epochs{value}', **{'TRAIN.MAX_EPOCH': value})) == 2

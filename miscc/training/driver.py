@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..core.checkpoint import CheckpointError, load_file, save_atomic
 from ..core.config import ConfigError
-from ..core.files import check_output_dir, is_temp_file, read_json, remove_stale_temp_files, write_json
+from ..core.files import check_output_dir, read_json, remove_stale_temp_files, write_json
 from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
                             rng_state, sample_seeds, set_rng_state)
 from ..data.errors import DataError
@@ -306,11 +306,13 @@ def restore_state_path(output_dir: str, dataset: str, config_name: str, net_key:
 
 
 def unstarted_run_folder(folder: str) -> bool:
-    """Whether ``folder`` is a run folder whose first training state was never completed: its
-    ``models/`` holds nothing, or only temp files of a save that was killed."""
+    """Whether ``folder`` is a run folder (``models/`` and ``log/``) whose first training state
+    was never completed: ``models/`` holds no ``state_last.pth``. A run killed before it saved
+    one may have left temp files of that save and the first epoch's model files (written just
+    before the state); training the folder again from epoch 1 writes those same files again."""
     models = os.path.join(folder, 'models')
     return (os.path.isdir(models) and os.path.isdir(os.path.join(folder, 'log'))
-            and all(is_temp_file(name) for name in os.listdir(models)))
+            and not os.path.exists(os.path.join(models, STATE_NAME)))
 
 
 def find_unstarted_run(output_dir: str, prefix: str) -> str | None:
