@@ -119,6 +119,39 @@ def test_generation_into_a_file_is_refused_before_any_image(tiny_setup, main_run
     assert (tmp_path / 'afile').read_text() == 'x'
 
 
+def test_a_full_disk_while_generating_says_how_many_images_are_complete(tiny_setup, main_run, tmp_path,
+                                                                         monkeypatch, capsys):
+    """The disk fills at the 7th image file: exit 3, one line after the progress bar that says
+    how many images are complete, and the same command then finishes the folder."""
+    import errno
+    import miscc.evaluation.outputs
+    from miscc.core.files import atomic_write
+    real_save_png, calls = miscc.evaluation.outputs.save_png, []
+
+    def filling_save_png(array, path):
+        calls.append(path)
+        if len(calls) == 7:       # as a real full disk: the write of the file fails
+            with atomic_write(path, 'wb') as f:
+                f.write(b'\0' * 100)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save_png(array, path)
+    monkeypatch.setattr(miscc.evaluation.outputs, 'save_png', filling_save_png)
+    out = tmp_path / 'gen'
+    argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': main_run / 'models' / 'netG_002.pth',
+                                    'SAMPLE.NUM': 8, 'SAMPLE.BATCH_SIZE': 2, 'SAMPLE.OUT_DIR': out, 'WORKERS': 1})
+    capsys.readouterr()
+    assert gan_main(False, argv) == 3
+    err = capsys.readouterr().err
+    # 6 files = 3 images with their masks, written by batches of 2: the first batch of 2 is complete
+    assert err.endswith(f"no partial file was left. Free some space and run again: 2 of 8 images are complete in "
+                        f"{out} (manifest.jsonl) and the same command continues after them\n")
+    assert err.splitlines()[-1].startswith('main.py: error: disk full: could not write ')
+    assert len((out / 'manifest.jsonl').read_text().splitlines()) == 2
+    monkeypatch.setattr(miscc.evaluation.outputs, 'save_png', real_save_png)
+    assert gan_main(False, argv) == 0
+    assert len((out / 'manifest.jsonl').read_text().splitlines()) == 8
+
+
 def test_generation_from_user_captions(tiny_setup, main_run, capsys):
     netg = main_run / 'models' / 'netG_002.pth'
     argv = overrides(tiny_setup, **{'B_VALIDATION': True, 'TRAIN.NET_G': netg, 'SAMPLE.PER_CAPTION': 2})

@@ -104,10 +104,9 @@ def atomic_write(path: str, mode: str = 'wb', fsync: bool = False) -> Iterator:
             os.remove(tmp)
         full = _disk_full(e)
         if full is not None:
-            kept = 'the previous file is intact' if os.path.exists(path) else 'nothing was written'
+            kept = 'the previous file is intact' if os.path.exists(path) else 'no partial file was left'
             raise DiskFullError(full, f"disk full: could not write '{path}' ({os.strerror(full)}); "
-                                      f"{kept}. Free some space (or point OUTPUT_DIR elsewhere) and "
-                                      f"run again") from None
+                                      f"{kept}. Free some space and run again") from None
         raise
 
 

@@ -19,12 +19,12 @@ from datasets import TextDataset, build_dataset, encode_caption
 from ..core.checkpoint import (BEST_NAME, ema_checkpoint, is_ema_checkpoint, not_a_file, plain_generator_checkpoint,
                                sibling_checkpoint)
 from ..core.config import ConfigError
-from ..core.files import check_output_dir
+from ..core.files import DiskFullError, check_output_dir
 from ..core.runtime import device_from_config, seed_everything
 from ..data.hd5 import Hd5Dataset, build_hd5_dataset
 from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_text_encoder, text_encoder_vocab_size
-from .outputs import caption_plan, resume_point, save_png, save_test_images
+from .outputs import caption_plan, read_manifest, resume_point, save_png, save_test_images
 
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'decode_caption', 'encode_texts',
            'GenerationStack', 'load_generation_stack', 'generator_text_encoder', 'sampling_checkpoint', 'test_captions',
@@ -280,7 +280,13 @@ def generate(cfg, user_captions=()) -> str:
     start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)
     batches = generate_test_images(stack, num, batch_size, seed=cfg.SAMPLE.SEED, start=start)
-    manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))
-    bar.close()
+    try:
+        manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))
+    except DiskFullError as e:
+        done = len(read_manifest(out_dir))
+        raise DiskFullError(e.errno, f'{e}: {done} of {num} images are complete in {out_dir} (manifest.jsonl) '
+                                     f'and the same command continues after them') from None
+    finally:
+        bar.close()   # before the error's line, so that it starts a line of its own
     print(f'{num} images in {out_dir} (manifest: {manifest})')
     return out_dir
