@@ -388,9 +388,10 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(tiny_setup, tmp_path):
 
 
 # ----------------------------------------------------------------------------- torchrun: resume and faults
-def _torchrun(argv, **kwargs):
-    """``torchrun --standalone --nproc_per_node 2 main.py argv`` on CPU (gloo), one thread per process."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'main.py'] + argv
+def _torchrun(argv, launcher='torch.distributed.run', **kwargs):
+    """``torchrun --standalone --nproc_per_node 2 main.py argv`` on CPU (gloo), one thread per process
+    (``launcher='miscc.launch'``: the same through this project's launcher)."""
+    cmd = [sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2', 'main.py'] + argv
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
@@ -445,6 +446,32 @@ def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_ti
                      r'training state in .*ddp_kill.* is intact; resume with RESTORE=True', out), out[-3000:]
     # (torchrun also sends the survivor SIGTERM once a worker died: it may end by that signal or with exit 3)
     torch.load(run / 'models' / 'state_last.pth', weights_only=True)
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker processes through /proc')
+def test_sigterm_to_the_launcher_exits_143_with_one_line_and_no_traceback(tiny_setup):
+    """torchrun forwards SIGTERM to the workers (they save) and then raises SignalException, a
+    traceback and exit 1; ``python -m miscc.launch`` turns that into one line and exit 143."""
+    out_dir = tiny_setup / 'ddp_term'
+    proc = _torchrun(overrides(tiny_setup, out='ddp_term', **{'TRAIN.MAX_EPOCH': 100}), launcher='miscc.launch')
+    try:
+        deadline = time.time() + 300
+        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
+            time.sleep(0.2)
+        assert sorted(torchrun_worker_pids(proc.pid)) == [0, 1], 'no state after epoch 1 or no workers found'
+        os.kill(proc.pid, signal.SIGTERM)
+        rc, out = _finish(proc, timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143 and 'Traceback' not in out, out[-3000:]
+    assert re.search(r'main.py: interrupted by SIGTERM at (epoch \d+, step \d+ of 2|the end of epoch \d+ of 100): '
+                     r'training state saved in ', out), out[-3000:]
+    assert out.rstrip().splitlines()[-1] == ('miscc.launch: interrupted by SIGTERM: the workers were asked to stop '
+                                             '(their lines above say what they saved); resume with the same command '
+                                             'and RESTORE=True')
+    (run,) = run_dirs(tiny_setup, 'ddp_term')
+    assert torch.load(run / 'models' / 'state_last.pth', weights_only=True)['world_size'] == 2
 
 
 # ----------------------------------------------------------------------------- how a run ends (exit codes)
