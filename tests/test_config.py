@@ -149,7 +149,9 @@ def test_bad_overrides():
 
 @pytest.mark.parametrize('key, value, least', [('TRAIN.BATCH_SIZE', 0, 1), ('TRAIN.BATCH_SIZE', -4, 1),
                                                ('WORKERS', -1, 0), ('EVAL.SPLITS', 0, 1),
-                                               ('TEXT.CAPTIONS_PER_IMAGE', 0, 1)])
+                                               ('TEXT.CAPTIONS_PER_IMAGE', 0, 1), ('TREE.BASE_SIZE', 0, 1),
+                                               ('TREE.BASE_SIZE', -64, 1), ('TRAIN.NF', 0, 1),
+                                               ('GAN.Z_DIM', 0, 1), ('TEXT.EMBEDDING_DIM', -1, 1)])
 def test_counts_below_their_least_value_name_the_key(tmp_path, key, value, least):
     with pytest.raises(ConfigError, match=re.escape(f'{key}={value}: must be at least {least} (')):
         load_config(None, [f'{key}={value}'])                 # were tracebacks deep inside PyTorch

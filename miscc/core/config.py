@@ -477,7 +477,11 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('EVAL.BATCH_SIZE', 1, 'images per evaluation step'),
           ('EVAL.SPLITS', 1, 'the chunks IS and R-precision are averaged over'),
           ('TEXT.CAPTIONS_PER_IMAGE', 1, 'caption lines read per image'),
-          ('TEXT.WORDS_NUM', 1, 'words per caption'))
+          ('TEXT.WORDS_NUM', 1, 'words per caption'),
+          ('TEXT.EMBEDDING_DIM', 1, 'the size of the word and sentence codes'),
+          ('TREE.BASE_SIZE', 1, 'the image side in pixels'),
+          ('TRAIN.NF', 1, "the generator's and discriminator's base channel width"),
+          ('GAN.Z_DIM', 1, 'the size of the noise vector'))
 
 
 def check_values(cfg: Config) -> Config:
