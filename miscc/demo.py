@@ -201,8 +201,8 @@ def _stage_gan(cfg, text_encoder: str, clock: StageClock, allowed: float | None)
         if not os.path.isfile(netg):   # (a run killed between its state and this file: load the state)
             netg = (trainer or GANTrainer(gcfg)).save_step_generator()
         if cut:
-            print(f"DEMO.TIME_BUDGET={cfg.DEMO.TIME_BUDGET} s: the GAN stage was cut after {progress['global_step']} "
-                  f"steps ({progress['epoch']} of {gcfg.TRAIN.MAX_EPOCH} epochs complete); generating from "
+            print(f"DEMO.TIME_BUDGET={cfg.DEMO.TIME_BUDGET} s: the GAN stage was cut at step {progress['global_step']} "
+                  f"({progress['epoch']} of {gcfg.TRAIN.MAX_EPOCH} epochs complete); generating from "
                   f"'{netg}'", file=sys.stderr)
     return {'run': run, 'netG': netg, 'samples': os.path.join(run, 'samples'), 'steps': progress['global_step'],
             'cut': cut}

@@ -329,8 +329,8 @@ class GANTrainer:
 
     def fit(self, deadline: float | None = None, on_save=None) -> str | None:
         """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder.
-        ``deadline``, ``on_save``: see ``Driver.fit`` (``save_step_generator`` then writes the
-        generator of a run cut short)."""
+        ``deadline``, ``on_save``: see ``Driver.fit``; a run stopped mid-epoch has no model file
+        of its last step until the caller writes one with ``save_step_generator``."""
         return self.driver.fit(deadline, on_save)
 
     # ------------------------------------------------------------------ in-training evaluation
