@@ -13,6 +13,14 @@ each through the same code as the full-scale scripts, into ``OUTPUT_DIR``:
    generated images, and the same measures on the real test images as the ceiling.
 
 Running the command again skips finished stages and continues an interrupted one.
+
+``DEMO.TIME_BUDGET`` (seconds, 0: none) bounds the demo's wall-clock time, counted over every
+invocation on ``OUTPUT_DIR`` (``stage_seconds.json``, which keeps the running stage's seconds
+at each training state it saves, so a killed run keeps them): the GAN stage gets what data and
+damsm left less ``DEMO.RESERVE_SECONDS`` and stops at the first step boundary past it. The
+images and report then come from the generator of that step (``netG_stepNNNNNN.pth``) and the
+report says the run was cut. Running the demo again with the budget spent trains no further;
+a larger budget, or 0, continues the saved training state.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from tqdm import tqdm
 
 from datasets import RealImageDataset
 
+from .core.checkpoint import step_checkpoint
 from .core.config import ConfigError, load_config
 from .core.files import read_json, read_jsonl, write_json
 from .data.synthetic import ensure_synthetic_birds, judge_body_colour
@@ -38,13 +47,52 @@ from .evaluation.generation import generate, generate_test_images, load_generati
 from .evaluation.outputs import other_generator, read_manifest, save_png
 from .evaluation.scores import caption_r_precision
 from .training.damsm import DAMSMTrainer
-from .training.driver import find_latest_state, read_progress
+from .training.driver import STATE_NAME, find_latest_state, read_progress
 from .training.gan import GANTrainer
 
 __all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'finished_demo_runs', 'body_colour_accuracy',
-           'checkpoint_accuracies', 'caption_grid']
+           'body_colour_confusion', 'checkpoint_accuracies', 'caption_grid', 'StageClock', 'gan_seconds_allowed']
 
 STAGES = ('data', 'damsm', 'gan', 'generate', 'report')
+
+
+class StageClock:
+    """Seconds spent on each stage, summed over the invocations that worked on it, kept in
+    ``path`` (``stage_seconds.json``) and written atomically at the end of a stage (also one
+    that failed) and at every ``checkpoint`` (each training state a stage saves), so a run
+    killed with -9 keeps the seconds up to its last saved state. ``now``: the clock."""
+
+    def __init__(self, path: str, now=time.time):
+        self.path, self.now = path, now
+        self.times = read_json(path) if os.path.isfile(path) else {}
+        self.stage = None
+
+    def begin(self, name: str) -> None:
+        self.stage, self.base, self.started = name, self.times.get(name, 0.0), self.now()
+
+    def checkpoint(self, *_) -> None:
+        """Record the running stage's seconds so far (``Driver.fit``'s ``on_save`` hook)."""
+        self.times[self.stage] = round(self.base + self.now() - self.started, 1)
+        write_json(self.path, self.times)
+
+    def end(self) -> None:
+        self.checkpoint()
+        self.stage = None
+
+    def deadline(self, allowed: float) -> float:
+        """The ``now()`` value at which the running stage's seconds, earlier invocations
+        included, reach ``allowed``."""
+        return self.started + allowed - self.base
+
+
+def gan_seconds_allowed(cfg, times: dict) -> float | None:
+    """The seconds the GAN stage may take in all (over every invocation, as ``stage_seconds.json``
+    counts them) under ``DEMO.TIME_BUDGET``: the budget less the data and damsm stages' seconds
+    and ``DEMO.RESERVE_SECONDS``; None without a budget. May be negative (nothing left)."""
+    demo = cfg.DEMO
+    if not demo.TIME_BUDGET:
+        return None
+    return round(demo.TIME_BUDGET - demo.RESERVE_SECONDS - times.get('data', 0.0) - times.get('damsm', 0.0), 1)
 
 
 def damsm_config(cfg):
@@ -106,7 +154,7 @@ def finished_demo_runs(cfg) -> tuple[str, str]:
     return text_encoder, gan_run
 
 
-def _stage_damsm(cfg):
+def _stage_damsm(cfg, clock: StageClock):
     dcfg = damsm_config(cfg)
     prefix = f'{dcfg.DATASET_NAME}_demo_'
     run, done = _finished_run(dcfg.OUTPUT_DIR, prefix, dcfg.TRAIN.MAX_EPOCH)
@@ -115,7 +163,7 @@ def _stage_damsm(cfg):
             dcfg = dcfg.clone()
             dcfg.RESTORE = True
             dcfg.freeze()
-        run = DAMSMTrainer(dcfg).fit()
+        run = DAMSMTrainer(dcfg).fit(on_save=clock.checkpoint)
     text_encoder = _text_encoder_file(run, dcfg)
     if not os.path.isfile(text_encoder):
         raise ConfigError(f"{cfg.DEMO.DAMSM_CFG}: the DAMSM stage ended without '{text_encoder}'; "
@@ -123,16 +171,41 @@ def _stage_damsm(cfg):
     return {'run': run, 'text_encoder': text_encoder}
 
 
-def _stage_gan(cfg, text_encoder: str):
+def _stage_gan(cfg, text_encoder: str, clock: StageClock, allowed: float | None):
+    """Train (or continue) the GAN run until TRAIN.MAX_EPOCH, TRAIN.MAX_STEPS or the budget's
+    deadline (``allowed`` seconds for this stage over all invocations; None: no budget). A run
+    that ended before TRAIN.MAX_EPOCH generates from the generator of its last step."""
     gcfg = gan_config(cfg, text_encoder)
     run, done = _finished_run(gcfg.OUTPUT_DIR, f'{gcfg.DATASET_NAME}_demo_', gcfg.TRAIN.MAX_EPOCH)
+    deadline = None if allowed is None else clock.deadline(allowed)
+    trainer, cut = None, False
     if not done:
-        run = GANTrainer(gcfg).fit()
-    netg = os.path.join(run, 'models', f'netG_{gcfg.TRAIN.MAX_EPOCH:03d}.pth')
-    if not os.path.isfile(netg):
-        raise ConfigError(f"the demo's GAN stage ended without '{netg}'; TRAIN.GSAVE_INTERVAL must divide TRAIN.MAX_EPOCH "
-                          f"and TRAIN.WARMUP_EPOCHS be below it")
-    return {'run': run, 'netG': netg, 'samples': os.path.join(run, 'samples')}
+        if run is not None and deadline is not None and clock.now() >= deadline:
+            # an earlier invocation spent the budget: generate from its state, do not train on
+            cut = True
+            print(f"DEMO.TIME_BUDGET={cfg.DEMO.TIME_BUDGET} s is spent (the GAN stage may take {allowed} s, "
+                  f"{clock.times.get('gan', 0.0)} s taken): no further training of '{run}'; a larger "
+                  f"DEMO.TIME_BUDGET, or 0 (none), continues it", file=sys.stderr)
+        else:
+            trainer = GANTrainer(gcfg)
+            run = trainer.fit(deadline, on_save=clock.checkpoint)
+            cut = trainer.driver.deadline_cut
+    progress = read_progress(os.path.join(run, 'models', STATE_NAME))
+    if progress['epoch'] >= gcfg.TRAIN.MAX_EPOCH:
+        netg = os.path.join(run, 'models', f'netG_{gcfg.TRAIN.MAX_EPOCH:03d}.pth')
+        if not os.path.isfile(netg):
+            raise ConfigError(f"the demo's GAN stage ended without '{netg}'; TRAIN.GSAVE_INTERVAL must divide "
+                              f"TRAIN.MAX_EPOCH and TRAIN.WARMUP_EPOCHS be below it")
+    else:   # cut by the budget or stopped at TRAIN.MAX_STEPS: the generator of the last step
+        netg = step_checkpoint(os.path.join(run, 'models'), progress['global_step'])
+        if not os.path.isfile(netg):   # (a run killed between its state and this file: load the state)
+            netg = (trainer or GANTrainer(gcfg)).save_step_generator()
+        if cut:
+            print(f"DEMO.TIME_BUDGET={cfg.DEMO.TIME_BUDGET} s: the GAN stage was cut at step {progress['global_step']} "
+                  f"({progress['epoch']} of {gcfg.TRAIN.MAX_EPOCH} epochs complete); generating from "
+                  f"'{netg}'", file=sys.stderr)
+    return {'run': run, 'netG': netg, 'samples': os.path.join(run, 'samples'), 'steps': progress['global_step'],
+            'cut': cut}
 
 
 def _generation_config(cfg, text_encoder: str, netg: str, out_dir: str, num: int):
@@ -196,11 +269,30 @@ def caption_grid(cfg, stack, path: str) -> str:
 
 
 # ----------------------------------------------------------------------------- report
+def _accuracy(judged: list, keys, body_of_key: dict) -> float:
+    return float(np.mean([j == body_of_key[k] for j, k in zip(judged, keys)]))
+
+
 def body_colour_accuracy(images, keys, body_of_key: dict) -> float:
     """Fraction of ``images`` (N x H x W x 3 uint8) whose judged body colour
     (``miscc.data.synthetic.judge_body_colour``) is the body colour of their key."""
-    judged = judge_body_colour(images)
-    return float(np.mean([j == body_of_key[k] for j, k in zip(judged, keys)]))
+    return _accuracy(judge_body_colour(images), keys, body_of_key)
+
+
+def body_colour_confusion(judged: list, keys, body_of_key: dict) -> dict:
+    """``{true body colour: {judged colour: count}}`` over images whose judged colours
+    (``judge_body_colour``) are ``judged`` and keys ``keys``; 'none' where no pixel qualified.
+    Its counts sum to the number of images; its diagonal over that is the accuracy."""
+    counts = {}
+    for j, k in zip(judged, keys):
+        row = counts.setdefault(body_of_key[k], {})
+        row[j or 'none'] = row.get(j or 'none', 0) + 1
+    return {true: dict(sorted(row.items(), key=lambda kv: -kv[1])) for true, row in sorted(counts.items())}
+
+
+def epoch_checkpoints(run_dir: str) -> list:
+    """The ``netG_XXX.pth`` files of a run folder, in epoch order (not ``netG_stepNNNNNN.pth``)."""
+    return sorted(glob.glob(os.path.join(run_dir, 'models', 'netG_[0-9]*.pth')))
 
 
 @torch.no_grad()
@@ -208,7 +300,7 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
     """Yield ``{'epoch', 'checkpoint', 'body_colour_accuracy'}`` for every ``netG_XXX.pth`` in
     ``run_dir/models``, in epoch order, on the images the generate stage would make from it
     (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU."""
-    checkpoints = sorted(glob.glob(os.path.join(run_dir, 'models', 'netG_[0-9]*.pth')))
+    checkpoints = epoch_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
     stack = load_generation_stack(cfg, checkpoints[0], 'cpu', text_encoder_path=text_encoder_path)
@@ -228,6 +320,20 @@ def _load_attributes(data_dir: str) -> dict:
     return {a['key']: a for a in read_jsonl(os.path.join(data_dir, 'attributes.jsonl'))}
 
 
+def _checkpoint_report(cfg, text_encoder_path: str, run_dir: str, generated: int) -> dict:
+    """Body-colour accuracy of every ``netG_XXX.pth`` of the GAN run on ``DEMO.CHECKPOINT_IMAGES``
+    test captions each (0: the ``generated`` ones of the generate stage), with the seconds it
+    took, which the budget's reserve has to cover."""
+    start = time.time()
+    num = cfg.DEMO.CHECKPOINT_IMAGES or generated
+    rows = []
+    if epoch_checkpoints(run_dir):   # a run cut in its first epoch has none
+        rows = [{'epoch': r['epoch'], 'body_colour_accuracy': r['body_colour_accuracy'],
+                 'checkpoint': os.path.basename(r['checkpoint'])}
+                for r in checkpoint_accuracies(cfg, text_encoder_path, run_dir, num)]
+    return {'images_each': num, 'seconds': round(time.time() - start, 1), 'scores': rows}
+
+
 def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     folder = results['generate']['images']
     entries = read_manifest(folder)
@@ -235,6 +341,7 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     attrs = _load_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
     keys = [e['key'] for e in entries]
+    judged = judge_body_colour(fake)
 
     real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
                                 dataset_name=cfg.DATASET_NAME)
@@ -252,44 +359,54 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     return {
         'images': len(entries),
         'body_colour_accuracy': {
-            'generated': round(body_colour_accuracy(fake, keys, body), 4),
+            'generated': round(_accuracy(judged, keys, body), 4),
             'real': round(body_colour_accuracy(real.permute(0, 2, 3, 1).numpy(), keys, body), 4),
             'chance': round(1 / 10, 4),
             'measure': 'miscc.data.synthetic.judge_body_colour: the most frequent palette colour among the '
                        'pixels nearest to a palette colour (background and off-palette pixels ignored)'},
         'r_precision': dict(rp, protocol='true caption vs 99 random mismatched test captions, cosine of '
                                          'DAMSM global codes, 10 runs', chance=0.01),
+        # true body colour -> judged colour counts of the generated images
+        'body_colour_confusion': body_colour_confusion(judged, keys, body),
+        'checkpoint_accuracy': _checkpoint_report(cfg, text_encoder_path, results['gan']['run'], len(entries)),
     }
 
 
 # ----------------------------------------------------------------------------- driver
 def run_demo(cfg) -> dict:
     """Run (or finish) every stage; write and return ``OUTPUT_DIR/report.json``'s content."""
+    for key in ('TIME_BUDGET', 'RESERVE_SECONDS', 'CHECKPOINT_IMAGES'):   # before any stage runs
+        if cfg.DEMO[key] < 0:
+            raise ConfigError(f'DEMO.{key}={cfg.DEMO[key]}: must be 0 or more')
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    times_path = os.path.join(cfg.OUTPUT_DIR, 'stage_seconds.json')
-    times = read_json(times_path) if os.path.isfile(times_path) else {}
-    results = {}
+    clock = StageClock(os.path.join(cfg.OUTPUT_DIR, 'stage_seconds.json'))
+    results, allowed = {}, None
     overall = tqdm(total=len(STAGES), desc='demo', unit='stage', position=0, dynamic_ncols=True)
     for name in STAGES:
         overall.set_description(f'demo: {name}')
         print(f'\n== demo stage {STAGES.index(name) + 1}/{len(STAGES)}: {name}', file=sys.stderr, flush=True)
-        start = time.time()
-        if name == 'data':
-            results[name] = _stage_data(cfg)
-        elif name == 'damsm':
-            results[name] = _stage_damsm(cfg)
-        elif name == 'gan':
-            results[name] = _stage_gan(cfg, results['damsm']['text_encoder'])
-        elif name == 'generate':
-            results[name] = _stage_generate(cfg, results['damsm']['text_encoder'], results['gan']['netG'])
-        else:
-            results[name] = _stage_report(cfg, results['damsm']['text_encoder'], results)
-        # seconds spent on each stage, summed over the invocations that worked on it
-        times[name] = round(times.get(name, 0.0) + time.time() - start, 1)
-        write_json(times_path, times)
+        clock.begin(name)
+        try:
+            if name == 'data':
+                results[name] = _stage_data(cfg)
+            elif name == 'damsm':
+                results[name] = _stage_damsm(cfg, clock)
+            elif name == 'gan':
+                allowed = gan_seconds_allowed(cfg, clock.times)
+                results[name] = _stage_gan(cfg, results['damsm']['text_encoder'], clock, allowed)
+            elif name == 'generate':
+                results[name] = _stage_generate(cfg, results['damsm']['text_encoder'], results['gan']['netG'])
+            else:
+                results[name] = _stage_report(cfg, results['damsm']['text_encoder'], results)
+        finally:   # the seconds of a stage that failed or was interrupted count too
+            clock.end()
         overall.update(1)
     overall.close()
+    times = clock.times
     report = dict(results['report'])
+    report['gan_steps'] = results['gan']['steps']
+    report['budget'] = {'seconds': cfg.DEMO.TIME_BUDGET, 'cut': results['gan']['cut'],
+                        'gan_seconds_allowed': allowed, 'reserve_seconds': cfg.DEMO.RESERVE_SECONDS}
     report['stage_seconds'] = times
     report['total_seconds'] = round(sum(times.values()), 1)
     report['files'] = {

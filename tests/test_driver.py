@@ -626,3 +626,111 @@ def test_each_rank_resumes_with_its_own_generators_and_another_world_size_warns(
     with pytest.warns(UserWarning, match='records the random generators of one process only'):
         assert driver_for(0, 2).rng is not None
     assert driver_for(1, 2).rng is None      # rank 1 keeps its own seeded stream, not rank 0's draws
+
+
+# ----------------------------------------------------------------------------- deadlines
+class _CountingTrainer(_ToyTrainer):
+    """Counts its steps; ``clock`` (the driver's time.time in these tests) reads that count."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def train_step(self, batch):
+        self.count += 1
+        return super().train_step(batch)
+
+
+def _step_clock(monkeypatch, trainer):
+    """The driver's clock becomes the trainer's step count: a deadline of N passes at step N."""
+    import types
+    import miscc.training.driver as driver_module
+    monkeypatch.setattr(driver_module, 'time', types.SimpleNamespace(time=lambda: float(trainer.count)))
+
+
+def _state_bits(run):
+    state = load_training_state(f'{run}/models/state_last.pth', restore_rng=False)
+    return state['w'], state['progress'], state['rng']
+
+
+def _same_rng(a, b):
+    assert a['python'] == b['python'] and torch.equal(a['torch'], b['torch'])
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a['numpy'], b['numpy']))
+
+
+@pytest.mark.parametrize('steps', [3, 2])     # mid-epoch 2, and at the end of epoch 1
+def test_a_deadline_stops_like_max_steps_with_the_same_state_and_resumes_exactly(tmp_path, monkeypatch, capsys,
+                                                                                  steps):
+    full, _, _ = _toy_run(tmp_path / 'full')
+    _, limited, limited_run = _toy_run(tmp_path / 'limited', **{'TRAIN.MAX_STEPS': steps})
+    assert not limited.deadline_cut
+    trainer = _CountingTrainer()
+    driver = _driver(tmp_path / 'cut', trainer)
+    _step_clock(monkeypatch, trainer)
+    saves = []
+    capsys.readouterr()
+    run = driver.fit(deadline=float(steps), on_save=saves.append)
+    out = capsys.readouterr().out
+    where = 'at epoch 2, step 1' if steps == 3 else 'after epoch 1'
+    assert f'stopped {where} (the deadline passed); training state saved in {run}/models' in out
+    assert driver.deadline_cut and driver.global_step == trainer.count == steps
+    (w_cut, progress_cut, rng_cut), (w_lim, progress_lim, rng_lim) = _state_bits(run), _state_bits(limited_run)
+    assert torch.equal(w_cut, w_lim) and progress_cut == progress_lim
+    _same_rng(rng_cut, rng_lim)
+    assert saves == ([{'epoch': 1, 'next_epoch': 2, 'next_step': 0, 'global_step': 2, 'finetune': False}]
+                     + ([progress_cut] if steps == 3 else []))     # on_save: after every state written
+    monkeypatch.undo()
+    resumed = _ToyTrainer()
+    _driver(tmp_path / 'cut', resumed, start=_restore_start(tmp_path / 'cut')).fit()
+    assert torch.equal(resumed.w, full.w)
+
+
+def test_a_deadline_already_passed_trains_one_step_and_one_at_the_last_step_cuts_nothing(tmp_path, monkeypatch):
+    trainer = _CountingTrainer()
+    driver = _driver(tmp_path / 'past', trainer)
+    _step_clock(monkeypatch, trainer)
+    driver.fit(deadline=-1.0)
+    assert driver.deadline_cut and trainer.count == 1        # the deadline is checked after each step
+    trainer = _CountingTrainer()
+    driver = _driver(tmp_path / 'last', trainer)
+    _step_clock(monkeypatch, trainer)
+    run = driver.fit(deadline=6.0)                            # passes at the run's last step (3 epochs x 2)
+    assert not driver.deadline_cut and trainer.count == 6
+    assert read_progress(f'{run}/models/state_last.pth')['epoch'] == 3
+
+
+def _agree_worker(rank, world, store, out):
+    """One rank of a gloo group: rank 1's clock passes its deadline at step 1, rank 0's never."""
+    import types
+    import torch.distributed as dist
+    import miscc.training.driver as driver_module
+    from datasets import collate_sorted
+    from miscc.core.runtime import DistEnv
+    from miscc.training.driver import Driver, StartPoint, StopFlag
+    torch.set_num_threads(1)
+    import datetime   # ranks that disagree fail at their next collective within a minute, not hang
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    with StopFlag() as flag:
+        agreed = [flag.agreed(True, torch.device('cpu'), late=late) for late in (False, rank == 1)]
+    trainer = _CountingTrainer()
+    driver_module.time = types.SimpleNamespace(time=lambda: float(trainer.count) if rank == 1 else 0.0)
+    driver = Driver(_config(out), trainer, _Items(), collate_sorted, 2, StartPoint(), torch.device('cpu'),
+                    DistEnv(rank=rank, world_size=world, local_rank=rank))
+    driver.fit(deadline=1.0)
+    torch.save({'agreed': agreed, 'steps': trainer.count, 'cut': driver.deadline_cut},
+               os.path.join(out, f'rank{rank}.pth'))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_a_deadline_that_one_clock_passed(tmp_path):
+    import torch.multiprocessing as mp
+    mp.start_processes(_agree_worker, args=(2, str(tmp_path / 'store'), str(tmp_path)), nprocs=2,
+                       start_method='spawn')
+    results = [torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2)]
+    for r in results:
+        assert r['agreed'] == [(0, False), (0, True)]        # either rank late: both learn it
+        assert r['steps'] == 1 and r['cut']                  # and both stop after the same step
+    (state,) = list(tmp_path.glob('birds_toy_*/models/state_last.pth'))
+    assert read_progress(str(state))['global_step'] == 1

@@ -560,3 +560,38 @@ def test_a_full_disk_while_saving_exits_3_and_keeps_the_last_state(tiny_setup, m
     assert f"main.py: error: disk full: could not write '{run}/models/state_last.pth'" in err
     after = {p.name: p.read_bytes() for p in (run / 'models').iterdir()}
     assert {k: after[k] for k in before} == before and not [n for n in after if n.endswith('.tmp')]
+
+
+def test_a_deadline_cut_equals_max_steps_bit_for_bit_and_writes_the_step_generator(tiny_setup, monkeypatch):
+    """Same steps, same bits: a run cut by fit's deadline after step 3 holds the training state
+    of a TRAIN.MAX_STEPS=3 run, and its netG_step000003.pth is that state's generator."""
+    import types
+    import miscc.training.driver as driver_module
+    from miscc.training.gan import GANTrainer
+    assert gan_main(False, overrides(tiny_setup, out='steps3', **{'TRAIN.MAX_STEPS': 3})) == 0
+    (limited,) = run_dirs(tiny_setup, 'steps3')
+    trainer = GANTrainer(load_config(*_split(overrides(tiny_setup, out='cut3'))).freeze())
+    steps = []
+    real_step = trainer.train_step
+    trainer.train_step = lambda batch: (steps.append(1), real_step(batch))[1]
+    # the driver's clock reads the steps taken: a deadline of 3.0 passes at step 3
+    monkeypatch.setattr(driver_module, 'time', types.SimpleNamespace(time=lambda: float(len(steps))))
+    run = Path(trainer.fit(deadline=3.0))
+    monkeypatch.undo()
+    assert trainer.driver.deadline_cut and trainer.global_step == 3
+    a, b = final_weights(limited), final_weights(run)
+    assert a['progress'] == b['progress'] == {'epoch': 1, 'next_epoch': 2, 'next_step': 1, 'global_step': 3,
+                                              'finetune': False}
+    for part in ('netG', 'netD'):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    for opt in ('optimizerG', 'optimizerD'):
+        for i, s in a[opt]['state'].items():
+            assert all(torch.equal(s[k], b[opt]['state'][i][k]) for k in ('exp_avg', 'exp_avg_sq'))
+    assert torch.equal(a['rng']['torch'], b['rng']['torch'])
+    path = Path(trainer.save_step_generator())
+    assert path == run / 'models' / 'netG_step000003.pth'
+    saved = torch.load(path, weights_only=True)
+    assert saved.keys() == a['netG'].keys() and all(torch.equal(saved[k], a['netG'][k]) for k in saved)
+    assert sorted(p.name for p in (run / 'models').iterdir()) == ['netD_001.pth', 'netG_001.pth',
+                                                                 'netG_step000003.pth', 'state_last.json',
+                                                                 'state_last.pth']

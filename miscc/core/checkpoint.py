@@ -24,9 +24,9 @@ from .files import atomic_write
 
 __all__ = ['CheckpointError', 'not_a_file', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
-           'sibling_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint', 'ema_checkpoint',
-           'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout', 'read_dfgan_checkpoint',
-           'load_dfgan_checkpoint']
+           'sibling_checkpoint', 'step_tag', 'step_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint',
+           'ema_checkpoint', 'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout',
+           'read_dfgan_checkpoint', 'load_dfgan_checkpoint']
 
 _SHOW = 5  # keys listed per category in mismatch errors
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
@@ -156,6 +156,17 @@ def checkpoint_epoch(path: str) -> int:
     if not match:
         raise ConfigError(f"cannot read an epoch from '{path}': expected a name like netG_120.pth")
     return int(match.group(1))
+
+
+def step_tag(global_step: int) -> str:
+    """The name part of model files written at a global step rather than at an epoch's end
+    (a run stopped mid-epoch): ``netG_step000437.pth``. No epoch can be read from such a name."""
+    return f'step{global_step:06d}'
+
+
+def step_checkpoint(models_dir: str, global_step: int) -> str:
+    """``<models_dir>/netG_<step_tag>.pth``: the generator after ``global_step`` steps."""
+    return os.path.join(models_dir, f'netG_{step_tag(global_step)}.pth')
 
 
 def sibling_checkpoint(netg_path: str, name: str) -> str:

@@ -241,6 +241,18 @@ DEFAULTS: dict = {
         'NUM_IMAGES': 0,            # generated test images; 0: one per test image
         'GRID_CAPTIONS': [],
         'GRID_PER_CAPTION': 4,
+        # Wall-clock seconds for the whole demo, summed over the invocations that worked on its
+        # OUTPUT_DIR (stage_seconds.json); 0: no budget. The GAN stage gets what the data and damsm
+        # stages left, less RESERVE_SECONDS, and stops at the first step boundary past that
+        # (its training state saved, as at TRAIN.MAX_STEPS; at least one step is trained).
+        'TIME_BUDGET': 0,
+        # Seconds of the budget kept for the generate and report stages (the report scores every
+        # netG_XXX.pth too, each in about 4 % of its epoch's training time); report.json's
+        # stage_seconds show what they took (README: The demo).
+        'RESERVE_SECONDS': 90,
+        # Test captions the report scores each netG_XXX.pth on; 0: those of the generate stage
+        # (NUM_IMAGES), so the last epoch's score repeats body_colour_accuracy.generated.
+        'CHECKPOINT_IMAGES': 0,
     },
     'PRETRAINED': {
         # ImageNet Inception-v3 for the DAMSM image encoder trunk. '' looks in the

@@ -219,9 +219,10 @@ class DAMSMTrainer:
         if epoch % train.SNAPSHOT_INTERVAL == 0 or epoch == train.MAX_EPOCH:
             self.save_snapshot(epoch)
 
-    def fit(self) -> str:
-        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
-        return self.driver.fit()
+    def fit(self, deadline: float | None = None, on_save=None) -> str:
+        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder.
+        ``deadline``, ``on_save``: see ``Driver.fit``."""
+        return self.driver.fit(deadline, on_save)
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:

@@ -5,7 +5,8 @@ and stop signals, full training states with exact resume, and the logger's lifet
 A trainer supplies only its step, its end-of-epoch work and its state (``Driver``'s protocol).
 
 How a run ends (the exit codes ``miscc.cli`` turns these into): it finishes TRAIN.MAX_EPOCH,
-or stops at TRAIN.MAX_STEPS (a requested stop; both return normally); SIGINT/SIGTERM finish
+or stops at TRAIN.MAX_STEPS or at the first step boundary past ``fit``'s deadline (requested
+stops, which save the training state exactly alike; all return normally); SIGINT/SIGTERM finish
 the step, save the training state and raise ``TrainingInterrupted`` (a second signal stops at
 once, except while the state is being written, and the last saved state stays intact); a dead
 or silent peer of a distributed run raises ``DistributedError`` within DIST_TIMEOUT seconds.
@@ -41,6 +42,7 @@ __all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'St
            'TrainingInterrupted', 'signal_exit_code']
 
 STATE_NAME = 'state_last.pth'
+_DEADLINE_PASSED = 'the deadline passed'   # why a run stopped at fit's deadline, as the driver prints it
 
 
 def signal_exit_code(signum: int) -> int:
@@ -244,13 +246,16 @@ class StopFlag:
             signal.signal(sig, handler)
         return False
 
-    def agreed(self, distributed: bool, device) -> int:
-        """The signal any process received, 0 for none (all ranks must stop at the same step)."""
+    def agreed(self, distributed: bool, device, late: bool = False) -> tuple:
+        """``(signal, late)``: the signal any process received (0 for none) and whether any
+        process's clock is past the deadline (``late`` is this one's). All ranks must stop at
+        the same step, and their clocks pass a deadline at different steps, so both flags are
+        reduced together (one all_reduce)."""
         if not distributed:
-            return self.signum
-        flag = torch.tensor([float(self.signum)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+            return self.signum, late
+        flags = torch.tensor([float(self.signum), float(late)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(flags[0].item()), bool(flags[1].item())
 
 
 def save_training_state(models_dir: str, state: dict, progress: dict, rank_rngs: list | None = None) -> str:
@@ -427,6 +432,8 @@ class Driver:
         self.loader = make_loader(dataset, self.sampler, collate_fn, cfg.WORKERS, pin_memory=device.type == 'cuda')
         self.rng = None
         self.saved = None          # (next_epoch, next_step) of the training state on disk
+        self.deadline = self.on_save = None   # fit's arguments
+        self.deadline_cut = False  # whether fit stopped at its deadline
         run_dir = None
         if start.kind == 'state':
             state = load_training_state(start.path, restore_rng=False)
@@ -521,11 +528,18 @@ class Driver:
         if error is not None:
             raise error
         self.saved = (next_epoch, next_step)
+        if self.dist.is_main and self.on_save is not None:   # after the ranks agreed that the write worked
+            self.on_save(progress)
 
     def _stop(self, stop: StopFlag) -> tuple:
-        """``(signal, steps_limit_reached)`` agreed by all processes."""
+        """``(signal, why)`` agreed by all processes: ``why`` names a requested stop (TRAIN.MAX_STEPS
+        reached, or the deadline passed), '' for none."""
         limit = self.cfg.TRAIN.MAX_STEPS
-        return stop.agreed(self.dist.distributed, self.device), bool(limit and self.global_step >= limit)
+        late = self.deadline is not None and time.time() >= self.deadline
+        signum, late = stop.agreed(self.dist.distributed, self.device, late)
+        if limit and self.global_step >= limit:
+            return signum, f'TRAIN.MAX_STEPS={limit}'
+        return signum, _DEADLINE_PASSED if late else ''
 
     def _resume_hint(self) -> str:
         if self.run_dir is None:   # a rank other than 0 of a new run: rank 0 names the folder
@@ -540,12 +554,19 @@ class Driver:
         folder = f'in {self.models_dir} ' if self.models_dir else ''
         return f'the last training state {folder}(from {where}) is intact; {self._resume_hint()}'
 
-    def fit(self) -> str | None:
+    def fit(self, deadline: float | None = None, on_save=None) -> str | None:
         """Train from the start point to TRAIN.MAX_EPOCH (or a stop); returns the run folder.
+
+        ``deadline``: a ``time.time()`` value; at the first step boundary past it the run stops
+        as at TRAIN.MAX_STEPS (the training state saved, the same bits as a MAX_STEPS stop at
+        that step) and ``deadline_cut`` is True. At least one step is trained: the deadline is
+        checked after each step. ``on_save(progress)``: called on the main process after every
+        training state written (e.g. to persist a clock with it).
 
         Raises ``TrainingInterrupted`` after SIGINT/SIGTERM (the state saved first) and
         ``DistributedError`` when another process of a distributed run died or went silent."""
         t, train, main = self.trainer, self.cfg.TRAIN, self.dist.is_main
+        self.deadline, self.on_save, self.deadline_cut = deadline, on_save, False
         steps_per_epoch = len(self.sampler)
         self._open_run()
         if self.start.epoch > train.MAX_EPOCH:
@@ -621,13 +642,14 @@ class Driver:
                                             self.global_step)
                         window_start, window_images = time.time(), 0
                     if step < steps_per_epoch:
-                        signum, limit = self._stop(stop)
-                        if signum or limit:
+                        signum, why = self._stop(stop)
+                        if signum or why:
+                            self.deadline_cut = why == _DEADLINE_PASSED
                             bar.close()
                             with stop.deferring():
                                 self.save_state(epoch - 1, epoch, step)
                             if main and not signum:
-                                print(f'stopped at epoch {epoch}, step {step} (TRAIN.MAX_STEPS={train.MAX_STEPS}); '
+                                print(f'stopped at epoch {epoch}, step {step} ({why}); '
                                       f'training state saved in {self.models_dir}; {self._resume_hint()}')
                             return signum
             except DataError as e:   # from a DataLoader worker: its one line, not the worker's traceback
@@ -638,12 +660,13 @@ class Driver:
             t.end_of_epoch(EpochSummary(epoch, losses, {k: v / max(done, 1) for k, v in sums.items()}, done, began))
             with stop.deferring():
                 self.save_state(epoch, epoch + 1, 0)
-            signum, limit = self._stop(stop)
+            signum, why = self._stop(stop)
             if signum:
                 return signum
-            if limit and epoch < train.MAX_EPOCH:
+            if why and epoch < train.MAX_EPOCH:
+                self.deadline_cut = why == _DEADLINE_PASSED
                 if main:
-                    print(f'stopped after epoch {epoch} (TRAIN.MAX_STEPS={train.MAX_STEPS}); training state saved '
+                    print(f'stopped after epoch {epoch} ({why}); training state saved '
                           f'in {self.models_dir}; {self._resume_hint()}')
                 return 0
         return 0

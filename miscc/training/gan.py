@@ -13,7 +13,7 @@ import torch.nn as nn
 from datasets import build_dataset, collate_sorted
 
 from ..core.checkpoint import (BEST_NAME, EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
-                               save_atomic, sibling_checkpoint)
+                               save_atomic, sibling_checkpoint, step_checkpoint, step_tag)
 from ..core.config import ConfigError
 from ..core.files import atomic_write, write_json
 from ..core.runtime import device_from_config, init_distributed, seed_everything
@@ -327,9 +327,11 @@ class GANTrainer:
             print(f'epoch {summary.epoch}/{self.cfg.TRAIN.MAX_EPOCH}: '
                   + ', '.join(f'{k} {v:.3f}' for k, v in summary.last.items()))
 
-    def fit(self) -> str | None:
-        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder."""
-        return self.driver.fit()
+    def fit(self, deadline: float | None = None, on_save=None) -> str | None:
+        """Train from the start (or resume point) to TRAIN.MAX_EPOCH; returns the run folder.
+        ``deadline``, ``on_save``: see ``Driver.fit``; a run stopped mid-epoch has no model file
+        of its last step until the caller writes one with ``save_step_generator``."""
+        return self.driver.fit(deadline, on_save)
 
     # ------------------------------------------------------------------ in-training evaluation
     def evaluate_in_training(self, epoch: int) -> dict | None:
@@ -381,16 +383,29 @@ class GANTrainer:
         train = self.cfg.TRAIN
         if epoch < train.WARMUP_EPOCHS:
             return
-        for name, net in self.nets.items():
-            if epoch % train[self.family.save_intervals[name]]:
-                continue
-            save_atomic(model_state_dict(net), os.path.join(self.models_dir, f'{name}_{epoch:03d}.pth'))
-            if self.ema is not None and net is self.netG:
-                save_atomic(model_state_dict(self.ema.module),
-                            os.path.join(self.models_dir, f'{EMA_NAME}_{epoch:03d}.pth'))
-            if self.finetune and name == self.family.networks[0]:
-                for enc_name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
-                    save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{enc_name}_{epoch:03d}.pth'))
+        for name in self.nets:
+            if not epoch % train[self.family.save_intervals[name]]:
+                self._save_network_files(name, f'{epoch:03d}')
+
+    def save_step_generator(self) -> str:
+        """The generator as it is now, after global step N, as ``models/netG_stepNNNNNN.pth``
+        (``step_checkpoint``; with its average and encoders as ``save_epoch_checkpoints`` writes
+        them): what a run stopped mid-epoch (a deadline, TRAIN.MAX_STEPS) generates from.
+        Returns that file (main process only)."""
+        generator = self.family.networks[0]
+        self._save_network_files(generator, step_tag(self.global_step))
+        return step_checkpoint(self.models_dir, self.global_step)
+
+    def _save_network_files(self, name: str, tag: str) -> None:
+        """``models/<name>_<tag>.pth`` (official keys); for the generator also its average
+        (TRAIN.G_EMA) and, when fine-tuning, the encoders, under the same tag."""
+        net = self.nets[name]
+        save_atomic(model_state_dict(net), os.path.join(self.models_dir, f'{name}_{tag}.pth'))
+        if self.ema is not None and net is self.netG:
+            save_atomic(model_state_dict(self.ema.module), os.path.join(self.models_dir, f'{EMA_NAME}_{tag}.pth'))
+        if self.finetune and name == self.family.networks[0]:
+            for enc_name, enc in (('text_encoder', self.text_encoder), ('image_encoder', self.image_encoder)):
+                save_atomic(model_state_dict(enc), os.path.join(self.models_dir, f'{enc_name}_{tag}.pth'))
 
     @torch.no_grad()
     def end_of_epoch_images(self, epoch: int) -> None:
