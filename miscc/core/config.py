@@ -62,7 +62,7 @@ DEFAULTS: dict = {
     },
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
-        'BASE_SIZE': 64,            # image size: 64, 128 or 256 (299 for DAMSM pretraining)
+        'BASE_SIZE': 64,            # image size: 64, 128 or 256 (32 for small runs; 299 for DAMSM pretraining)
     },
     'TRAIN': {
         'FLAG': True,
