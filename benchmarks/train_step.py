@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --nf 32 --batch 2 --size 256 --iters 3 --mode faithful
     python benchmarks/train_step.py --model dfgan --nf 32 --batch 2 --size 256 --iters 3
     python benchmarks/train_step.py --nf 32 --batch 2 --mode fast
+    python benchmarks/train_step.py --nf 16 --batch 16 --size 32 --mode fast --phases --set TRAIN.LAMBDA_DA=0
     python benchmarks/train_step.py --nf 32 --batch 2 --mode official --official-repo ../text2image
 
 Data: random images in [-1, 1], random captions over a 5,450-word vocabulary (CUB's) with
@@ -75,7 +76,41 @@ def build_ours(args, device, overrides=()):
 
     def step(images, captions, lengths, class_ids):
         return update(Batch(images, captions, lengths, class_ids, [''] * len(images)))
+    step.update = update
     return step, (nets['netG'], nets['netD'], text_encoder, image_encoder)
+
+
+class PhaseTimes:
+    """Seconds spent in the parts of SSA-GAN's iteration (``--phases``): the generator's forward,
+    the D step, the G step and, inside it, the forward of the DAMSM loss. Wraps the update's
+    callables; the totals are per iteration after ``per_iter``."""
+
+    def __init__(self, update, device):
+        from miscc.families import ssagan
+        self.device, self.totals = device, {'g_forward': 0.0, 'd_step': 0.0, 'g_step': 0.0, 'damsm_forward': 0.0}
+        update.G = self._timed('g_forward', update.G)
+        update.d_step = self._timed('d_step', update.d_step)
+        self._restore = [(ssagan, 'g_step', ssagan.g_step), (ssagan, 'damsm_loss', ssagan.damsm_loss)]
+        ssagan.g_step = self._timed('g_step', ssagan.g_step)
+        ssagan.damsm_loss = self._timed('damsm_forward', ssagan.damsm_loss)
+
+    def _timed(self, name, fn):
+        def run(*args, **kwargs):
+            sync(self.device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync(self.device)
+            self.totals[name] += time.perf_counter() - start
+            return out
+        return run
+
+    def reset(self):
+        self.totals = dict.fromkeys(self.totals, 0.0)
+
+    def per_iter(self, iters: int) -> dict:
+        for module, name, fn in self._restore:
+            setattr(module, name, fn)
+        return {k: round(v / iters * 1000, 1) for k, v in self.totals.items()}
 
 
 def load_official(repo: str):
@@ -243,11 +278,16 @@ def main(argv=None):
     parser.add_argument('--flops', action='store_true',
                         help='also count the floating-point operations of one iteration (torch.utils.flop_counter: '
                              'convolutions and matrix products, forward and backward) and report TFLOP per image')
+    parser.add_argument('--phases', action='store_true',
+                        help="also report the ms per iteration of G's forward, the D step, the G step and the "
+                             "DAMSM loss's forward inside it (SSA-GAN, our modes)")
     parser.add_argument('--peak-tflops', type=float, default=0.0, metavar='T',
                         help='with --flops: the device peak in TFLOP/s, to report model FLOP utilisation')
     args = parser.parse_args(argv)
     if args.model != 'ssagan' and (args.mode == 'official' or args.check):
         parser.error('--mode official and --check compare with the official SSA-GAN code: use --model ssagan')
+    if args.phases and (args.model != 'ssagan' or args.mode == 'official' or args.check):
+        parser.error("--phases times the parts of our SSA-GAN update: use --model ssagan and --mode faithful or fast")
     device = torch.device(args.device)
     if args.allocator is None:
         args.allocator = 'system' if args.mode == 'official' else load_config(None, args.set).CPU_ALLOCATOR
@@ -277,9 +317,12 @@ def main(argv=None):
         update = OfficialUpdate(args, device, modules, cfg)
     else:
         update, _ = build_ours(args, device, args.set)
+    phases = PhaseTimes(update.update, device) if args.phases else None
     for images, captions, lens, class_ids in batches[:args.warmup]:
         update(images, captions, lens, class_ids)
     sync(device)
+    if phases:
+        phases.reset()
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for images, captions, lens, class_ids in batches[args.warmup:]:
@@ -290,6 +333,11 @@ def main(argv=None):
     # page faults and kernel CPU time per iteration: what the CPU_ALLOCATOR setting is about
     memory = {'page_faults_per_iter': round((usage.ru_minflt - usage_before.ru_minflt) / args.iters),
               'system_cpu_s_per_iter': round((usage.ru_stime - usage_before.ru_stime) / args.iters, 3)}
+    # the process's own CPU time: on a shared machine less inflated by other jobs than the wall clock
+    cpu_ms = (usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime) / args.iters * 1000
+    extra = {'cpu_ms_per_iter': round(cpu_ms, 1)}
+    if phases:
+        extra['phase_ms_per_iter'] = phases.per_iter(args.iters)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
@@ -300,7 +348,6 @@ def main(argv=None):
         table = prof.key_averages(group_by_input_shape=args.profile_shapes)
         print(table.table(sort_by=key, row_limit=args.profile, max_name_column_width=60,
                           max_shapes_column_width=120), file=sys.stderr)
-    extra = {}
     if args.flops:
         flops = count_flops(update, batches[-1], device)
         extra['tflop_per_image'] = round(flops / args.batch / 1e12, 4)

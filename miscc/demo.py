@@ -43,7 +43,8 @@ from .core.checkpoint import step_checkpoint
 from .core.config import ConfigError, load_config
 from .core.files import read_json, read_jsonl, write_json
 from .data.synthetic import ensure_synthetic_birds, judge_body_colour
-from .evaluation.generation import generate, generate_test_images, load_generation_stack, to_uint8_image
+from .evaluation.generation import (generate, generate_test_images, load_generation_stack, sampling_checkpoint,
+                                    to_uint8_image)
 from .evaluation.outputs import other_generator, read_manifest, save_png
 from .evaluation.scores import caption_r_precision
 from .training.damsm import DAMSMTrainer
@@ -312,7 +313,8 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
         for batch in generate_test_images(stack, num, cfg.SAMPLE.BATCH_SIZE or 50, seed=cfg.SAMPLE.SEED):
             images.append(batch.images.permute(0, 2, 3, 1).numpy())
             keys += batch.keys
-        yield {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': path,
+        # 'checkpoint': the file sampled from (with TRAIN.G_EMA, the average saved beside ``path``)
+        yield {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': stack.netg_path,
                'body_colour_accuracy': round(body_colour_accuracy(np.concatenate(images), keys, body), 4)}
 
 
@@ -415,7 +417,7 @@ def run_demo(cfg) -> dict:
         'caption_grid': results['generate']['grid'],
         'caption_grid_with_masks': results['generate']['captions_grid'],
         'training_samples': results['gan']['samples'],
-        'generator': results['gan']['netG'],
+        'generator': sampling_checkpoint(cfg, results['gan']['netG']),   # the file the images came from
         'text_encoder': results['damsm']['text_encoder'],
         'damsm_run': results['damsm']['run'],
     }

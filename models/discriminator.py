@@ -15,8 +15,15 @@ __all__ = ['NetD', 'DownBlock', 'ConditionalLogits', 'discriminator_channels']
 
 
 def discriminator_channels(img_size: int) -> list:
-    """Output-channel multipliers of the down blocks: [2, 4, 8, 16, 16, 16] at 256 px."""
-    return [min(2 ** (i + 1), 16) for i in range(num_stages(img_size) - 1)]
+    """Output-channel multipliers of the down blocks: [2, 4, 8, 16, 16, 16] at 256 px,
+    [2, 4, 8, 16] at 64 px.
+
+    The matching head needs 16*ndf channels at 4 x 4, which the doubling schedule reaches
+    after four blocks; 32 px has three, so it drops the schedule's first block: [4, 8, 16].
+    """
+    blocks = num_stages(img_size) - 1
+    skip = max(0, 4 - blocks)       # leading blocks of the 64-px schedule left out (1 at 32 px)
+    return [min(2 ** (i + 1 + skip), 16) for i in range(blocks)]
 
 
 class DownBlock(nn.Module):
@@ -26,7 +33,7 @@ class DownBlock(nn.Module):
     applied only where channels change, but exists (and is in the checkpoint) always.
     """
 
-    def __init__(self, fin: int, fout: int):
+    def __init__(self, fin: int, fout: int, gate_init: float = 0.0):
         super().__init__()
         self.learned_shortcut = fin != fout
         self.conv_r = nn.Sequential(
@@ -40,7 +47,8 @@ class DownBlock(nn.Module):
             # Unused, kept for checkpoint compatibility. Freezing it changes nothing
             # (it never gets a gradient) and lets DDP run without unused-parameter search.
             self.conv_s.requires_grad_(False)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        # official: 0, so a fresh block is its shortcut
+        self.gamma = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.conv_s(x) if self.learned_shortcut else x
@@ -67,9 +75,12 @@ class ConditionalLogits(nn.Module):
 
 class NetD(nn.Module):
     """Discriminator. ``forward(image B x 3 x S x S) -> features B x 16ndf x 4 x 4``;
-    ``COND_DNET(features, sent B x 256) -> logits B x 1 x 1 x 1``."""
+    ``COND_DNET(features, sent B x 256) -> logits B x 1 x 1 x 1``.
 
-    def __init__(self, ndf: int = 64, img_size: int = 256, cond_dim: int = 256):
+    ``gate_init`` is the initial value of every DownBlock's residual gate ``gamma``
+    (official: 0)."""
+
+    def __init__(self, ndf: int = 64, img_size: int = 256, cond_dim: int = 256, gate_init: float = 0.0):
         super().__init__()
         self.ndf = ndf
         self.img_size = img_size
@@ -77,7 +88,7 @@ class NetD(nn.Module):
         fin = ndf
         mults = discriminator_channels(img_size)
         for i, mult in enumerate(mults):
-            self.add_module(f'block{i}', DownBlock(fin, mult * ndf))
+            self.add_module(f'block{i}', DownBlock(fin, mult * ndf, gate_init))
             fin = mult * ndf
         self.num_blocks = len(mults)
         self.COND_DNET = ConditionalLogits(ndf, cond_dim)

@@ -90,7 +90,8 @@ class SSACNBlock(nn.Module):
     (official name ``G_Block``).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, cond_dim: int = 256, predict_mask: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int = 256, predict_mask: bool = True,
+                 gate_init: float = 0.0):
         super().__init__()
         self.learnable_sc = in_ch != out_ch
         self.predict_mask = predict_mask
@@ -98,7 +99,9 @@ class SSACNBlock(nn.Module):
         self.c2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
         self.affine0 = SemanticSpatialBN(in_ch, cond_dim)
         self.affine2 = SemanticSpatialBN(out_ch, cond_dim)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        # official: 0, so the residual (the only path of the text into the image) opens only as
+        # fast as Adam moves gamma, about one learning rate per step
+        self.gamma = nn.Parameter(torch.full((1,), float(gate_init)))
         if self.learnable_sc:
             self.c_sc = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
         if predict_mask:
@@ -126,10 +129,12 @@ class NetG(nn.Module):
     ``masks='ones'`` (ablation) fixes every mask at 1: no mask predictor is built (so the
     state dict has no ``conv_mask`` keys) and each SSCBN is ``(gamma(e) + 1) * BN(x) + beta(e)``;
     the returned masks are those ones.
+
+    ``gate_init`` is the initial value of every block's residual gate ``gamma`` (official: 0).
     """
 
     def __init__(self, ngf: int = 64, nz: int = 100, img_size: int = 256, cond_dim: int = 256,
-                 masks: str = 'predicted'):
+                 masks: str = 'predicted', gate_init: float = 0.0):
         super().__init__()
         if masks not in MASK_MODES:
             raise ValueError(f"masks must be one of {', '.join(map(repr, MASK_MODES))}, got {masks!r}")
@@ -146,7 +151,7 @@ class NetG(nn.Module):
         for i, mult in enumerate(mults):
             last = i == len(mults) - 1
             self.add_module(f'block{i}', SSACNBlock(in_ch, mult * ngf, cond_dim,
-                                                    predict_mask=predicted and not last))
+                                                    predict_mask=predicted and not last, gate_init=gate_init))
             in_ch = mult * ngf
         self.num_blocks = len(mults)
         self.conv_img = nn.Sequential(

@@ -74,12 +74,13 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     assert [e['file'] for e in entries] == [f'img_s{n}.png' for n in range(100)]
     assert sorted(p.name for p in folder.glob('img_s*.png')) == sorted(e['file'] for e in entries)
     assert sorted(p.name for p in folder.glob('fm_*.png')) == sorted(e['mask'] for e in entries)
+    size = load_config(str(ROOT / 'cfg' / 'demo.yml')).TREE.BASE_SIZE   # the demo's image size (32)
     attrs = {json.loads(a)['key']: json.loads(a) for a in (tmp_path / 'birds' / 'attributes.jsonl').read_text().splitlines()}
     for e in entries:
         assert e['key'] in attrs and attrs[e['key']]['body'] in e['caption']
-        assert Image.open(folder / e['file']).size == (64, 64)
+        assert Image.open(folder / e['file']).size == (size, size)
     grid = Image.open(report['files']['caption_grid'])
-    assert grid.size[1] == 2 * (64 + 2)                           # one row per grid caption
+    assert grid.size[1] == 2 * (size + 2)                         # one row per grid caption
     assert np.asarray(grid).std() > 0
     check_confusion(report)
     seconds = report['stage_seconds']                             # cfg/demo.yml's budget, far from spent here
@@ -127,7 +128,9 @@ def test_demo_continued_to_more_epochs_generates_again(tmp_path):
     before = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])
     assert gan_main(False, argv + ['TRAIN.MAX_EPOCH=2']) == 0
     second = json.loads((out / 'report.json').read_text())
-    assert Path(second['files']['generator']).name == 'netG_002.pth'
+    # the generator the images came from: with the demo's TRAIN.G_EMA, the average of G
+    ema = load_config(str(ROOT / 'cfg' / 'demo.yml')).TRAIN.G_EMA
+    assert Path(second['files']['generator']).name == ('netG_ema_002.pth' if ema else 'netG_002.pth')
     record = json.loads((folder / 'generator.json').read_text())
     assert record['sha256'] == file_sha256(second['files']['generator'])
     after = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])

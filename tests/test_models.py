@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from miscc.core.config import ConfigError, load_config
 from miscc.families import build_networks
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER
+from models.discriminator import discriminator_channels
 from models.encoders import INCEPTION_FILENAMES
 from models.generator import SSACNBlock, SemanticSpatialBN, generator_channels
 
@@ -102,12 +103,55 @@ def test_generator_rejects_unsupported_size():
         NetG(ngf=4, img_size=100)
 
 
-@pytest.mark.parametrize('size', [64, 128, 256])
+@pytest.mark.parametrize('size', [32, 64, 128, 256])
 def test_discriminator_shapes(size):
     d = NetD(ndf=4, img_size=size)
     feats = d(torch.randn(2, 3, size, size))
     assert feats.shape == (2, 64, 4, 4)
     assert d.COND_DNET(feats, torch.randn(2, 256)).shape == (2, 1, 1, 1)
+
+
+def test_discriminator_channels_32px_drops_the_first_block_of_64px():
+    assert discriminator_channels(64) == [2, 4, 8, 16]
+    assert discriminator_channels(128) == [2, 4, 8, 16, 16]
+    assert discriminator_channels(256) == [2, 4, 8, 16, 16, 16]
+    assert discriminator_channels(32) == [4, 8, 16]
+    d = NetD(ndf=4, img_size=32)
+    assert [(b.conv_r[0].in_channels, b.conv_r[0].out_channels) for b in d.blocks] == [(4, 16), (16, 32), (32, 64)]
+
+
+def test_32px_generator_and_discriminator_train_together():
+    torch.manual_seed(0)
+    g, d = NetG(ngf=4, nz=100, img_size=32), NetD(ndf=4, img_size=32)
+    sent = torch.randn(3, 256)
+    img, masks = g(torch.randn(3, 100), sent)
+    assert img.shape == (3, 3, 32, 32) and [m.shape[-1] for m in masks] == [4, 8, 16, 32]
+    feats = d(img)
+    assert feats.shape == (3, 16 * 4, 4, 4)
+    d.COND_DNET(feats, sent).mean().backward()
+    assert g.fc.weight.grad.abs().sum() > 0
+
+
+def test_gate_init_sets_every_residual_gate():
+    g = NetG(ngf=4, nz=100, img_size=64, gate_init=0.25)
+    d = NetD(ndf=4, img_size=64, gate_init=0.5)
+    assert [b.gamma.item() for b in g.blocks] == [0.25] * 5
+    assert [b.gamma.item() for b in d.blocks] == [0.5] * 4
+    assert all(b.gamma.requires_grad for b in g.blocks + d.blocks)
+    # the same keys and shapes as with the official zero gates
+    assert {k: v.shape for k, v in g.state_dict().items()} == {k: v.shape for k, v in NetG(4, 100, 64).state_dict().items()}
+    # an open gate lets the residual (and with it the sentence) change a fresh block's output
+    x, mask = torch.randn(2, 16, 8, 8), torch.ones(2, 1, 8, 8)
+    block = SSACNBlock(16, 16, predict_mask=False, gate_init=1.0)
+    assert not torch.equal(block(x, torch.randn(2, 256), mask)[0], x)
+
+
+def test_gate_init_keys_reach_the_networks():
+    nets = build_networks(load_config(None, ['TRAIN.NF=2']))
+    assert all(b.gamma.item() == 0.0 for b in nets['netG'].blocks + nets['netD'].blocks)   # official
+    nets = build_networks(load_config(None, ['TRAIN.NF=2', 'GAN.GATE_INIT=0.1', 'GAN.D_GATE_INIT=1.0']))
+    assert all(b.gamma.item() == pytest.approx(0.1) for b in nets['netG'].blocks)
+    assert all(b.gamma.item() == 1.0 for b in nets['netD'].blocks)
 
 
 def test_sscbn_formula():

@@ -8,6 +8,7 @@ import torch
 from helpers import as_batch, ssagan_update
 from miscc.core.config import ConfigError, load_config
 from miscc.families import family_of
+from miscc.families import ssagan
 from miscc.families.ssagan import UpdateOptions
 from miscc.training.gan import apply_fast_model_options
 from models import CNN_ENCODER, NetD, NetG, RNN_ENCODER
@@ -154,3 +155,50 @@ def test_gpu_option_set_on_cpu_gives_the_same_losses():
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
     for (name, p), q in zip(plain.netD.named_parameters(), gpu_like.netD.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+class _RaisingImageEncoder(torch.nn.Module):
+    """An image encoder whose forward fails: proves that it is never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args):
+        raise AssertionError('the image encoder was called')
+
+
+def _old_g_step(u, fake, words, sent, cap_lens, class_ids):
+    """The G step before lambda_DA = 0 skipped the image encoder: 0 x the DAMSM loss."""
+    with ssagan.frozen(u.netD, u.image_encoder):
+        err_g = ssagan.generator_adversarial_loss(u.netD.COND_DNET(u.D(fake), sent).float())
+        damsm = u.opts.lambda_da * ssagan.damsm_loss(u.image_encoder, fake, words, sent, cap_lens, class_ids,
+                                                     **u.opts.smooth)
+        ssagan.optimizer_step(u.optG, err_g + damsm)
+    return dict(errG=err_g, DAMSM=damsm)
+
+
+def test_lambda_da_zero_never_runs_the_image_encoder_and_keeps_the_update(monkeypatch):
+    netG, netD, text, image = _nets()
+    skipping = ssagan_update(*(copy.deepcopy(n) for n in (netG, netD, text)), _RaisingImageEncoder(), lambda_da=0.0)
+    old = _update((netG, netD, text, image), lambda_da=0.0)
+    torch.manual_seed(11)
+    new_losses = skipping(_batch(2))
+    monkeypatch.setattr(ssagan, 'g_step', _old_g_step)
+    torch.manual_seed(11)
+    old_losses = old(_batch(2))
+    assert new_losses['DAMSM'] == 0.0 and old_losses['DAMSM'] == 0.0
+    assert new_losses['errG'] == old_losses['errG']
+    moved = False
+    for (name, a), b, start in zip(skipping.netG.named_parameters(), old.netG.parameters(), netG.parameters()):
+        assert torch.equal(a, b), name          # the same G update, bit for bit
+        moved |= not torch.equal(a, start)
+    assert moved
+    # with a DAMSM weight the encoder is used: the raising one stops the step
+    with pytest.raises(AssertionError, match='image encoder was called'):
+        ssagan_update(*(copy.deepcopy(n) for n in (netG, netD, text)), _RaisingImageEncoder(), lambda_da=0.05)(_batch(2))
+
+
+def test_lambda_da_zero_from_the_config():
+    cfg = load_config(None, ['TRAIN.LAMBDA_DA=0'])
+    assert UpdateOptions.from_config(cfg, torch.device('cpu'), finetune=False).lambda_da == 0.0

@@ -216,9 +216,9 @@ def test_body_colour_judge_on_hand_made_and_real_images(synthetic_small):
     assert judge_body_colour(sky) == ['green', 'purple', None]
     with pytest.raises(ValueError, match='N x H x W x 3'):
         judge_body_colour(sky[0])
-    # on the real images, at the training size, it reads the body colour of every bird
+    # on the real images, at the training sizes (the demo's 32 px too), it reads the body colour of every bird
     attrs = {a['key']: a['body'] for a in _attributes(synthetic_small)}
-    for size in (64, 128):
+    for size in (32, 64, 128):
         data = RealImageDataset(str(synthetic_small), 'train', image_size=size, dataset_name='synthetic_birds')
         images, keys = zip(*(data[i] for i in range(len(data))))
         judged = judge_body_colour(np.stack([im.permute(1, 2, 0).numpy() for im in images]))

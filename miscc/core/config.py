@@ -62,7 +62,7 @@ DEFAULTS: dict = {
     },
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
-        'BASE_SIZE': 64,            # image size: 64, 128 or 256 (299 for DAMSM pretraining)
+        'BASE_SIZE': 64,            # image size: 64, 128 or 256 (32 for small runs; 299 for DAMSM pretraining)
     },
     'TRAIN': {
         'FLAG': True,
@@ -119,9 +119,14 @@ DEFAULTS: dict = {
             'ENCODERS_TRAIN_MODE': True,
         },
     },
-    'GAN': {                        # official keys (only Z_DIM is read) and MASKS
+    'GAN': {                        # official keys (only Z_DIM is read), MASKS and the gate inits
         'MASKS': 'predicted',       # SSA-GAN's SSCBN masks: 'predicted' (official) or 'ones' (ablation:
                                     # no mask predictors, each SSCBN a sentence-conditioned BN)
+        # SSA-GAN's residual gates at the start (official 0): every generator block's gamma
+        # (out = shortcut + gamma * residual; the residual carries the text into the image) and
+        # every discriminator DownBlock's gamma. Above 0 the text reaches the image from the first step.
+        'GATE_INIT': 0.0,
+        'D_GATE_INIT': 0.0,
         'DF_DIM': 64,
         'GF_DIM': 128,
         'Z_DIM': 100,

@@ -82,14 +82,21 @@ def d_step_fused(u: 'SSAGANUpdate', imgs, fake, sent) -> dict:
 
 
 def g_step(u: 'SSAGANUpdate', fake, words, sent, cap_lens, class_ids) -> dict:
-    """Adversarial + lambda_DA x DAMSM loss of the fakes; D and the image encoder frozen."""
+    """Adversarial + lambda_DA x DAMSM loss of the fakes; D and the image encoder frozen.
+
+    With lambda_DA = 0 the image encoder is not run at all (its term would add zeros to G's
+    gradients at the cost of an Inception forward and backward); DAMSM is then reported as 0.
+    """
     # Under DDP the G step's pass through D must not take part in D's gradient sync.
     d_for_g = u.netD if u.distributed else u.D
     with frozen(u.netD, u.image_encoder):
         with u.autocast():
             err_g = generator_adversarial_loss(u.netD.COND_DNET(d_for_g(fake), sent).float())
-            damsm = u.opts.lambda_da * damsm_loss(u.image_encoder, fake, words, sent, cap_lens, class_ids,
-                                                  **u.opts.smooth)
+            if u.opts.lambda_da:
+                damsm = u.opts.lambda_da * damsm_loss(u.image_encoder, fake, words, sent, cap_lens, class_ids,
+                                                      **u.opts.smooth)
+            else:
+                damsm = err_g.new_zeros(())
         optimizer_step(u.optG, err_g + damsm)
     return dict(errG=err_g, DAMSM=damsm)
 
@@ -163,8 +170,9 @@ class SSAGAN(Family):
         if cfg.GAN.MASKS not in MASK_MODES:
             raise ConfigError(f"GAN.MASKS must be one of {', '.join(map(repr, MASK_MODES))}, got '{cfg.GAN.MASKS}'")
         size = check_image_size(cfg)
-        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, size, cfg.TEXT.EMBEDDING_DIM, masks=cfg.GAN.MASKS),
-                'netD': NetD(cfg.TRAIN.NF, size, cfg.TEXT.EMBEDDING_DIM)}
+        return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, size, cfg.TEXT.EMBEDDING_DIM, masks=cfg.GAN.MASKS,
+                             gate_init=cfg.GAN.GATE_INIT),
+                'netD': NetD(cfg.TRAIN.NF, size, cfg.TEXT.EMBEDDING_DIM, gate_init=cfg.GAN.D_GATE_INIT)}
 
     def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
         """TRAIN.CONV_GRADFIX for D's convolutions; the lean SSCBN with TRAIN.FAST."""
