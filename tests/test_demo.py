@@ -47,6 +47,13 @@ def check_confusion(report):
     assert round(right / total, 4) == report['body_colour_accuracy']['generated']
 
 
+def sampled(name: str) -> str:
+    """The file the demo samples from for generator file ``name``: with cfg/demo.yml's
+    TRAIN.G_EMA the average of G beside it (netG_001.pth -> netG_ema_001.pth)."""
+    ema = load_config(str(ROOT / 'cfg' / 'demo.yml')).TRAIN.G_EMA
+    return name.replace('netG_', 'netG_ema_', 1) if ema else name
+
+
 def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     (tmp_path / 'damsm.yml').write_text(TINY_DAMSM)
     out = tmp_path / 'demo'
@@ -99,7 +106,7 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     scored = report['checkpoint_accuracy']                        # the report scores them too, on the same images
     assert scored['images_each'] == 100 and scored['seconds'] >= 0
     assert scored['scores'] == [{'epoch': 1, 'body_colour_accuracy': rows[0]['body_colour_accuracy'],
-                                 'checkpoint': 'netG_001.pth'}]
+                                 'checkpoint': sampled('netG_001.pth')}]
 
     # a second run reuses every finished stage: no new training runs, same report numbers
     runs = sorted(p.name for p in (out / 'gan').iterdir()) + sorted(p.name for p in (out / 'damsm').iterdir())
@@ -128,9 +135,7 @@ def test_demo_continued_to_more_epochs_generates_again(tmp_path):
     before = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])
     assert gan_main(False, argv + ['TRAIN.MAX_EPOCH=2']) == 0
     second = json.loads((out / 'report.json').read_text())
-    # the generator the images came from: with the demo's TRAIN.G_EMA, the average of G
-    ema = load_config(str(ROOT / 'cfg' / 'demo.yml')).TRAIN.G_EMA
-    assert Path(second['files']['generator']).name == ('netG_ema_002.pth' if ema else 'netG_002.pth')
+    assert Path(second['files']['generator']).name == sampled('netG_002.pth')
     record = json.loads((folder / 'generator.json').read_text())
     assert record['sha256'] == file_sha256(second['files']['generator'])
     after = np.stack([np.asarray(Image.open(folder / f'img_s{n}.png')) for n in range(20)])
@@ -155,7 +160,7 @@ def test_a_tiny_budget_cuts_the_gan_stage_and_a_rerun_trains_no_further_until_th
     assert report['budget']['gan_seconds_allowed'] == round(1 - 1 - report['stage_seconds']['data']
                                                             - report['stage_seconds']['damsm'], 1) < 0
     generator = Path(report['files']['generator'])
-    assert generator.name == 'netG_step000001.pth' and generator.is_file()
+    assert generator.name == sampled('netG_step000001.pth') and generator.is_file()
     assert report['images'] == 100 and len(list(Path(report['files']['generated_images']).glob('img_s*.png'))) == 100
     check_confusion(report)
     assert report['checkpoint_accuracy']['scores'] == []          # cut within epoch 1: no netG_001.pth
@@ -173,7 +178,7 @@ def test_a_tiny_budget_cuts_the_gan_stage_and_a_rerun_trains_no_further_until_th
     assert gan_main(False, argv + ['DEMO.TIME_BUDGET=0']) == 0
     done = json.loads((out / 'report.json').read_text())
     assert done['gan_steps'] == 2 and done['budget']['cut'] is False
-    assert Path(done['files']['generator']).name == 'netG_001.pth'
+    assert Path(done['files']['generator']).name == sampled('netG_001.pth')
     assert [r['epoch'] for r in done['checkpoint_accuracy']['scores']] == [1]
     assert done['checkpoint_accuracy']['scores'][0]['body_colour_accuracy'] == done['body_colour_accuracy']['generated']
 

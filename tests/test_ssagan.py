@@ -153,8 +153,14 @@ def test_gpu_option_set_on_cpu_gives_the_same_losses():
         b = gpu_like(_batch(3 + step))
         for k in ('errD', 'errG', 'DAMSM', 'MAGP'):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
+    # Adam's first steps move a weight by about +-lr whatever the size of its gradient, so a
+    # gradient within rounding of 0 may step either way (seen on some CPUs and thread counts):
+    # nearly every weight agrees to 1e-5, and none is further apart than those two steps allow
+    lr = plain.optD.param_groups[0]['lr']
     for (name, p), q in zip(plain.netD.named_parameters(), gpu_like.netD.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(q, p, rtol=0, atol=2 * 2 * lr, msg=name)
+        close = ((q - p).abs() <= 1e-5 + 1e-4 * p.abs()).float().mean().item()
+        assert close >= 0.99, (name, close)
 
 
 class _RaisingImageEncoder(torch.nn.Module):
