@@ -31,7 +31,6 @@ import json
 import os
 import pickle
 import random
-import re
 import shutil
 import signal
 import subprocess

@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 from datasets import Batch  # noqa: E402
 from miscc.core.config import load_config  # noqa: E402
 from miscc.core.runtime import configure_cpu_allocator  # noqa: E402
-from miscc.families import family_of  # noqa: E402
+from miscc.families import family_of, ssagan  # noqa: E402
 from miscc.training.gan import apply_fast_model_options  # noqa: E402
 from models import CNN_ENCODER, RNN_ENCODER  # noqa: E402
 
@@ -86,7 +86,6 @@ class PhaseTimes:
     callables; the totals are per iteration after ``per_iter``."""
 
     def __init__(self, update, device):
-        from miscc.families import ssagan
         self.device, self.totals = device, {'g_forward': 0.0, 'd_step': 0.0, 'g_step': 0.0, 'damsm_forward': 0.0}
         update.G = self._timed('g_forward', update.G)
         update.d_step = self._timed('d_step', update.d_step)

@@ -397,6 +397,13 @@ def _torchrun(argv, launcher='torch.distributed.run', **kwargs):
                             **kwargs)
 
 
+def _wait_for_first_state(out_dir, timeout=300):
+    """Until a run under ``out_dir`` has written its first training state (or ``timeout`` s)."""
+    deadline = time.time() + timeout
+    while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
+        time.sleep(0.2)
+
+
 def _finish(proc, timeout=600):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
@@ -428,9 +435,7 @@ def test_torchrun_kill_9_of_one_rank_ends_the_other_with_a_message_in_bounded_ti
     out_dir = tiny_setup / 'ddp_kill'
     proc = _torchrun(overrides(tiny_setup, out='ddp_kill', **{'TRAIN.MAX_EPOCH': 100, 'DIST_TIMEOUT': 20}))
     try:
-        deadline = time.time() + 300
-        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
-            time.sleep(0.5)
+        _wait_for_first_state(out_dir)
         ranks = torchrun_worker_pids(proc.pid)
         assert sorted(ranks) == [0, 1], 'no state after epoch 1 or no workers found'
         os.kill(ranks[1], signal.SIGKILL)
@@ -455,9 +460,7 @@ def test_sigterm_to_the_launcher_exits_143_with_one_line_and_no_traceback(tiny_s
     out_dir = tiny_setup / 'ddp_term'
     proc = _torchrun(overrides(tiny_setup, out='ddp_term', **{'TRAIN.MAX_EPOCH': 100}), launcher='miscc.launch')
     try:
-        deadline = time.time() + 300
-        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
-            time.sleep(0.2)
+        _wait_for_first_state(out_dir)
         assert sorted(torchrun_worker_pids(proc.pid)) == [0, 1], 'no state after epoch 1 or no workers found'
         os.kill(proc.pid, signal.SIGTERM)
         rc, out = _finish(proc, timeout=200)
@@ -481,9 +484,7 @@ def test_sigterm_mid_run_exits_143_with_one_line_and_resumes(tiny_setup):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS='ignore'), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while not list(out_dir.glob('*/models/state_last.pth')) and time.time() < deadline:
-            time.sleep(0.2)
+        _wait_for_first_state(out_dir)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
