@@ -24,7 +24,7 @@ from datasets import DataError
 from .core.checkpoint import CheckpointError
 from .core.config import ConfigError, load_config
 from .core.files import DiskFullError
-from .core.runtime import DistributedError
+from .core.runtime import DistributedError, close_distributed
 from .demo import run_demo
 from .evaluation.generation import CaptionError, generate
 from .evaluation.scores import evaluate
@@ -110,6 +110,14 @@ def gan_main(finetune: bool, argv=None) -> int:
     name = 'main_finetune.py' if finetune else 'main.py'
     args = parse_args(argv, ('Fine-tune SSA-GAN with its DAMSM encoders' if finetune else 'Train SSA-GAN')
                       + '; B_VALIDATION=True generates images instead')
+    try:
+        return _gan_run(name, finetune, args)
+    finally:
+        # a torchrun worker leaves the group before the interpreter's shutdown (close_distributed)
+        close_distributed()
+
+
+def _gan_run(name: str, finetune: bool, args) -> int:
     try:
         cfg = config_from_args(args)
         captions = _read_captions(args)

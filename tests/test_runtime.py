@@ -1,4 +1,4 @@
-"""CPU_ALLOCATOR: freed memory is kept for reuse ('keep') or given back as glibc does ('system')."""
+"""CPU_ALLOCATOR: freed memory is kept for reuse ('keep') or given back as glibc does ('system'); leaving the process group."""
 import json
 import os
 import platform
@@ -58,3 +58,33 @@ def test_default_and_bad_values():
     assert configure_cpu_allocator('system') is False
     with pytest.raises(ConfigError, match="CPU_ALLOCATOR must be one of keep, system, got 'fast'"):
         configure_cpu_allocator('fast')
+
+
+def _join_single_process_group():
+    import torch.distributed as dist
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    return dist
+
+
+def test_close_distributed_leaves_the_group_and_is_a_no_op_without_one():
+    from miscc.core.runtime import close_distributed
+    dist = _join_single_process_group()
+    close_distributed()
+    assert not dist.is_initialized()
+    close_distributed()     # nothing joined: no error
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize('argv', [['NO_SUCH_KEY=1'], ['TRAIN.MAX_EPOCH=1', 'DEMO.TIME_BUDGET=-5']])
+def test_main_leaves_the_process_group_on_every_exit(argv):
+    """main.py's process leaves the group it joined, also when it ends with an error: a
+    torchrun worker with the group still open at shutdown can abort after finishing."""
+    from miscc.cli import gan_main
+    dist = _join_single_process_group()
+    try:
+        assert gan_main(False, ['--cfg', os.path.join(ROOT, 'cfg', 'demo.yml'), *argv]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from .config import ConfigError
 
 __all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
-           'init_distributed', 'DistributedError', 'is_collective_failure', 'gather_objects',
+           'init_distributed', 'close_distributed', 'DistributedError', 'is_collective_failure', 'gather_objects',
            'DEFAULT_DIST_TIMEOUT', 'seed_everything',
            'rng_state', 'set_rng_state', 'make_run_dir', 'sample_seeds']
 
@@ -155,6 +155,16 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_DIST
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def close_distributed() -> None:
+    """Leave the process group if this process joined one (a no-op otherwise).
+
+    A torchrun worker that exits with the group still open leaves Gloo's worker threads to the
+    interpreter's shutdown, where a process that finished its work can abort ('terminate called
+    without an active exception', SIGABRT) and torchrun then fails the whole run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def gather_objects(obj, dist_env: DistEnv) -> list:
