@@ -151,7 +151,9 @@ def test_bad_overrides():
                                                ('WORKERS', -1, 0), ('EVAL.SPLITS', 0, 1),
                                                ('TEXT.CAPTIONS_PER_IMAGE', 0, 1), ('TREE.BASE_SIZE', 0, 1),
                                                ('TREE.BASE_SIZE', -64, 1), ('TRAIN.NF', 0, 1),
-                                               ('GAN.Z_DIM', 0, 1), ('TEXT.EMBEDDING_DIM', -1, 1)])
+                                               ('GAN.Z_DIM', 0, 1), ('TEXT.EMBEDDING_DIM', -1, 1),
+                                               ('DEMO.TIME_BUDGET', -5, 0), ('DEMO.RESERVE_SECONDS', -1, 0),
+                                               ('DEMO.CHECKPOINT_IMAGES', -1, 0)])
 def test_counts_below_their_least_value_name_the_key(tmp_path, key, value, least):
     with pytest.raises(ConfigError, match=re.escape(f'{key}={value}: must be at least {least} (')):
         load_config(None, [f'{key}={value}'])                 # were tracebacks deep inside PyTorch

@@ -251,5 +251,5 @@ def test_stage_clock_sums_over_invocations_and_the_budget_counts_the_kept_second
 
 def test_negative_budget_keys_are_config_errors_before_any_stage(tmp_path, capsys):
     assert gan_main(False, demo_argv(tmp_path, 'DEMO.TIME_BUDGET=-5')) == 2
-    assert 'DEMO.TIME_BUDGET=-5: must be 0 or more' in capsys.readouterr().err
+    assert "DEMO.TIME_BUDGET=-5: must be at least 0 (the demo's wall-clock seconds" in capsys.readouterr().err
     assert not (tmp_path / 'demo').exists() and not (tmp_path / 'birds').exists()

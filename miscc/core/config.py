@@ -498,7 +498,10 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('TEXT.EMBEDDING_DIM', 1, 'the size of the word and sentence codes'),
           ('TREE.BASE_SIZE', 1, 'the image side in pixels'),
           ('TRAIN.NF', 1, "the generator's and discriminator's base channel width"),
-          ('GAN.Z_DIM', 1, 'the size of the noise vector'))
+          ('GAN.Z_DIM', 1, 'the size of the noise vector'),
+          ('DEMO.TIME_BUDGET', 0, "the demo's wall-clock seconds; 0 = no budget"),
+          ('DEMO.RESERVE_SECONDS', 0, 'seconds of the budget kept for generate and report'),
+          ('DEMO.CHECKPOINT_IMAGES', 0, 'test captions each checkpoint is scored on; 0 = those generated'))
 
 
 def check_values(cfg: Config) -> Config:
