@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch.distributed as dist
 
+from miscc.cli import gan_main
 from miscc.core.config import ConfigError, load_config
-from miscc.core.runtime import configure_cpu_allocator
+from miscc.core.runtime import close_distributed, configure_cpu_allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,29 +63,28 @@ def test_default_and_bad_values():
 
 
 def _join_single_process_group():
-    import torch.distributed as dist
     dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
     assert dist.is_initialized()
-    return dist
 
 
 def test_close_distributed_leaves_the_group_and_is_a_no_op_without_one():
-    from miscc.core.runtime import close_distributed
-    dist = _join_single_process_group()
+    _join_single_process_group()
     close_distributed()
     assert not dist.is_initialized()
     close_distributed()     # nothing joined: no error
     assert not dist.is_initialized()
 
 
-@pytest.mark.parametrize('argv', [['NO_SUCH_KEY=1'], ['TRAIN.MAX_EPOCH=1', 'DEMO.TIME_BUDGET=-5']])
-def test_main_leaves_the_process_group_on_every_exit(argv):
-    """main.py's process leaves the group it joined, also when it ends with an error: a
-    torchrun worker with the group still open at shutdown can abort after finishing."""
-    from miscc.cli import gan_main
-    dist = _join_single_process_group()
+@pytest.mark.parametrize('cfg, argv', [('demo.yml', ['NO_SUCH_KEY=1']),
+                                       ('bird.yml', ['B_VALIDATION=True', 'TRAIN.NET_G=/nonexistent/netG_001.pth'])])
+def test_main_leaves_the_process_group_on_every_exit(cfg, argv, capsys):
+    """main.py's process leaves the group it joined, also when it ends with an error (in the
+    config; in generation, here its missing DAMSM encoder): a torchrun worker with the group
+    still open at shutdown can abort after finishing."""
+    _join_single_process_group()
     try:
-        assert gan_main(False, ['--cfg', os.path.join(ROOT, 'cfg', 'demo.yml'), *argv]) == 2
+        assert gan_main(False, ['--cfg', os.path.join(ROOT, 'cfg', cfg), *argv]) == 2
+        assert ('NO_SUCH_KEY' if cfg == 'demo.yml' else 'DAMSM text encoder') in capsys.readouterr().err
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
