@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import shutil
+import types
 from pathlib import Path
 
 import h5py
@@ -16,6 +17,7 @@ from datasets import Batch, TextDataset, crop_box
 from miscc.core.config import load_config
 from miscc.data.synthetic import make_synthetic_birds
 from miscc.families.ssagan import SSAGANUpdate, UpdateOptions, make_optimizers
+from miscc.training import driver as driver_module
 from models import CNN_ENCODER, RNN_ENCODER
 
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -245,3 +247,14 @@ def torchrun_worker_pids(parent: int) -> dict:
                 found[int(env[b'RANK'])] = pid
             todo.append(pid)
     return found
+
+
+def set_driver_clock(clock, monkeypatch=None) -> None:
+    """The training driver's ``time.time()`` returns ``float(clock())`` (to test deadlines):
+    through ``monkeypatch`` (undone after the test), or without it, in a spawned worker, for
+    the rest of that process."""
+    fake = types.SimpleNamespace(time=lambda: float(clock()))
+    if monkeypatch is None:
+        driver_module.time = fake
+    else:
+        monkeypatch.setattr(driver_module, 'time', fake)

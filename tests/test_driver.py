@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import set_driver_clock
 from miscc.core.checkpoint import CheckpointError
 from miscc.core.config import ConfigError
 from miscc.data.errors import DataError
@@ -643,9 +644,7 @@ class _CountingTrainer(_ToyTrainer):
 
 def _step_clock(monkeypatch, trainer):
     """The driver's clock becomes the trainer's step count: a deadline of N passes at step N."""
-    import types
-    import miscc.training.driver as driver_module
-    monkeypatch.setattr(driver_module, 'time', types.SimpleNamespace(time=lambda: float(trainer.count)))
+    set_driver_clock(lambda: trainer.count, monkeypatch)
 
 
 def _state_bits(run):
@@ -701,9 +700,7 @@ def test_a_deadline_already_passed_trains_one_step_and_one_at_the_last_step_cuts
 
 def _agree_worker(rank, world, store, out):
     """One rank of a gloo group: rank 1's clock passes its deadline at step 1, rank 0's never."""
-    import types
     import torch.distributed as dist
-    import miscc.training.driver as driver_module
     from datasets import collate_sorted
     from miscc.core.runtime import DistEnv
     from miscc.training.driver import Driver, StartPoint, StopFlag
@@ -714,7 +711,7 @@ def _agree_worker(rank, world, store, out):
     with StopFlag() as flag:
         agreed = [flag.agreed(True, torch.device('cpu'), late=late) for late in (False, rank == 1)]
     trainer = _CountingTrainer()
-    driver_module.time = types.SimpleNamespace(time=lambda: float(trainer.count) if rank == 1 else 0.0)
+    set_driver_clock(lambda: trainer.count if rank == 1 else 0)
     driver = Driver(_config(out), trainer, _Items(), collate_sorted, 2, StartPoint(), torch.device('cpu'),
                     DistEnv(rank=rank, world_size=world, local_rank=rank))
     driver.fit(deadline=1.0)

@@ -15,13 +15,13 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from helpers import make_synthetic_with_encoders, torchrun_worker_pids
+from helpers import make_synthetic_with_encoders, set_driver_clock, torchrun_worker_pids
 from miscc.core.checkpoint import load_model_state
 from miscc.cli import gan_main
 from miscc.core.config import load_config
 from miscc.families import build_networks
 from miscc.training.driver import NonFiniteLossError
-from miscc.training.gan import resolve_resume
+from miscc.training.gan import GANTrainer, resolve_resume
 from models import RNN_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,7 +364,6 @@ def _ddp_worker(rank, world, port, argv, out):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from miscc.cli import config_from_args, parse_args
-    from miscc.training.gan import GANTrainer
     trainer = GANTrainer(config_from_args(parse_args(argv, 'test')))
     run_dir = trainer.fit()
     torch.save({'netG': trainer.netG.state_dict(), 'netD': trainer.netD.state_dict(), 'run_dir': run_dir,
@@ -566,9 +565,6 @@ def test_a_full_disk_while_saving_exits_3_and_keeps_the_last_state(tiny_setup, m
 def test_a_deadline_cut_equals_max_steps_bit_for_bit_and_writes_the_step_generator(tiny_setup, monkeypatch):
     """Same steps, same bits: a run cut by fit's deadline after step 3 holds the training state
     of a TRAIN.MAX_STEPS=3 run, and its netG_step000003.pth is that state's generator."""
-    import types
-    import miscc.training.driver as driver_module
-    from miscc.training.gan import GANTrainer
     assert gan_main(False, overrides(tiny_setup, out='steps3', **{'TRAIN.MAX_STEPS': 3})) == 0
     (limited,) = run_dirs(tiny_setup, 'steps3')
     trainer = GANTrainer(load_config(*_split(overrides(tiny_setup, out='cut3'))).freeze())
@@ -576,7 +572,7 @@ def test_a_deadline_cut_equals_max_steps_bit_for_bit_and_writes_the_step_generat
     real_step = trainer.train_step
     trainer.train_step = lambda batch: (steps.append(1), real_step(batch))[1]
     # the driver's clock reads the steps taken: a deadline of 3.0 passes at step 3
-    monkeypatch.setattr(driver_module, 'time', types.SimpleNamespace(time=lambda: float(len(steps))))
+    set_driver_clock(lambda: len(steps), monkeypatch)
     run = Path(trainer.fit(deadline=3.0))
     monkeypatch.undo()
     assert trainer.driver.deadline_cut and trainer.global_step == 3
