@@ -38,6 +38,29 @@ print(json.dumps({'applied': applied, 'faults': faults}))
 '''
 
 
+# A finished run's DDP wrapper in a reference cycle (as trainer and training driver are), the
+# cyclic collector off so that only close_distributed can free it; prints the names of the
+# process's threads before joining a one-process Gloo group, while in it, and after leaving it.
+GLOO_THREADS_PROBE = r'''
+import gc, json, os, torch, torch.distributed as dist
+from miscc.core.runtime import close_distributed
+gc.disable()
+def threads():
+    return sorted(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task'))
+before = threads()
+dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+class Run:
+    pass
+run = Run()
+run.net, run.me = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2)), run
+run.net(torch.ones(1, 2)).sum().backward()
+inside = threads()
+del run
+close_distributed()
+print(json.dumps({'before': before, 'inside': inside, 'after': threads()}))
+'''
+
+
 def _probe(mode):
     out = subprocess.run([sys.executable, '-c', PROBE, mode], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=ROOT), check=True).stdout
@@ -73,6 +96,22 @@ def test_close_distributed_leaves_the_group_and_is_a_no_op_without_one():
     assert not dist.is_initialized()
     close_distributed()     # nothing joined: no error
     assert not dist.is_initialized()
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason="the probe lists threads in Linux's /proc")
+def test_close_distributed_ends_the_gloo_threads():
+    """After close_distributed no Gloo worker thread is left for the interpreter's shutdown (where
+    one that takes the GIL aborts the process): the group's last references, held by DDP wrappers in
+    reference cycles, are collected, and torch.distributed.nn.functional, which DDP imports (via
+    torch._dynamo) and which holds the world group in default arguments, was imported first."""
+    out = subprocess.run([sys.executable, '-c', GLOO_THREADS_PROBE], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'), check=True).stdout
+    names = json.loads(out.strip().splitlines()[-1])
+
+    def workers(threads):   # the threads that run collectives and drop their tensors
+        return [n for n in threads if n == 'pt_gloo_runloop']
+    assert len(workers(names['inside'])) >= 1 and not workers(names['before']), names   # the probe sees them
+    assert not workers(names['after']), names
 
 
 @pytest.mark.parametrize('cfg, argv', [('demo.yml', ['NO_SUCH_KEY=1']),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime
+import gc
 import os
 import random
 from dataclasses import dataclass, field
@@ -13,6 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists: its functions take ``group=group.WORLD`` as a default
+# argument, evaluated at import, so imported after joining (torch._dynamo imports it, and DDP
+# imports torch._dynamo) it would hold the group for ever and close_distributed could not end
+# Gloo's threads.
+import torch.distributed.nn.functional  # noqa: F401
 
 from .config import ConfigError
 
@@ -160,11 +166,16 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_DIST
 def close_distributed() -> None:
     """Leave the process group if this process joined one (a no-op otherwise).
 
-    A torchrun worker that exits with the group still open leaves Gloo's worker threads to the
-    interpreter's shutdown, where a process that finished its work can abort ('terminate called
-    without an active exception', SIGABRT) and torchrun then fails the whole run."""
+    A torchrun worker that exits with Gloo's worker threads alive can abort in the interpreter's
+    shutdown ('terminate called without an active exception', SIGABRT), and torchrun then fails
+    the whole run: a worker that drops the tensors of the last collective must take the GIL, and
+    a thread taking the GIL during shutdown is ended by pthread_exit, whose unwinding through
+    C++ aborts. The threads end only with the group's last reference, and the DDP wrappers of a
+    finished run hold references until the cyclic garbage collector frees them (trainer and
+    training driver refer to each other), hence the collection right after leaving the group."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def gather_objects(obj, dist_env: DistEnv) -> list:
