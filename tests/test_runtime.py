@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # prints the minor page faults of each of rounds 11-20. A kept heap settles after a varying
 # number of rounds and then faults only now and then (a 20 or 64 MB block re-placed), so the
 # test looks at the median round.
-PROBE = r'''
+ALLOCATOR_PROBE = r'''
 import json, resource, sys, torch
 from miscc.core.runtime import configure_cpu_allocator
 applied = configure_cpu_allocator(sys.argv[1])
@@ -61,9 +61,11 @@ print(json.dumps({'before': before, 'inside': inside, 'after': threads()}))
 '''
 
 
-def _probe(mode):
-    out = subprocess.run([sys.executable, '-c', PROBE, mode], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=ROOT), check=True).stdout
+def _run_probe(code, *args, **env):
+    """Run ``code`` in a fresh interpreter (this project importable, ``env`` added); its last
+    printed line, read as JSON."""
+    out = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT, **env), check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -71,7 +73,7 @@ def _probe(mode):
 @pytest.mark.skipif(platform.system() != 'Linux' or not platform.libc_ver()[0] == 'glibc',
                     reason='mallopt is glibc-specific')
 def test_keep_reuses_freed_memory_without_page_faults():
-    system, keep = _probe('system'), _probe('keep')
+    system, keep = _run_probe(ALLOCATOR_PROBE, 'system'), _run_probe(ALLOCATOR_PROBE, 'keep')
     assert system['applied'] is False and keep['applied'] is True
     # glibc maps the two 64 MB tensors afresh every round: 2 x 16,384 faults of 4 KiB pages
     assert min(system['faults']) > 30_000
@@ -104,9 +106,7 @@ def test_close_distributed_ends_the_gloo_threads():
     one that takes the GIL aborts the process): the group's last references, held by DDP wrappers in
     reference cycles, are collected, and torch.distributed.nn.functional, which DDP imports (via
     torch._dynamo) and which holds the world group in default arguments, was imported first."""
-    out = subprocess.run([sys.executable, '-c', GLOO_THREADS_PROBE], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'), check=True).stdout
-    names = json.loads(out.strip().splitlines()[-1])
+    names = _run_probe(GLOO_THREADS_PROBE, OMP_NUM_THREADS='1')
 
     def workers(threads):   # the threads that run collectives and drop their tensors
         return [n for n in threads if n == 'pt_gloo_runloop']
