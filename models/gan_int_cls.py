@@ -9,6 +9,7 @@ DataParallel wrapper is removed (``from_reference_state_dict``)::
                     netG.{0,3,6,9,12 ConvTranspose2d; 1,4,7,10 BatchNorm2d}
     Discriminator   netD_1.{0,2,5,8 Conv2d; 3,6,9 BatchNorm2d}
                     projector.projection.{0 Linear, 1 BatchNorm1d}  (conditional only)
+                    minibatch.T_tensor                              (minibatch discrimination only)
                     netD_2.0 Conv2d
 
 The layers are the implementation's, which simplifies the paper's in two places: the paper's
@@ -30,7 +31,7 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['Generator', 'Discriminator', 'text_projection', 'ReplicatedProjection',
+__all__ = ['Generator', 'Discriminator', 'text_projection', 'ReplicatedProjection', 'MinibatchDiscrimination',
            'init_dcgan_weights', 'from_reference_state_dict', 'IMAGE_SIZE']
 
 IMAGE_SIZE = 64
@@ -65,6 +66,29 @@ class ReplicatedProjection(nn.Module):
         projected = self.projection(embedding)
         tiled = projected[:, :, None, None].expand(-1, -1, features.size(2), features.size(3))
         return torch.cat([features, tiled], 1)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Minibatch discrimination (Salimans et al. 2016, "Improved Techniques for Training GANs",
+    section 3.2): lets D compare each sample with the rest of its batch, so that a collapsed G
+    (near-identical fakes) is easy to tell from real batches.
+
+    ``forward(features B x F...) -> o B x kernels``: ``M_i = f(x_i) T`` reshaped to kernels x
+    kernel_dim, ``c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_1)``, ``o(x_i)_b = sum_j c_b(x_i, x_j)``
+    over the whole batch (j = i included, as the paper writes the sum and the implementation's
+    ``utils.minibatch_discriminator`` computes it). ``T_tensor`` (F x kernels * kernel_dim) has
+    the implementation's name and its N(0, 0.1^2) initialisation.
+    """
+
+    def __init__(self, in_features: int, kernels: int, kernel_dim: int):
+        super().__init__()
+        self.kernels, self.kernel_dim = kernels, kernel_dim
+        self.T_tensor = nn.Parameter(torch.randn(in_features, kernels * kernel_dim) * 0.1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        m = (features.flatten(1) @ self.T_tensor).view(-1, self.kernels, self.kernel_dim)   # B x K x C
+        l1 = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)                                # B x B x K
+        return torch.exp(-l1).sum(1)                                                        # B x K
 
 
 class Generator(nn.Module):
@@ -119,11 +143,15 @@ class Discriminator(nn.Module):
     matching compares. ``conditional=False`` is the unconditional ("vanilla") D of
     ``models/gan.py`` (``forward(image)``). ``batch_norm=False`` drops the BN layers of the
     conv stack, the implementation's ``improved=True`` WGAN critic (never selected by its
-    factory); the text projection keeps its BN either way.
+    factory); the text projection keeps its BN either way. ``minibatch_kernels`` > 0 adds
+    minibatch discrimination on the 4 x 4 image features: its ``minibatch_kernels`` outputs are
+    replicated over the 4 x 4 map and concatenated after the text (``netD_2`` reads them too;
+    the implementation defines the layer but never connects it).
     """
 
     def __init__(self, embedding_dim: int = 1024, projected_dim: int = 128, ndf: int = 64,
-                 conditional: bool = True, batch_norm: bool = True):
+                 conditional: bool = True, batch_norm: bool = True, minibatch_kernels: int = 0,
+                 minibatch_kernel_dim: int = 5):
         super().__init__()
         self.embedding_dim = embedding_dim if conditional else 0
         self.projected_dim = projected_dim if conditional else 0
@@ -138,7 +166,11 @@ class Discriminator(nn.Module):
         self.netD_1 = nn.Sequential(*layers)
         if conditional:
             self.projector = ReplicatedProjection(embedding_dim, projected_dim)
-        self.netD_2 = nn.Sequential(nn.Conv2d(ndf * 8 + self.projected_dim, 1, 4, 1, 0, bias=False))
+        self.minibatch_kernels = minibatch_kernels
+        if minibatch_kernels:
+            self.minibatch = MinibatchDiscrimination(ndf * 8 * 4 * 4, minibatch_kernels, minibatch_kernel_dim)
+        joint_channels = ndf * 8 + self.projected_dim + minibatch_kernels
+        self.netD_2 = nn.Sequential(nn.Conv2d(joint_channels, 1, 4, 1, 0, bias=False))
 
     def forward(self, image: torch.Tensor,
                 embedding: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +184,9 @@ class Discriminator(nn.Module):
                 raise ValueError('the conditional discriminator needs a text embedding '
                                  f'(B x {self.embedding_dim})')
             joint = self.projector(features, embedding)
+        if self.minibatch_kernels:
+            closeness = self.minibatch(features)[:, :, None, None].expand(-1, -1, *features.shape[2:])
+            joint = torch.cat([joint, closeness], 1)
         return self.netD_2(joint).reshape(-1), features
 
 

@@ -15,7 +15,7 @@ from miscc.core.config import ConfigError, load_config
 from miscc.data.hd5 import Hd5Batch
 from miscc.families import FAMILIES, family_of
 from miscc.families import gan_int_cls as fam
-from models.gan_int_cls import (Discriminator, Generator, from_reference_state_dict,
+from models.gan_int_cls import (Discriminator, Generator, MinibatchDiscrimination, from_reference_state_dict,
                                 init_dcgan_weights)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,6 +246,89 @@ def test_options_check_values_and_name_the_key():
     assert opts.loss == 'wgan' and not opts.interpolation and opts.l1 == 50.0
 
 
+class _LinearCritic(nn.Module):
+    """D(x, h) = h_0 * sum(w * x): its gradient in x is h_0 * w for every x."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x, h=None):
+        scores = (x * self.w).flatten(1).sum(1)
+        return (scores if h is None else scores * h[:, 0]), x
+
+
+class _SquareCritic(nn.Module):
+    """D(x) = sum(x^2) / 2: its gradient is x itself, so the penalty reads the interpolates."""
+
+    def forward(self, x):
+        return 0.5 * x.pow(2).flatten(1).sum(1), x
+
+
+def test_gradient_penalty_against_hand_computed_values():
+    # a linear critic: ||grad|| = |h_0| * ||w||, whatever the images and alpha
+    w = torch.zeros(1, 3, 64, 64)
+    w[0, 0, 0, :2] = torch.tensor([3.0, 4.0])                           # ||w|| = 5
+    real, fake = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    h = torch.tensor([[1.0, 9.0], [-0.4, 9.0]])                         # norms 5 and 2
+    critic = _LinearCritic(w)
+    gp = fam.gradient_penalty(critic, real, fake, h)
+    assert gp.item() == pytest.approx(((5 - 1) ** 2 + (2 - 1) ** 2) / 2)
+    gp.backward()                                                       # differentiable in D
+    # d/dw of mean_i (|h_i| ||w|| - 1)^2 = mean_i 2 (|h_i| ||w|| - 1) |h_i| w / ||w||
+    expected = (2 * 4 * 1 + 2 * 1 * 0.4) / 2 * w / 5
+    assert torch.allclose(critic.w.grad, expected, atol=1e-6)
+    # a square critic: grad = x^ = alpha x + (1 - alpha) G(z), the norm over the whole image
+    real = torch.zeros(2, 3, 64, 64)
+    real[0, 0, 0, 0], real[1, 2, 5, 7] = 2.0, 6.0
+    fake = torch.zeros(2, 3, 64, 64)
+    fake[0, 1, 3, 3], fake[1, 2, 5, 7] = 4.0, 2.0
+    alpha = torch.tensor([0.5, 0.25])
+    # sample 0: x^ has 1.0 and 2.0 at two pixels, ||x^|| = sqrt(5); sample 1: 1.5 + 1.5 = 3.0
+    gp = fam.gradient_penalty(_SquareCritic(), real, fake, None, conditional=False, alpha=alpha)
+    assert gp.item() == pytest.approx(((math.sqrt(5) - 1) ** 2 + (3 - 1) ** 2) / 2, rel=1e-6)
+
+
+def test_minibatch_discrimination_against_a_loop():
+    torch.manual_seed(3)
+    layer = MinibatchDiscrimination(in_features=6, kernels=2, kernel_dim=3)
+    assert layer.T_tensor.shape == (6, 6) and 0.05 < layer.T_tensor.std().item() < 0.2   # N(0, 0.1^2)
+    f = torch.randn(4, 6, 1, 1)
+    out = layer(f)
+    m = (f.flatten(1) @ layer.T_tensor).view(4, 2, 3)
+    for i in range(4):
+        for b in range(2):
+            expected = sum(math.exp(-(m[i, b] - m[j, b]).abs().sum().item()) for j in range(4))
+            assert out[i, b].item() == pytest.approx(expected, rel=1e-5)
+    assert (out >= 1.0).all()                                    # the sample itself adds exp(0)
+    # identical samples (a collapsed G) reach the batch size in every kernel
+    assert torch.allclose(layer(f[:1].expand(4, -1, -1, -1)), torch.full((4, 2), 4.0))
+
+
+def test_discriminator_with_minibatch_discrimination():
+    torch.manual_seed(0)
+    plain = Discriminator(embedding_dim=8, projected_dim=4, ndf=2)
+    torch.manual_seed(0)
+    d = Discriminator(embedding_dim=8, projected_dim=4, ndf=2, minibatch_kernels=3, minibatch_kernel_dim=2)
+    extra = set(_shapes(d)) - set(_shapes(plain))
+    assert extra == {'minibatch.T_tensor'} and d.minibatch.T_tensor.shape == (2 * 8 * 16, 3 * 2)
+    assert d.netD_2[0].in_channels == 2 * 8 + 4 + 3
+    images, emb = torch.rand(5, 3, 64, 64), torch.randn(5, 8)
+    logits, features = d(images, emb)
+    assert logits.shape == (5,) and features.shape == (5, 16, 4, 4)
+    # the scores now depend on the rest of the batch: the first image scored alone differs
+    d.eval()
+    alone, _ = d(images[:1], emb[:1])
+    together, features = d(images, emb)
+    assert not torch.allclose(alone, together[:1])
+    # the head reads [image features, text, closeness] with the closeness replicated over 4 x 4
+    head = d.netD_2[0].weight
+    with torch.no_grad():
+        joint = torch.cat([d.projector(features, emb),
+                           d.minibatch(features)[:, :, None, None].expand(-1, -1, 4, 4)], 1)
+    assert torch.allclose(together, (joint * head).flatten(1).sum(1), atol=1e-5)
+
+
 # --------------------------------------------------------------------------- steps
 class Recorder(nn.Module):
     """The wrapped network, keeping every call's inputs and outputs."""
@@ -382,6 +465,26 @@ def test_wgan_critic_step_clips_and_generator_uses_scores():
     assert out['g_loss'].item() == pytest.approx(-d.calls[0][1][0].mean().item(), rel=1e-6)
 
 
+def test_wgan_gp_critic_step_adds_the_penalty_and_does_not_clip():
+    g, d = _tiny(batch_norm=False)
+    images, emb, _, z = _batch()
+    _, opt_d = fam.make_optimizers(g, d)
+    opts = fam.GanIntClsOptions(loss='wgan_gp', gp_weight=10.0)
+    torch.manual_seed(7)
+    alpha = torch.rand(4)            # the step draws the same alpha after the same seed
+    torch.manual_seed(7)
+    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, noise=z)
+    (_, r), (_, w), (fake_in, f) = [(c[0], c[1][0].detach()) for c in d.calls[:3]]
+    mixed_in, _ = d.calls[3]                                     # the interpolates, right text
+    fake = fake_in[0]
+    assert torch.allclose(mixed_in[0], alpha.view(-1, 1, 1, 1) * images + (1 - alpha.view(-1, 1, 1, 1)) * fake)
+    assert torch.equal(mixed_in[1], emb)
+    critic = 0.5 * (w.mean() + f.mean()) - r.mean()
+    assert out['d_loss'].item() == pytest.approx(critic.item() + 10.0 * out['d_gp'].item(), rel=1e-5)
+    assert out['d_gp'].item() > 0
+    assert max(p.abs().max().item() for p in d.parameters()) > 0.01   # no weight clipping
+
+
 def test_unconditional_steps_ignore_text():
     g, d = _tiny(conditional=False)
     images, _, _, z = _batch()
@@ -422,6 +525,21 @@ def test_family_config_errors_name_the_key():
     nets = FAMILIES['gan_int_cls'].build_networks(_cfg())
     with pytest.raises(ConfigError, match='main.py'):
         FAMILIES['gan_int_cls'].make_optimizers(_cfg(), nets, finetune=True)
+
+
+def test_wgan_gp_needs_a_critic_without_batch_mixing():
+    with pytest.raises(ConfigError, match="GAN_INT_CLS.LOSS='wgan_gp'.*set GAN_INT_CLS.D_BATCH_NORM=False"):
+        FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.LOSS=wgan_gp'))
+    with pytest.raises(ConfigError, match='set GAN_INT_CLS.MINIBATCH_KERNELS=0'):
+        FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.LOSS=wgan_gp', 'GAN_INT_CLS.D_BATCH_NORM=False',
+                                                    'GAN_INT_CLS.MINIBATCH_KERNELS=4'))
+    nets = FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.LOSS=wgan_gp', 'GAN_INT_CLS.D_BATCH_NORM=False'))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in nets['netD'].netD_1.modules())
+    with_mbd = FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.MINIBATCH_KERNELS=4',
+                                                           'GAN_INT_CLS.MINIBATCH_KERNEL_DIM=3'))
+    assert with_mbd['netD'].minibatch.T_tensor.shape == (2 * 8 * 16, 12)
+    with pytest.raises(ConfigError, match='GAN_INT_CLS.MINIBATCH_KERNELS=-1: must be at least 0'):
+        _cfg('GAN_INT_CLS.MINIBATCH_KERNELS=-1')
 
 
 def test_family_optimisers_are_the_papers_adam():
@@ -480,6 +598,14 @@ def test_wgan_update_takes_a_g_step_after_its_critic_steps(monkeypatch):
     # the counters come back from a state
     update.load_state_dict({'generator_steps': 0, 'critic_steps': 2})
     assert 'g_loss' in update(batch) and update.state_dict() == {'generator_steps': 1, 'critic_steps': 0}
+
+
+def test_wgan_gp_update_keeps_n_critic_without_bursts(monkeypatch):
+    cfg = _cfg('DATA.HD5_FILE=x.hdf5', 'DATA.HD5_EMBEDDING_DIM=24', 'GAN_INT_CLS.LOSS=wgan_gp',
+               'GAN_INT_CLS.D_BATCH_NORM=False', 'GAN_INT_CLS.N_CRITIC=2')     # CRITIC_BURST stays True
+    update, _ = _update(cfg, monkeypatch)
+    steps = ['g_loss' in update(_hd5_batch()) for _ in range(4)]
+    assert steps == [False, True, False, True]
 
 
 def test_hd5_update_uses_the_batchs_mismatches(monkeypatch):

@@ -85,23 +85,28 @@ def _weights(state):
     return {f'{n}.{k}': v for n in ('netG', 'netD') for k, v in state[n].items()}
 
 
-@pytest.mark.parametrize('loss, stop', [('gan', 2), ('wgan', 3)])
+@pytest.mark.parametrize('loss, stop', [('gan', 2), ('wgan', 3), ('wgan_gp', 3), ('minibatch', 2)])
 def test_hd5_resume_is_bit_identical(hd5_file, tmp_path, loss, stop):
-    """Two steps (GAN) or three (WGAN with N_CRITIC 2: stopped after the first critic step of
-    the second G step) then RESTORE gives the weights, optimisers and counters of one run."""
+    """Two steps (GAN, GAN with minibatch discrimination) or three (WGAN and WGAN-GP with
+    N_CRITIC 2: stopped after the first critic step of the second G step) then RESTORE gives
+    the weights, optimisers and counters of one run."""
     path, _ = hd5_file
     extra = {'GAN_INT_CLS.LOSS': loss}
+    if loss == 'minibatch':
+        extra = {'GAN_INT_CLS.MINIBATCH_KERNELS': 3}
     if loss == 'wgan':
         extra.update({'GAN_INT_CLS.N_CRITIC': 2, 'GAN_INT_CLS.CRITIC_BURST': False})
+    if loss == 'wgan_gp':     # no burst in WGAN-GP's schedule, whatever CRITIC_BURST says
+        extra.update({'GAN_INT_CLS.N_CRITIC': 2, 'GAN_INT_CLS.D_BATCH_NORM': False})
     assert gan_main(False, hd5_argv(path, tmp_path / 'straight', **extra)) == 0
     assert gan_main(False, hd5_argv(path, tmp_path / 'split', **extra, **{'TRAIN.MAX_STEPS': stop})) == 0
     stopped = final_state(only_run(tmp_path / 'split'))
     assert stopped['progress']['next_step'] == stop
-    if loss == 'wgan':
+    if loss.startswith('wgan'):
         assert stopped['update'] == {'generator_steps': 1, 'critic_steps': 1}
     assert gan_main(False, hd5_argv(path, tmp_path / 'split', 'RESTORE=True', **extra)) == 0
     a, b = final_state(only_run(tmp_path / 'straight')), final_state(only_run(tmp_path / 'split'))
-    assert a['update'] == b['update'] == ({'generator_steps': 2, 'critic_steps': 0} if loss == 'wgan'
+    assert a['update'] == b['update'] == ({'generator_steps': 2, 'critic_steps': 0} if loss.startswith('wgan')
                                           else {'generator_steps': 4, 'critic_steps': 0})
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -111,6 +116,11 @@ def test_hd5_resume_is_bit_identical(hd5_file, tmp_path, loss, stop):
     if loss == 'wgan':   # the critic's weights are clipped
         assert max(v.abs().max().item() for k, v in a['netD'].items() if 'running' not in k
                    and 'num_batches' not in k) <= 0.01
+    if loss == 'wgan_gp':   # not clipped; no batch norm in the critic's conv stack
+        assert max(v.abs().max().item() for v in a['netD'].values()) > 0.01
+        assert not any(k.startswith('netD_1.') and 'running_mean' in k for k in a['netD'])
+    if loss == 'minibatch':
+        assert a['netD']['minibatch.T_tensor'].shape == (2 * 8 * 16, 3 * 5)
 
 
 def test_hd5_generation_manifest_and_scores(hd5_file, hd5_run, tmp_path, capsys):

@@ -138,7 +138,8 @@ DEFAULTS: dict = {
     'GAN_INT_CLS': {                # MODEL.NAME 'gan_int_cls' (Reed et al. 2016), 64 px; its update
                                     # is miscc/families/gan_int_cls.py. Adam 2e-4, betas (0.5, 0.999)
                                     # and batch 64 come from TRAIN.* in its cfg files; noise: GAN.Z_DIM.
-        'LOSS': 'gan',              # 'gan': BCE on D's logits; 'wgan': critic scores, weight clipping
+        'LOSS': 'gan',              # 'gan': BCE on D's logits; 'wgan': critic scores, weight clipping;
+                                    # 'wgan_gp': critic scores, gradient penalty (needs D_BATCH_NORM False)
         'CONDITIONAL': True,        # False: the unconditional ('vanilla') G(z) and D(x); no CLS, no INT
         'CLS': True,                # matching-aware D: mismatching image/text pairs are scored as fake
         'MISMATCH': 'text',         # 'text': real image + wrong text (paper); 'image': wrong image +
@@ -152,14 +153,20 @@ DEFAULTS: dict = {
                                     # the paper); 'gan' loss only
         'FEATURE_MATCHING': 100.0,  # G: x MSE of the batch means of D's 4x4 image features (0: off)
         'L1': 50.0,                 # G: x mean |G(z, t) - real image| (0: off, the paper)
-        'N_CRITIC': 5,              # 'wgan': critic steps per G step
+        'N_CRITIC': 5,              # 'wgan' / 'wgan_gp': critic steps per G step
         'CRITIC_BURST': True,       # 'wgan': 100 critic steps for the first 25 G steps and every 500th
+                                    # ('wgan_gp' keeps N_CRITIC throughout, as its paper's Algorithm 1)
         'CLIP': 0.01,               # 'wgan': D's parameters clamped to [-CLIP, CLIP] after each step
+        'GP_WEIGHT': 10.0,          # 'wgan_gp': lambda of the gradient penalty on real/fake interpolates
         'PROJECTED_DIM': 128,       # text embedding projected to this size in G and D
         'NGF': 64,                  # generator width (ngf: 8*NGF channels at 4x4)
         'NDF': 64,                  # discriminator width (8*NDF channels at 4x4)
         'D_BATCH_NORM': True,       # False: no BN in D's conv stack (the implementation's 'improved'
-                                    # WGAN critic)
+                                    # WGAN critic; required by 'wgan_gp')
+        # Minibatch discrimination (Salimans et al. 2016) on D's 4x4 image features: that many
+        # kernels (0: off, the implementation's networks) of KERNEL_DIM dimensions each
+        'MINIBATCH_KERNELS': 0,
+        'MINIBATCH_KERNEL_DIM': 5,
     },
     'TEXT': {
         'CAPTIONS_PER_IMAGE': 10,
@@ -499,6 +506,8 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('TREE.BASE_SIZE', 1, 'the image side in pixels'),
           ('TRAIN.NF', 1, "the generator's and discriminator's base channel width"),
           ('GAN.Z_DIM', 1, 'the size of the noise vector'),
+          ('GAN_INT_CLS.MINIBATCH_KERNELS', 0, 'minibatch-discrimination kernels; 0 = off'),
+          ('GAN_INT_CLS.MINIBATCH_KERNEL_DIM', 1, 'dimensions of each minibatch-discrimination kernel'),
           ('DEMO.TIME_BUDGET', 0, "the demo's wall-clock seconds; 0 = no budget"),
           ('DEMO.RESERVE_SECONDS', 0, 'seconds of the budget kept for generate and report'),
           ('DEMO.CHECKPOINT_IMAGES', 0, 'test captions each checkpoint is scored on; 0 = those generated'))

@@ -15,7 +15,9 @@ beta = 0.5; D never sees the interpolations. Switches (``GanIntClsOptions``) add
 PyTorch implementation (aelnouby/Text-to-Image-Synthesis, trainer.py) trains with or offers:
 one-sided label smoothing (D's target for real/right pairs 0.9), feature matching on D's
 4 x 4 image features (x 100), L1 to the real image (x 50), the WGAN loss with weight clipping
-and several critic steps per G step, and the unconditional ("vanilla") variants.
+and several critic steps per G step, WGAN-GP (Gulrajani et al. 2017: a gradient penalty on
+interpolates instead of clipping), minibatch discrimination (models/gan_int_cls.py) and the
+unconditional ("vanilla") variants.
 
 Where the two differ (the paper is followed unless a switch says otherwise):
 - weighting: the implementation sums the three D terms (``mismatch_weight=1``), the paper
@@ -29,7 +31,10 @@ Where the two differ (the paper is followed unless a switch says otherwise):
 - it scores probabilities with ``BCELoss``; here ``binary_cross_entropy_with_logits`` on the
   same logits (equal up to BCELoss clamping log at -100);
 - its WGAN critic averages the scores over the batch inside ``forward``; here the losses take
-  the means, which is the same number.
+  the means, which is the same number;
+- its ``Utils.compute_GP`` (present, never called) takes the 2-norm of the gradient over the
+  colour channels only (``norm(2, dim=1)`` of a B x 3 x 64 x 64 tensor, one norm per pixel);
+  here the norm is over the whole image, one per sample, as the WGAN-GP paper defines it.
 """
 from __future__ import annotations
 
@@ -47,12 +52,13 @@ from ..data.hd5 import Hd5Batch
 from .base import Family, Update, adam_for_g_and_d, frozen
 
 __all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_config', 'embedding_dim', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
-           'generator_adversarial_loss', 'generator_critic_loss', 'feature_matching_loss',
+           'generator_adversarial_loss', 'generator_critic_loss', 'gradient_penalty', 'feature_matching_loss',
            'l1_distance', 'interpolate_embeddings', 'shifted_in_batch', 'clip_weights_',
            'critic_iterations', 'make_optimizers', 'discriminator_step', 'generator_step',
-           'LOSSES', 'MISMATCHES']
+           'LOSSES', 'CRITIC_LOSSES', 'MISMATCHES', 'check_critic']
 
-LOSSES = ('gan', 'wgan')
+LOSSES = ('gan', 'wgan', 'wgan_gp')
+CRITIC_LOSSES = ('wgan', 'wgan_gp')     # a critic (raw scores) and several critic steps per G step
 MISMATCHES = ('text', 'image')
 # WGAN's schedule, as the implementation has it: many critic steps while the critic is far
 # from optimal (the first G steps) and now and then afterwards.
@@ -64,7 +70,8 @@ BURST_EVERY = 500
 @dataclass(frozen=True)
 class GanIntClsOptions:
     """The switches and coefficients of the update (config section ``GAN_INT_CLS``)."""
-    loss: str = 'gan'               # 'gan' (BCE on logits) or 'wgan' (critic, weight clipping)
+    loss: str = 'gan'               # 'gan' (BCE on logits), 'wgan' (critic, weight clipping) or
+                                    # 'wgan_gp' (critic, gradient penalty)
     conditional: bool = True        # False: the unconditional G(z) and D(x)
     cls: bool = True                # matching-aware D (mismatching pairs scored as fake)
     mismatch: str = 'text'          # 'text': real image + wrong text; 'image': wrong image + right text
@@ -78,27 +85,28 @@ class GanIntClsOptions:
     n_critic: int = 5
     critic_burst: bool = True
     clip: float = 0.01
+    gp_weight: float = 10.0
 
     _CONFIG_KEYS = {'loss': 'LOSS', 'conditional': 'CONDITIONAL', 'cls': 'CLS',
                     'mismatch': 'MISMATCH', 'mismatch_weight': 'MISMATCH_WEIGHT',
                     'interpolation': 'INT', 'int_beta': 'INT_BETA', 'int_weight': 'INT_WEIGHT',
                     'label_smoothing': 'LABEL_SMOOTHING', 'feature_matching': 'FEATURE_MATCHING',
                     'l1': 'L1', 'n_critic': 'N_CRITIC', 'critic_burst': 'CRITIC_BURST',
-                    'clip': 'CLIP'}
+                    'clip': 'CLIP', 'gp_weight': 'GP_WEIGHT'}
 
     def __post_init__(self):
         def bad(name: str, expected: str):
             key = 'GAN_INT_CLS.' + self._CONFIG_KEYS[name]
             return ValueError(f"config key '{key}' expects {expected}, got {getattr(self, name)!r}")
         if self.loss not in LOSSES:
-            raise bad('loss', "'gan' or 'wgan'")
+            raise bad('loss', "'gan', 'wgan' or 'wgan_gp'")
         if self.mismatch not in MISMATCHES:
             raise bad('mismatch', "'text' or 'image'")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad('label_smoothing', 'a value in [0, 1)')
         if not 0.0 <= self.int_beta <= 1.0:
             raise bad('int_beta', 'a value in [0, 1]')
-        for name in ('mismatch_weight', 'int_weight', 'feature_matching', 'l1', 'clip'):
+        for name in ('mismatch_weight', 'int_weight', 'feature_matching', 'l1', 'clip', 'gp_weight'):
             if getattr(self, name) < 0:
                 raise bad(name, 'a value >= 0')
         if self.n_critic < 1:
@@ -118,6 +126,10 @@ class GanIntClsOptions:
     @property
     def uses_interpolation(self) -> bool:
         return self.conditional and self.interpolation
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.loss in CRITIC_LOSSES
 
 
 # --------------------------------------------------------------------------- losses
@@ -170,6 +182,23 @@ def generator_critic_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
 
 
+def gradient_penalty(discriminator: nn.Module, real_images: torch.Tensor, fake_images: torch.Tensor,
+                     embeddings: Optional[torch.Tensor], conditional: bool = True,
+                     alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """WGAN-GP's penalty ``mean_i (||grad_x D(x^_i, h_i)||_2 - 1)^2`` on the interpolates
+    ``x^ = alpha x + (1 - alpha) G(z)`` (alpha ~ U(0, 1) per sample unless given, B), the norm
+    over each image's C x H x W, the text the right one. Differentiable in D's parameters
+    (``create_graph``), so that ``backward`` of the critic loss trains D to keep it small."""
+    fake_images = fake_images.detach()
+    if alpha is None:
+        alpha = torch.rand(real_images.size(0), device=real_images.device, dtype=real_images.dtype)
+    alpha = alpha.view(-1, 1, 1, 1)
+    mixed = (alpha * real_images.detach() + (1.0 - alpha) * fake_images).requires_grad_(True)
+    scores, _ = _score(discriminator, mixed, embeddings, conditional)
+    grad, = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
 def feature_matching_loss(fake_features: torch.Tensor, real_features: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the batch means of D's features (B x C x H x W each):
     ``mean_chw (mean_b f_fake - mean_b f_real)^2``, the real side held constant."""
@@ -201,8 +230,9 @@ def clip_weights_(module: nn.Module, clip: float) -> None:
 
 
 def critic_iterations(generator_steps_done: int, n_critic: int = 5, burst: bool = True) -> int:
-    """Critic steps before the next G step: ``n_critic``, or 100 while fewer than 25 G steps
-    are done and before every 500th (WGAN's schedule, as the implementation runs it)."""
+    """Critic steps before the next G step: ``n_critic``, or with ``burst`` 100 while fewer than
+    25 G steps are done and before every 500th (WGAN's schedule, as the implementation runs it;
+    WGAN-GP's Algorithm 1 keeps ``n_critic`` throughout, so the update passes no burst there)."""
     if burst and (generator_steps_done < BURST_FIRST_GENERATOR_STEPS
                   or generator_steps_done % BURST_EVERY == 0):
         return BURST_CRITIC_STEPS
@@ -249,7 +279,8 @@ def discriminator_step(generator: nn.Module, discriminator: nn.Module,
     (``mismatch='text'``; default: the batch's embeddings shifted by one); noise B x noise_dim
     (default: drawn from N(0, 1)). D scores real/right, then the mismatching pair, then
     fake/right, each as its own batch (BN statistics per pass), as the implementation does.
-    The WGAN variant clips D's weights after the step.
+    The WGAN variant clips D's weights after the step; WGAN-GP adds ``GP_WEIGHT`` x
+    ``gradient_penalty`` on real/fake interpolates with the right text (term ``d_gp``).
     """
     conditional = options.conditional
     cond = embeddings if conditional else None
@@ -268,8 +299,11 @@ def discriminator_step(generator: nn.Module, discriminator: nn.Module,
             wrong_text = shifted_in_batch(embeddings) if wrong_embeddings is None else wrong_embeddings
             wrong_logits, _ = discriminator(images, wrong_text)
     fake_logits, _ = _score(discriminator, fake, cond, conditional)
-    if options.loss == 'wgan':
+    if options.uses_critic:
         loss, terms = critic_loss(real_logits, fake_logits, wrong_logits, options.mismatch_weight)
+        if options.loss == 'wgan_gp':
+            terms['d_gp'] = gradient_penalty(discriminator, images, fake, cond, conditional)
+            loss = loss + options.gp_weight * terms['d_gp']
     else:
         loss, terms = discriminator_loss(real_logits, fake_logits, wrong_logits,
                                          1.0 - options.label_smoothing, options.mismatch_weight)
@@ -301,7 +335,7 @@ def generator_step(generator: nn.Module, discriminator: nn.Module,
     """
     conditional = options.conditional
     cond = embeddings if conditional else None
-    adversarial = generator_critic_loss if options.loss == 'wgan' else generator_adversarial_loss
+    adversarial = generator_critic_loss if options.uses_critic else generator_adversarial_loss
     optimizer.zero_grad(set_to_none=True)
     with frozen(discriminator):
         fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
@@ -341,6 +375,23 @@ def options_from_config(cfg) -> GanIntClsOptions:
         return GanIntClsOptions.from_config(cfg.GAN_INT_CLS.to_dict())
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_critic(cfg, options: GanIntClsOptions) -> None:
+    """WGAN-GP penalises the gradient of each sample's score with respect to that sample alone,
+    which layers mixing the batch (D's batch norm, minibatch discrimination) make meaningless
+    (Gulrajani et al. 2017, section 4): a ConfigError naming the key to change."""
+    if options.loss != 'wgan_gp':
+        return
+    c = cfg.GAN_INT_CLS
+    if c.D_BATCH_NORM:
+        raise ConfigError("GAN_INT_CLS.LOSS='wgan_gp' penalises each sample's gradient, which batch norm in the "
+                          "critic mixes across the batch: set GAN_INT_CLS.D_BATCH_NORM=False (the WGAN-GP paper's "
+                          "critic has none)")
+    if c.MINIBATCH_KERNELS:
+        raise ConfigError(f"GAN_INT_CLS.LOSS='wgan_gp' penalises each sample's gradient, which minibatch "
+                          f"discrimination makes depend on the whole batch: set GAN_INT_CLS.MINIBATCH_KERNELS=0 "
+                          f"(got {c.MINIBATCH_KERNELS})")
 
 
 def embedding_dim(cfg) -> int:
@@ -396,9 +447,10 @@ class GanIntClsUpdate(Update):
 
     def g_step_due(self) -> bool:
         o = self.options
-        if o.loss != 'wgan':
+        if not o.uses_critic:
             return True
-        return self.critic_steps >= critic_iterations(self.generator_steps, o.n_critic, o.critic_burst)
+        burst = o.critic_burst and o.loss == 'wgan'
+        return self.critic_steps >= critic_iterations(self.generator_steps, o.n_critic, burst)
 
     def __call__(self, batch) -> dict:
         """``batch``: a ``datasets.Batch`` or an ``Hd5Batch``. Returns this iteration's losses
@@ -437,10 +489,12 @@ class GanIntCls(Family):
                               f'set TREE.BASE_SIZE={IMAGE_SIZE}, got {cfg.TREE.BASE_SIZE}')
         c = cfg.GAN_INT_CLS
         options = options_from_config(cfg)
+        check_critic(cfg, options)
         emb = embedding_dim(cfg)
         netG = Generator(cfg.GAN.Z_DIM, emb, c.PROJECTED_DIM, c.NGF, conditional=options.conditional)
         netD = Discriminator(emb, c.PROJECTED_DIM, c.NDF, conditional=options.conditional,
-                             batch_norm=c.D_BATCH_NORM)
+                             batch_norm=c.D_BATCH_NORM, minibatch_kernels=c.MINIBATCH_KERNELS,
+                             minibatch_kernel_dim=c.MINIBATCH_KERNEL_DIM)
         netG.apply(init_dcgan_weights)
         netD.apply(init_dcgan_weights)
         return {'netG': netG, 'netD': netD}
