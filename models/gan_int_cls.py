@@ -204,13 +204,22 @@ def init_dcgan_weights(module: nn.Module) -> None:
         module.bias.zero_()
 
 
-def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor],
+                              model: Optional[nn.Module] = None) -> 'OrderedDict[str, torch.Tensor]':
     """A state dict saved by the implementation (``gen_<epoch>.pth`` / ``disc_<epoch>.pth``,
     written through ``nn.DataParallel``) with its ``module.`` prefix removed.
 
-    Its files predate ``num_batches_tracked``; BatchNorm fills the missing counters in when
-    loading, so ``load_state_dict(..., strict=True)`` accepts the result.
+    Its files predate ``num_batches_tracked``. A plain dict of them loads into the networks with
+    ``load_state_dict(..., strict=True)`` (BatchNorm fills the counters in for state dicts without
+    version metadata); given ``model``, the missing counters are added as 0 (the value BatchNorm
+    fills in), so that checks comparing the keys accept the file too.
     """
     prefix = 'module.'
-    return OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v)
-                       for k, v in state_dict.items())
+    state = OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v)
+                        for k, v in state_dict.items())
+    counter = 'num_batches_tracked'
+    if model is not None and not any(k.endswith(counter) for k in state):
+        for key in model.state_dict():
+            if key.endswith(counter):
+                state[key] = torch.tensor(0, dtype=torch.long)
+    return state

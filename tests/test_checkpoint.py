@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from miscc.core.checkpoint import (CheckpointError, load_file, load_model_state, model_state_dict,
-                              save_atomic, strip_prefixes)
+from miscc.core.checkpoint import (CheckpointError, companion_checkpoint, load_file, load_model_state,
+                                   model_state_dict, save_atomic, strip_prefixes, trained_epochs)
 from helpers import CodePayload
 from models import NetD, NetG, RNN_ENCODER
 
@@ -150,3 +150,17 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         save_atomic({'w': torch.zeros(2)}, str(path))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['netG_010.pth']  # no temporary file left behind
+
+
+def test_epochs_and_companions_from_file_names(tmp_path):
+    d = str(tmp_path)
+    assert trained_epochs(f'{d}/netG_550.pth') == 550 and trained_epochs(f'{d}/netG_ema_120.pth') == 120
+    assert trained_epochs(f'{d}/gen_0.pth') == 1          # the implementation counts epochs from 0
+    assert trained_epochs(f'{d}/gen_49.pth') == 50
+    for no_epoch in ('netG_best.pth', 'netG_step000437.pth', 'G.pth', 'gen_10.pt'):
+        assert trained_epochs(f'{d}/{no_epoch}') is None
+    assert companion_checkpoint(f'{d}/netG_550.pth', 'netD') == f'{d}/netD_550.pth'
+    assert companion_checkpoint(f'{d}/netG_550.pth', 'text_encoder') == f'{d}/text_encoder_550.pth'
+    assert companion_checkpoint(f'{d}/gen_9.pth', 'netD') == f'{d}/disc_9.pth'
+    assert companion_checkpoint(f'{d}/gen_9.pth', 'text_encoder') is None
+    assert companion_checkpoint(f'{d}/G.pth', 'netD') is None

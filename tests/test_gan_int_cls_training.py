@@ -17,6 +17,7 @@ from miscc.cli import eval_main, gan_main
 from miscc.core.checkpoint import load_model_state
 from miscc.core.config import load_config
 from miscc.families import build_networks
+from miscc.training.gan import GANTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +122,93 @@ def test_hd5_resume_is_bit_identical(hd5_file, tmp_path, loss, stop):
         assert not any(k.startswith('netD_1.') and 'running_mean' in k for k in a['netD'])
     if loss == 'minibatch':
         assert a['netD']['minibatch.T_tensor'].shape == (2 * 8 * 16, 3 * 5)
+
+
+# ----------------------------------------------------------------------------- the implementation's files
+def _as_implementation_file(ours: Path, theirs: Path, scale: float = 1.0) -> dict:
+    """Our network file as the implementation saves it: through DataParallel ('module.'),
+    without num_batches_tracked; float weights times ``scale`` (to tell two files apart)."""
+    state = torch.load(ours, weights_only=True)
+    saved = {'module.' + k: (v * scale if v.is_floating_point() else v) for k, v in state.items()
+             if not k.endswith('num_batches_tracked')}
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, theirs)
+    return {k[len('module.'):]: v for k, v in saved.items()}
+
+
+def _trainer(path, out, **extra):
+    return GANTrainer(load_config(str(ROOT / 'cfg' / 'flowers_gan_int_cls.yml'),
+                                  hd5_argv(path, out, **extra)[2:]).freeze())
+
+
+def _same_weights(net, state):
+    have = net.state_dict()
+    return all(torch.equal(have[k], v) for k, v in state.items())
+
+
+def test_implementation_files_start_training_with_the_epoch_of_their_name(hd5_file, hd5_run, tmp_path, capsys):
+    path, _ = hd5_file
+    impl = tmp_path / 'impl'
+    g = _as_implementation_file(hd5_run / 'models' / 'netG_001.pth', impl / 'gen_4.pth')
+    d = _as_implementation_file(hd5_run / 'models' / 'netD_001.pth', impl / 'disc_4.pth', scale=0.5)
+    # gen_4.pth is saved after the implementation's epoch 4 counted from 0: five epochs are done
+    trainer = _trainer(path, tmp_path / 'out', **{'TRAIN.NET_G': impl / 'gen_4.pth'})
+    assert trainer.start.kind == 'weights' and trainer.start.epoch == 6
+    assert _same_weights(trainer.nets['netG'], g) and _same_weights(trainer.nets['netD'], d)
+    assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'TRAIN.NET_G': impl / 'gen_4.pth',
+                                                                'TRAIN.MAX_EPOCH': 6})) == 0
+    run = only_run(tmp_path / 'out')
+    assert sorted(p.name for p in (run / 'models').glob('net*.pth')) == ['netD_006.pth', 'netG_006.pth']
+    # TRAIN.NET_D: a discriminator file of any accepted name and place; ours here, its own scale
+    other_d = tmp_path / 'elsewhere' / 'D.pth'
+    other_d.parent.mkdir()
+    torch.save(torch.load(hd5_run / 'models' / 'netD_001.pth', weights_only=True), other_d)
+    trainer = _trainer(path, tmp_path / 'out2', **{'TRAIN.NET_G': impl / 'gen_4.pth', 'TRAIN.NET_D': other_d})
+    assert _same_weights(trainer.nets['netD'], torch.load(other_d, weights_only=True))
+    # a generator file whose name records no epoch starts at epoch 1
+    (impl / 'G.pth').write_bytes((impl / 'gen_4.pth').read_bytes())
+    trainer = _trainer(path, tmp_path / 'out2', **{'TRAIN.NET_G': impl / 'G.pth', 'TRAIN.NET_D': impl / 'disc_4.pth'})
+    assert trainer.start.epoch == 1 and _same_weights(trainer.nets['netD'], d)
+    # generation from the implementation's file, into a folder named after it
+    argv = hd5_argv(path, tmp_path, 'B_VALIDATION=True', f'TRAIN.NET_G={impl / "gen_4.pth"}', 'SAMPLE.NUM=3')
+    assert gan_main(False, argv) == 0
+    assert len((impl / 'gen_4' / 'valid' / 'manifest.jsonl').read_text().splitlines()) == 3
+    capsys.readouterr()
+
+
+def test_a_generator_without_its_discriminator_stops_or_starts_d_afresh(hd5_file, hd5_run, tmp_path, capsys):
+    path, _ = hd5_file
+    lone = tmp_path / 'lone'
+    _as_implementation_file(hd5_run / 'models' / 'netG_001.pth', lone / 'gen_0.pth')
+    ours = lone / 'netG_003.pth'
+    ours.write_bytes((hd5_run / 'models' / 'netG_001.pth').read_bytes())
+    for netg, expected in ((lone / 'gen_0.pth', lone / 'disc_0.pth'), (ours, lone / 'netD_003.pth')):
+        assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'TRAIN.NET_G': netg})) == 2
+        err = capsys.readouterr().err
+        assert err == (f"main.py: error: continuing from '{netg}' needs '{expected}' beside it or "
+                       f"TRAIN.NET_D=<its file>; TRAIN.FRESH_NET_D=True starts the netD afresh instead\n")
+        assert not (tmp_path / 'out').exists()
+    # with the key: one warning naming the file it looked for, then D starts afresh
+    with pytest.warns(UserWarning) as caught:
+        trainer = _trainer(path, tmp_path / 'out', **{'TRAIN.NET_G': ours, 'TRAIN.FRESH_NET_D': True})
+    (warning,) = [w for w in caught if 'FRESH_NET_D' in str(w.message)]
+    assert str(warning.message) == (f"'{ours}' continues with a freshly initialised netD (TRAIN.FRESH_NET_D=True): "
+                                    f"no file '{lone / 'netD_003.pth'}'")
+    assert trainer.start.epoch == 4
+    assert gan_main(False, hd5_argv(path, tmp_path / 'out', **{'TRAIN.NET_G': ours, 'TRAIN.FRESH_NET_D': True,
+                                                                'TRAIN.MAX_EPOCH': 4})) == 0
+    assert (only_run(tmp_path / 'out') / 'models' / 'netD_004.pth').is_file()
+    capsys.readouterr()
+    # a TRAIN.NET_D that is not there, or one without a generator file to go with
+    missing = tmp_path / 'no' / 'disc_9.pth'
+    assert gan_main(False, hd5_argv(path, tmp_path / 'o2', **{'TRAIN.NET_G': ours, 'TRAIN.NET_D': missing})) == 2
+    assert capsys.readouterr().err == f"main.py: error: TRAIN.NET_D='{missing}' not found\n"
+    assert gan_main(False, hd5_argv(path, tmp_path / 'o2', **{'TRAIN.NET_D': lone / 'gen_0.pth'})) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "TRAIN.NET_D='" in err and 'set TRAIN.NET_G to the generator file' in err
+    assert gan_main(False, hd5_argv(path, tmp_path / 'o2', **{'TRAIN.NET_G': hd5_run, 'TRAIN.NET_D': ours})) == 2
+    assert 'is a training state, which holds its discriminator already' in capsys.readouterr().err
+    assert not (tmp_path / 'o2').exists()
 
 
 def test_hd5_generation_manifest_and_scores(hd5_file, hd5_run, tmp_path, capsys):

@@ -23,8 +23,8 @@ from .config import ConfigError
 from .files import atomic_write
 
 __all__ = ['CheckpointError', 'not_a_file', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
-           'model_state_dict', 'load_model_state', 'check_state_dict', 'checkpoint_epoch',
-           'sibling_checkpoint', 'step_tag', 'step_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint',
+           'model_state_dict', 'load_model_state', 'check_state_dict', 'trained_epochs',
+           'sibling_checkpoint', 'companion_checkpoint', 'REFERENCE_NAMES', 'step_tag', 'step_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint',
            'ema_checkpoint', 'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout',
            'read_dfgan_checkpoint', 'load_dfgan_checkpoint']
 
@@ -150,12 +150,27 @@ def load_model_state(model: nn.Module, source, strict: bool = True, name: str = 
     return model
 
 
-def checkpoint_epoch(path: str) -> int:
-    """Epoch number in a ``netG_120.pth``-style name (the digits after the last '_')."""
-    match = re.search(r'_(\d+)\.pth$', os.path.basename(path))
-    if not match:
-        raise ConfigError(f"cannot read an epoch from '{path}': expected a name like netG_120.pth")
-    return int(match.group(1))
+# The file names of the PyTorch GAN-INT-CLS implementation (aelnouby/Text-to-Image-Synthesis,
+# Utils.save_checkpoint): gen_<epoch>.pth and disc_<epoch>.pth, by this project's network names.
+REFERENCE_NAMES = {'netG': 'gen', 'netD': 'disc'}
+
+
+def _stem_and_number(path: str):
+    """``('netG', 120)`` for ``.../netG_120.pth``; None when the name does not end in ``_<digits>.pth``."""
+    match = re.fullmatch(r'(.+)_(\d+)\.pth', os.path.basename(path))
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def trained_epochs(path: str) -> int | None:
+    """Epochs of training that a model file's name says it holds: X for ``netG_X.pth`` (this
+    project's and the official names, any ``<name>_X.pth``), X + 1 for the implementation's
+    ``gen_X.pth`` (its loop counts epochs from 0: ``gen_0.pth`` is saved after the first one);
+    None when the name carries no epoch (``netG_best.pth``, ``netG_step000437.pth``, ``G.pth``)."""
+    found = _stem_and_number(path)
+    if found is None:
+        return None
+    stem, number = found
+    return number + 1 if stem == REFERENCE_NAMES['netG'] else number
 
 
 def step_tag(global_step: int) -> str:
@@ -175,6 +190,21 @@ def sibling_checkpoint(netg_path: str, name: str) -> str:
     if not base.startswith('netG'):
         raise ConfigError(f"expected a generator file named netG_<epoch>.pth, got '{netg_path}'")
     return os.path.join(head, name + base[len('netG'):])
+
+
+def companion_checkpoint(generator_path: str, name: str) -> str | None:
+    """The file of network ``name`` saved beside a generator file: ``.../netG_120.pth`` ->
+    ``.../<name>_120.pth`` (netD, netC, text_encoder, ...), the implementation's ``gen_9.pth``
+    -> ``disc_9.pth`` for 'netD'; None when the generator's name follows neither convention."""
+    head, base = os.path.split(generator_path)
+    if base.startswith('netG'):
+        return sibling_checkpoint(generator_path, name)
+    found = _stem_and_number(generator_path)
+    if found and found[0] == REFERENCE_NAMES['netG'] and name in REFERENCE_NAMES:
+        return os.path.join(head, f'{REFERENCE_NAMES[name]}_{found[1]}.pth')
+    return None
+
+
 EMA_NAME = 'netG_ema'   # netG_ema_<epoch>.pth: TRAIN.G_EMA's average of netG_<epoch>.pth
 
 

@@ -77,6 +77,11 @@ DEFAULTS: dict = {
         'RNN_GRAD_CLIP': 0.25,
         'NET_E': '',                # DAMSM text encoder to resume pretraining from
         'NET_G': '',                # generator checkpoint (generation, fine-tuning, resume)
+        # discriminator file to continue with TRAIN.NET_G's generator file ('' = the one named like
+        # it: netD_<epoch>.pth, or disc_<epoch>.pth beside the GAN-INT-CLS implementation's gen_<epoch>.pth)
+        'NET_D': '',
+        'FRESH_NET_D': False,       # True: a generator file without its discriminator continues with a
+                                    # fresh D after a warning; False: stop with one line naming the file
         'B_NET_D': True,
         'NF': 32,                   # channel base of NetG/NetD (official configs use 64)
         'WARMUP_EPOCHS': 200,       # no checkpoints before this epoch

@@ -45,8 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.gan_int_cls import IMAGE_SIZE, Discriminator, Generator, init_dcgan_weights
+from models.gan_int_cls import IMAGE_SIZE, Discriminator, Generator, from_reference_state_dict, init_dcgan_weights
 
+from ..core.checkpoint import CheckpointError, load_file, load_model_state, unwrap_model
 from ..core.config import ConfigError
 from ..data.hd5 import Hd5Batch
 from .base import Family, Update, adam_for_g_and_d, frozen
@@ -498,6 +499,14 @@ class GanIntCls(Family):
         netG.apply(init_dcgan_weights)
         netD.apply(init_dcgan_weights)
         return {'netG': netG, 'netD': netD}
+
+    def load_weights(self, module: nn.Module, path: str, name: str) -> nn.Module:
+        """Strict load of ``name`` from this project's file or the implementation's
+        (``gen_<epoch>.pth`` / ``disc_<epoch>.pth``: 'module.' keys, no batch-norm counters)."""
+        state = load_file(path)
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"'{path}' holds a {type(state).__name__}, not a state dict")
+        return load_model_state(module, from_reference_state_dict(state, unwrap_model(module)), name=path)
 
     def generate(self, netG: nn.Module, noise: torch.Tensor, sent: torch.Tensor):
         """``(images B x 3 x 64 x 64 in [-1, 1], [])``: no masks; the unconditional G ignores ``sent``."""

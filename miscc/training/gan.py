@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from datasets import build_dataset, collate_sorted
 
-from ..core.checkpoint import (BEST_NAME, EMA_NAME, checkpoint_epoch, ema_checkpoint, load_model_state, model_state_dict,
-                               save_atomic, sibling_checkpoint, step_checkpoint, step_tag)
+from ..core.checkpoint import (BEST_NAME, EMA_NAME, companion_checkpoint, ema_checkpoint, load_model_state,
+                               model_state_dict, not_a_file, save_atomic, step_checkpoint, step_tag, trained_epochs)
 from ..core.config import ConfigError
 from ..core.files import atomic_write, write_json
 from ..core.runtime import device_from_config, init_distributed, seed_everything
@@ -38,21 +38,27 @@ def resolve_resume(cfg, finetune: bool) -> tuple:
     training state) or 'weights' (official-style: model files of an epoch, fresh optimisers).
 
     ``TRAIN.NET_G`` may be a ``netG_XXX.pth`` file (exact resume when the run's training state
-    ended at epoch XXX, else weights), a run folder or a state file; with ``RESTORE=True`` and
-    no ``TRAIN.NET_G`` the newest state of this data set and config under OUTPUT_DIR is used.
+    ended at epoch XXX, else weights; any other generator file is weights), a run folder or a
+    state file; with ``RESTORE=True`` and no ``TRAIN.NET_G`` the newest state of this data set
+    and config under OUTPUT_DIR is used. ``TRAIN.NET_D`` belongs with a generator file only.
     """
     def state_for_file(path: str):
         state_path = os.path.join(os.path.dirname(path), STATE_NAME)
         progress = read_progress(state_path) if os.path.isfile(state_path) else None
         # A state of the other entry point (main.py vs main_finetune.py) has other optimisers:
         # continue from the weights of that epoch instead.
-        if (progress and progress.get('epoch') == checkpoint_epoch(path) and progress.get('next_step') == 0
+        if (progress and progress.get('epoch') == trained_epochs(path) and progress.get('next_step') == 0
                 and bool(progress.get('finetune')) == finetune):
             return state_path
         return None
     start = resolve_start_point(cfg, 'TRAIN.NET_G', state_for_file)
     if start.kind == 'state' and family_of(cfg).is_release_start(start.path):
         return 'weights', start.path   # a released training state of another code base (DF-GAN's)
+    if cfg.TRAIN.NET_D and start.kind != 'weights':
+        holds = {'state': f"'{start.path}' is a training state, which holds its discriminator already: leave "
+                          f"TRAIN.NET_D empty"}.get(start.kind, 'set TRAIN.NET_G to the generator file it belongs with')
+        raise ConfigError(f"TRAIN.NET_D='{cfg.TRAIN.NET_D}' is the discriminator that continues with the generator "
+                          f"file of TRAIN.NET_G; {holds}")
     return start.kind, start.path
 
 
@@ -169,9 +175,9 @@ class GANTrainer:
         cfg = self.cfg
         text_path, image_path = damsm_paths(cfg.TEXT.DAMSM_NAME)
         if finetune and kind == 'weights':
-            own_text = sibling_checkpoint(path, 'text_encoder')
-            if os.path.isfile(own_text):
-                text_path, image_path = own_text, sibling_checkpoint(path, 'image_encoder')
+            own_text = companion_checkpoint(path, 'text_encoder')
+            if own_text and os.path.isfile(own_text):
+                text_path, image_path = own_text, companion_checkpoint(path, 'image_encoder')
         n_words = text_encoder_vocab_size(text_path)
         self.dataset = build_dataset(cfg, 'train', augment=True, expected_vocab_size=n_words, text_encoder=text_path)
         self.test_dataset = build_dataset(cfg, 'test', augment=False, expected_vocab_size=n_words,
@@ -210,19 +216,33 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ start / resume
     def _load_weights(self, path: str) -> int:
-        """The official RESTORE: model files of an epoch, fresh optimisers; returns the next epoch."""
+        """The official RESTORE: model files of an epoch, fresh optimisers; returns the next epoch
+        (the one after the epochs the generator's name records, see ``trained_epochs``; 1 when it
+        records none). The discriminator is TRAIN.NET_D or the file named like the generator
+        (``netD_XXX.pth``, the implementation's ``disc_XXX.pth``); without one it starts afresh
+        with TRAIN.FRESH_NET_D=True (after a warning), else nothing starts."""
         released = self.family.load_release_start(self.nets, self.optimizers, path)
         if released is not None:
             return released
+        train = self.cfg.TRAIN
         generator, *others = self.family.networks
         self.family.load_weights(self.nets[generator], path, generator)
         for name in others:
-            other = sibling_checkpoint(path, name)
-            if os.path.isfile(other):
+            given = train.NET_D if name == 'netD' else ''
+            other = given or companion_checkpoint(path, name)
+            if other and os.path.isfile(other):
                 self.family.load_weights(self.nets[name], other, name)
-            elif not self.finetune:
-                raise FileNotFoundError(f"continuing from '{path}' needs the {name} file '{other}' beside it")
-        return checkpoint_epoch(path) + 1
+            elif given:
+                raise FileNotFoundError(f"TRAIN.NET_D='{given}' {not_a_file(given)}")
+            elif train.FRESH_NET_D:
+                warnings.warn(f"'{path}' continues with a freshly initialised {name} (TRAIN.FRESH_NET_D=True): "
+                              f"{'no file ' + repr(other) if other else 'no ' + name + ' file is named like it'}")
+            else:
+                beside = f"'{other}' beside it" if other else f'a {name} file'
+                hint = ' or TRAIN.NET_D=<its file>' if name == 'netD' else ''
+                raise FileNotFoundError(f"continuing from '{path}' needs {beside}{hint}; "
+                                        f"TRAIN.FRESH_NET_D=True starts the {name} afresh instead")
+        return (trained_epochs(path) or 0) + 1
 
     def _make_ema(self, weights_path: str) -> GeneratorEMA | None:
         """TRAIN.G_EMA's average of G (None when off), a copy of G, or continuing from weights:
