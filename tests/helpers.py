@@ -19,6 +19,7 @@ from miscc.data.synthetic import make_synthetic_birds
 from miscc.families.ssagan import SSAGANUpdate, UpdateOptions, make_optimizers
 from miscc.training import driver as driver_module
 from models import CNN_ENCODER, RNN_ENCODER
+from models.srcnn import SRCNN
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 CUB_META = FIXTURES / 'cub_metadata'
@@ -258,3 +259,14 @@ def set_driver_clock(clock, monkeypatch=None) -> None:
         driver_module.time = fake
     else:
         monkeypatch.setattr(driver_module, 'time', fake)
+
+
+def identity_srcnn(kernels=(9, 1, 5), shift=0.0) -> dict:
+    """SRCNN weights that pass Y through (one centre tap of weight 1 a layer), plus ``shift`` in
+    the last bias (Y + 255 * shift before clamping)."""
+    net = SRCNN(kernels)
+    state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    for i, k in enumerate(kernels, 1):
+        state[f'conv{i}.weight'][0, 0, k // 2, k // 2] = 1.0
+    state['conv3.bias'][0] = shift
+    return state

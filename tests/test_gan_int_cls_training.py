@@ -8,11 +8,12 @@ import pickle
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import HD5_EMB, HD5_IMAGES, make_synthetic_with_encoders, write_hd5
+from helpers import HD5_EMB, HD5_IMAGES, identity_srcnn, make_synthetic_with_encoders, write_hd5
 from miscc.cli import eval_main, gan_main
 from miscc.core.checkpoint import load_model_state
 from miscc.core.config import load_config
@@ -245,6 +246,35 @@ def test_hd5_generation_manifest_and_scores(hd5_file, hd5_run, tmp_path, capsys)
     assert err.count('\n') == 1
 
 
+def test_generation_enlarges_images_and_never_mixes_sizes(hd5_file, hd5_run, tmp_path, capsys):
+    path, _ = hd5_file
+    netg = hd5_run / 'models' / 'netG_001.pth'
+    weights = tmp_path / 'srcnn_x2.pth'
+    torch.save(identity_srcnn(), weights)
+    argv = hd5_argv(path, tmp_path, 'B_VALIDATION=True', f'TRAIN.NET_G={netg}', 'SAMPLE.NUM=4',
+                    'SAMPLE.UPSCALE=2', 'SAMPLE.UPSCALE_METHOD=srcnn', f'SAMPLE.SRCNN_WEIGHTS={weights}')
+    assert gan_main(False, argv) == 0
+    out = hd5_run / 'models' / 'netG_001' / 'valid_srcnn_x2'
+    big = [np.asarray(Image.open(out / f'img_s{n}.png')) for n in range(4)]
+    assert all(b.shape == (128, 128, 3) for b in big)
+    # the same images as plain generation, enlarged: an identity SRCNN is PIL's bicubic within 1
+    plain = tmp_path / 'plain'
+    assert gan_main(False, hd5_argv(path, tmp_path, 'B_VALIDATION=True', f'TRAIN.NET_G={netg}', 'SAMPLE.NUM=4',
+                                    f'SAMPLE.OUT_DIR={plain}')) == 0
+    for n in range(4):
+        small = Image.open(plain / f'img_s{n}.png')
+        expected = np.asarray(small.resize((128, 128), Image.BICUBIC)).astype(int)
+        assert np.abs(big[n].astype(int) - expected).max() <= 1
+    # a folder keeps one size and method: more images of the other kind are refused
+    capsys.readouterr()
+    assert gan_main(False, hd5_argv(path, tmp_path, 'B_VALIDATION=True', f'TRAIN.NET_G={netg}', 'SAMPLE.NUM=6',
+                                    f'SAMPLE.OUT_DIR={plain}', 'SAMPLE.UPSCALE=2')) == 2
+    err = capsys.readouterr().err
+    assert err == (f"main.py: error: '{plain}' holds images made with no enlargement, not with "
+                   f"{{'upscale': 2, 'method': 'bicubic'}}; choose another SAMPLE.OUT_DIR or remove that folder\n")
+    assert len((plain / 'manifest.jsonl').read_text().splitlines()) == 4
+
+
 def test_bad_hd5_file_exits_2_naming_file_split_and_field(hd5_file, tmp_path, capsys):
     bad = tmp_path / 'bad.hdf5'
     write_hd5(bad)
@@ -323,3 +353,6 @@ def test_damsm_conditioned_run_generation_and_user_captions(birds, capsys):
     assert gan_main(False, argv + ['--caption', 'a red bird with blue wings', '--caption', 'a green bird']) == 0
     grid = Image.open(run / 'models' / 'netG_002' / 'captions' / 'captions_grid.png')
     assert grid.size == (64, 64 * 8)                               # 4 images per caption, no masks
+    assert gan_main(False, argv + ['--caption', 'a green bird', 'SAMPLE.UPSCALE=3']) == 0
+    grid = Image.open(run / 'models' / 'netG_002' / 'captions_bicubic_x3' / 'captions_grid.png')
+    assert grid.size == (192, 192 * 4)

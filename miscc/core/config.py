@@ -186,6 +186,11 @@ DEFAULTS: dict = {
         'SEED': 0,                  # noise and caption subsampling
         'OUT_DIR': '',              # '': <TRAIN.NET_G without .pth>/valid (the official place)
         'PER_CAPTION': 4,           # images per user caption (--caption/--captions)
+        # Enlarge generated images by this factor before saving (B_VALIDATION, --caption): 1 = off;
+        # the folder is then valid_<method>_x<factor> (captions_<method>_x<factor>) by default
+        'UPSCALE': 1,
+        'UPSCALE_METHOD': 'bicubic',  # 'bicubic' (PIL) or 'srcnn' (SRCNN on the luminance of the bicubic image)
+        'SRCNN_WEIGHTS': '',        # SRCNN state dict (conv1/conv2/conv3); '' = models/srcnn_x<UPSCALE>.pth
     },
     'DATA': {
         # Image folders ('' = the layout's own: CUB_200_2011/images for the birds;
@@ -503,6 +508,7 @@ def parse_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
 _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('WORKERS', 0, 'DataLoader worker processes; 0 loads in the main process'),
           ('SAMPLE.BATCH_SIZE', 0, 'images per generation step; 0 = TRAIN.BATCH_SIZE'),
+          ('SAMPLE.UPSCALE', 1, 'the enlargement factor of generated images; 1 = off'),
           ('EVAL.BATCH_SIZE', 1, 'images per evaluation step'),
           ('EVAL.SPLITS', 1, 'the chunks IS and R-precision are averaged over'),
           ('TEXT.CAPTIONS_PER_IMAGE', 1, 'caption lines read per image'),

@@ -25,6 +25,7 @@ from ..data.hd5 import Hd5Dataset, build_hd5_dataset
 from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_text_encoder, text_encoder_vocab_size
 from .outputs import caption_plan, read_manifest, resume_point, save_png, save_test_images
+from .upscale import build_upscaler
 
 __all__ = ['CaptionError', 'to_uint8_image', 'to_uint8_mask', 'decode_caption', 'encode_texts',
            'GenerationStack', 'load_generation_stack', 'generator_text_encoder', 'sampling_checkpoint', 'test_captions',
@@ -256,19 +257,25 @@ def generate(cfg, user_captions=()) -> str:
                           f"trained with DAMSM conditioning (DATA.HD5_FILE='')")
     setup = device_from_config(cfg)
     seed_everything(cfg.SEED)
+    upscaler = build_upscaler(cfg, setup.device)     # SAMPLE.UPSCALE: None when off
     # A generator fine-tuned together with its text encoder uses that encoder.
     stack = load_generation_stack(cfg, cfg.TRAIN.NET_G, setup.device)
     print(f'sampling from {stack.netg_path} (text encoder {stack.text_encoder_path})')
     base = os.path.splitext(stack.netg_path)[0]
     batch_size = cfg.SAMPLE.BATCH_SIZE or cfg.TRAIN.BATCH_SIZE
 
-    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, 'captions' if user_captions else 'valid')
+    folder = 'captions' if user_captions else 'valid'
+    if upscaler is not None:
+        folder += f'_{upscaler.method}_x{upscaler.factor}'
+    out_dir = cfg.SAMPLE.OUT_DIR or os.path.join(base, folder)
     check_output_dir(out_dir, 'SAMPLE.OUT_DIR')
     if user_captions:
         caps, lens, texts = stack.encode(user_captions)
         per = cfg.SAMPLE.PER_CAPTION
         sent = stack.sentences(caps, lens).repeat_interleave(per, dim=0)
         images, masks = stack.generate(stack.noise(range(len(sent)), cfg.SAMPLE.SEED), sent)
+        if upscaler is not None:     # the masks are enlarged with the grid's nearest neighbours
+            images = upscaler.float_images(images)
         path = os.path.join(out_dir, 'captions_grid.png')
         save_grid(mask_grid(images, masks, rows=len(images)), path)
         with open(os.path.join(out_dir, 'captions.txt'), 'w', encoding='utf-8') as f:
@@ -277,9 +284,12 @@ def generate(cfg, user_captions=()) -> str:
         return out_dir
 
     num = cfg.SAMPLE.NUM
-    start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path)
+    start = resume_point(out_dir, stack.dataset, num, generator=stack.netg_path,
+                         settings=upscaler.settings if upscaler is not None else None)
     bar = tqdm(total=num, initial=start, desc='generating', dynamic_ncols=True)
     batches = generate_test_images(stack, num, batch_size, seed=cfg.SAMPLE.SEED, start=start)
+    if upscaler is not None:         # the masks (fm_<n>.png) keep the generator's size
+        batches = (dataclasses.replace(b, images=upscaler(b.images)) for b in batches)
     try:
         manifest = save_test_images(batches, out_dir, num, progress=bar, workers=max(1, cfg.WORKERS))
     except DiskFullError as e:

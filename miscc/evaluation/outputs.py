@@ -95,15 +95,17 @@ def other_generator(out_dir: str, generator: str) -> str | None:
     return f"'{record.get('generator')}'"
 
 
-def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) -> int:
+def resume_point(out_dir: str, dataset, num: int, generator: str | None = None, settings: dict | None = None) -> int:
     """How many images of ``dataset``'s caption plan (``caption_plan``; the data set gives
     ``filenames`` and ``embeddings_num``) ``out_dir`` already holds (0 for a new folder).
 
     Raises if the folder holds a different plan (other data set or
     settings) or, given the ``generator`` file, images of another generator (compared by
-    SHA-256, recorded in ``generator.json`` when the folder is started), so earlier results are
-    never silently mixed with new ones.
+    SHA-256, recorded in ``generator.json`` when the folder is started) or made with other
+    ``settings`` (how images were post-processed, e.g. enlarged; recorded there too), so earlier
+    results are never silently mixed with new ones.
     """
+    settings = settings or {}
     entries = read_manifest(out_dir)
     if not entries:
         leftovers = [f for f in os.listdir(out_dir) if f.endswith('.png')] if os.path.isdir(out_dir) else []
@@ -111,13 +113,17 @@ def resume_point(out_dir: str, dataset, num: int, generator: str | None = None) 
             raise FileExistsError(f"'{out_dir}' already holds images but no manifest.jsonl; choose another "
                                   f"SAMPLE.OUT_DIR or remove them")
         if generator:
-            write_json(os.path.join(out_dir, GENERATOR_RECORD),
-                       {'generator': os.path.abspath(generator), 'sha256': file_sha256(generator)})
+            record = {'generator': os.path.abspath(generator), 'sha256': file_sha256(generator)}
+            write_json(os.path.join(out_dir, GENERATOR_RECORD), dict(record, settings=settings) if settings else record)
         return 0
     made_by = other_generator(out_dir, generator) if generator else None
     if made_by:
         raise FileExistsError(f"'{out_dir}' holds images of {made_by}, not of '{generator}'; choose "
                               f"another SAMPLE.OUT_DIR or remove that folder")
+    made_with = (generator_record(out_dir) or {}).get('settings', {}) if generator else settings
+    if made_with != settings:
+        raise FileExistsError(f"'{out_dir}' holds images made with {made_with or 'no enlargement'}, not with "
+                              f"{settings or 'no enlargement'}; choose another SAMPLE.OUT_DIR or remove that folder")
     plan = caption_plan(len(dataset.filenames), dataset.embeddings_num, min(len(entries), num))
     for n, (entry, (key_ix, cap_ix)) in enumerate(zip(entries, plan)):
         if (entry.get('file') != f'img_s{n}.png' or entry.get('key') != dataset.filenames[key_ix]
