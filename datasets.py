@@ -633,6 +633,15 @@ class TextDataset(data.Dataset):
         """``(LongTensor words_num, length)`` of caption ``key_index * embeddings_num + j``."""
         return pad_caption(self.captions[sent_ix], self.words_num, rng)
 
+    def image_file(self, index: int) -> str:
+        """The image file of item ``index``."""
+        return self._images.path(self.filenames[index])
+
+    def source_image(self, index: int) -> Image.Image:
+        """The RGB image of item ``index`` before resizing: cropped around its bounding box for
+        the birds (``self.bbox``), whole otherwise."""
+        return self._images.load(self.filenames[index])
+
     def image(self, index: int) -> torch.Tensor:
         """FloatTensor 3 x S x S in [-1, 1] of item ``index`` (random view if ``augment``)."""
         if self._cache is not None:

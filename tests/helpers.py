@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import shutil
+import struct
 import types
 from pathlib import Path
 
@@ -270,3 +271,45 @@ def identity_srcnn(kernels=(9, 1, 5), shift=0.0) -> dict:
         state[f'conv{i}.weight'][0, 0, k // 2, k // 2] = 1.0
     state['conv3.bias'][0] = shift
     return state
+
+
+def write_t7(path, table: dict) -> None:
+    """``table`` (str keys; str or 2-d float32 array values) in Torch7's binary serialisation,
+    as reedscot's char-CNN-RNN files store ``{img = '<path>', txt = FloatTensor K x E}``."""
+    out = io.BytesIO()
+    refs = iter(range(1, 1000))
+
+    def put(fmt, *values):
+        out.write(struct.pack(fmt, *values))
+
+    def string(text):
+        raw = text.encode('utf-8')
+        put('<i', len(raw))
+        out.write(raw)
+
+    def torch_header(class_name):
+        put('<ii', 4, next(refs))            # TYPE_TORCH, object reference
+        string('V 1')
+        string(class_name)
+
+    def obj(value):
+        if isinstance(value, str):
+            put('<i', 2)
+            string(value)
+        elif isinstance(value, np.ndarray):
+            value = np.ascontiguousarray(value, dtype='<f4')
+            torch_header('torch.FloatTensor')
+            put('<i', value.ndim)
+            put(f'<{value.ndim}q', *value.shape)
+            put(f'<{value.ndim}q', *(s // 4 for s in value.strides))
+            put('<q', 1)                     # storage offset, counted from 1
+            torch_header('torch.FloatStorage')
+            put('<q', value.size)
+            out.write(value.tobytes())
+        else:
+            put('<iii', 3, next(refs), len(value))     # TYPE_TABLE, reference, pairs
+            for k, v in value.items():
+                obj(k)
+                obj(v)
+    obj(table)
+    Path(path).write_bytes(out.getvalue())

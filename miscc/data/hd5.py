@@ -14,13 +14,16 @@ with splits ``train``, ``valid`` and ``test``. Its converters write five example
 
 ``Hd5Batch`` / ``collate_hd5`` batch its items for the training loop, ``build_hd5_dataset``
 reads the DATA.HD5_* config keys, and ``Hd5RealImages`` gives the real images of a split
-(one per image, not per example) for FID statistics.
+(one per image, not per example) for FID statistics. ``hd5_writer`` / ``write_example`` write
+the layout (``tools/convert_to_hd5.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from typing import Dict, List, NamedTuple, Optional, Sequence
+import tempfile
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -29,10 +32,11 @@ import torch.utils.data as data
 import torchvision.transforms as T
 from PIL import Image
 
+from ..core.files import TEMP_SUFFIX
 from .errors import DataError
 
 __all__ = ['Hd5Dataset', 'Hd5Error', 'Hd5Batch', 'Hd5RealImages', 'collate_hd5', 'build_hd5_dataset',
-           'FIELDS', 'SPLITS']
+           'hd5_writer', 'write_example', 'FIELDS', 'SPLITS']
 
 FIELDS = ('name', 'img', 'embeddings', 'class', 'txt')
 SPLITS = ('train', 'valid', 'test')
@@ -324,3 +328,36 @@ class Hd5RealImages(data.Dataset):
         ex = self.examples
         img = ex.transform(ex._decode(ex._group(), ex.keys[self.indices[index]]))
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()), self.names[index]
+
+
+# ----------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def hd5_writer(path: str) -> Iterator[h5py.File]:
+    """A new hd5 file with the groups of ``SPLITS``, written beside ``path`` under a temporary
+    name and renamed onto it when the block ends without an error (removed otherwise), so an
+    interrupted conversion never leaves a partial file under the final name."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX, dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, 'w') as f:
+            for split in SPLITS:
+                f.create_group(split)
+            yield f
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_example(group: h5py.Group, key: str, name: str, class_name: str, image_bytes: bytes,
+                  embedding: np.ndarray, caption: str) -> None:
+    """One example as the implementation's converters write it: the image file's bytes whole
+    (``np.void``), one caption's embedding (E, float32), the caption as a variable-length string."""
+    example = group.create_group(key)
+    example.create_dataset('name', data=name)
+    example.create_dataset('img', data=np.void(image_bytes))
+    example.create_dataset('embeddings', data=np.asarray(embedding, dtype=np.float32))
+    example.create_dataset('class', data=class_name)
+    example.create_dataset('txt', data=caption, dtype=h5py.special_dtype(vlen=str))
