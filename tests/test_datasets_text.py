@@ -1,6 +1,7 @@
 """Caption pipeline: tokens, vocabulary cache, indices, padding, subsampling, batches."""
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from helpers import make_birds_layout, real_keys
 from datasets import (Batch, TextDataset, build_dataset, build_vocabulary, collate_sorted,
                       encode_caption, pad_caption, read_caption_file, tokenize)
 from miscc.core.config import default_config
+from miscc.evaluation.generation import encode_texts
 
 
 def test_tokenize_like_the_official_code():
@@ -221,3 +223,15 @@ def test_coco_official_folders_and_configured_folders(tmp_path):
     train = build_dataset(cfg, 'train')
     assert train.image_dir == str(tmp_path / 'train_images') and len(train) == 2
     assert train[1][0].shape == (3, 16, 16)
+
+
+def test_typed_captions_warn_when_known_words_are_cut():
+    wordtoix = {'<end>': 0, 'red': 1, 'bird': 2}
+    with pytest.warns(UserWarning, match="has more than 3 known words; truncated to the first 3"):
+        caps, lens, _ = encode_texts(['red bird red bird'], wordtoix, 3)
+    assert lens.tolist() == [3] and caps[0].tolist() == [1, 2, 1]
+    with warnings.catch_warnings(record=True) as caught:        # 3 known + 1 unknown: nothing is cut
+        warnings.simplefilter('always')
+        _, lens, _ = encode_texts(['red zebra bird red'], wordtoix, 3)
+    assert lens.tolist() == [3] and [str(w.message) for w in caught] == [
+        "caption 'red zebra bird red': unknown words dropped: zebra"]

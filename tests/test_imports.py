@@ -18,7 +18,7 @@ LAYERS = [
     ('miscc.evaluation',),
     ('miscc.training',),
     ('miscc.demo',),
-    ('miscc.cli', 'miscc.launch'),
+    ('miscc.cli', 'miscc.launch', 'miscc.explorer'),
 ]
 
 

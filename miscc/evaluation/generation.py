@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets import TextDataset, build_dataset, encode_caption
+from datasets import TextDataset, build_dataset, encode_caption, tokenize
 
 from ..core.checkpoint import (BEST_NAME, ema_checkpoint, is_ema_checkpoint, not_a_file, plain_generator_checkpoint,
                                sibling_checkpoint)
@@ -63,8 +63,7 @@ def encode_texts(texts, wordtoix, words_num: int):
             warnings.warn(f'caption {text!r}: unknown words dropped: {", ".join(unknown)}')
         if length == 0:
             raise CaptionError(f'caption {text!r} has no word of the vocabulary; nothing to generate from')
-        total = length + len(unknown)
-        if total > words_num and length == words_num:
+        if len(tokenize(text)) - len(unknown) > words_num:     # known words, before the cut
             warnings.warn(f'caption {text!r} has more than {words_num} known words; truncated to the first '
                           f'{words_num}')
         caps.append(cap)
