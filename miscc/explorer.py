@@ -32,6 +32,7 @@ from .cli import USER_ERRORS
 from .core.checkpoint import BEST_NAME, EMA_NAME, load_file
 from .core.config import default_config, load_config, parse_overrides
 from .core.runtime import device_from_config
+from .data.synthetic import caption_attributes, read_attributes
 from .evaluation.generation import CaptionError, GenerationStack, load_generation_stack, to_uint8_image
 from .evaluation.upscale import Upscaler, build_upscaler
 from .training.driver import STATE_NAME
@@ -142,16 +143,18 @@ def _tile(array: np.ndarray, side: int = TILE) -> np.ndarray:
 
 
 def _labelled_columns(columns: list, names: list, gap: int = 6) -> np.ndarray:
-    """Columns (H_i x W_i x 3) side by side on white, each under its name."""
+    """Columns (H_i x W_i x 3) side by side on white, each under its name (a column is widened
+    to its name)."""
+    draw = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    widths = [max(c.shape[1], int(draw.textlength(n)) + 4) for c, n in zip(columns, names)]
     height = max(c.shape[0] for c in columns) + LABEL_HEIGHT
-    width = sum(c.shape[1] for c in columns) + gap * (len(columns) - 1)
-    canvas = Image.new('RGB', (width, height), (255, 255, 255))
+    canvas = Image.new('RGB', (sum(widths) + gap * (len(columns) - 1), height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     x = 0
-    for column, name in zip(columns, names):
+    for column, name, width in zip(columns, names, widths):
         canvas.paste(Image.fromarray(column), (x, LABEL_HEIGHT))
         draw.text((x + 2, 3), name, fill=(0, 0, 0))
-        x += column.shape[1] + gap
+        x += width + gap
     return np.asarray(canvas)
 
 
@@ -262,18 +265,23 @@ class Explorer:
         return _labelled_columns(columns, [m.name for m in self.models]), notes
 
     def nearest_training_bird(self, caption: str) -> tuple | None:
-        """For the synthetic birds: ``(image, its caption)`` of the training bird one of whose
-        captions shares the most words with ``caption`` (its attributes are the caption's when
-        the caption uses the data set's words); None for other data sets."""
+        """For the synthetic birds: ``(image, line)`` of the first training bird with the most of the
+        attributes the caption names (``caption_attributes``: body, wing, head, beak colour, size;
+        on a tie, one with the caption's body colour), the line naming its attributes; None for
+        other data sets or a caption naming none."""
         model = next((m for m in self.models if m.stack.cfg.DATASET_NAME == 'synthetic_birds'), None)
-        words = set(caption.lower().replace('.', ' ').replace(',', ' ').split())
-        if model is None or not words:
+        named = caption_attributes(caption)
+        if model is None or not named:
             return None
-        train = self._training_captions(model.stack.cfg)
-        best = max(range(len(train.texts)), key=lambda i: len(words & train.word_sets[i]))
-        index = best // train.dataset.embeddings_num
+        train = self._training_birds(model.stack.cfg)
+        # the most attributes right; among those, the right body colour first (the one every caption names)
+        scores = [sum(a.get(k) == v for k, v in named.items()) for a in train.attributes]
+        index = max(range(len(scores)), key=lambda i: (scores[i], train.attributes[i]['body'] == named.get('body')))
+        bird = train.attributes[index]
         image = np.asarray(train.dataset.source_image(index).resize((TILE * 2, TILE * 2), Image.BICUBIC))
-        return image, train.texts[best]
+        shown = ', '.join(f'{k} {bird[k]}' for k in ('body', 'wing', 'head', 'beak', 'size'))
+        asked = ', '.join(f'{k} {v}' for k, v in named.items())
+        return image, f'{shown} ({scores[index]} of the {len(named)} attributes the caption names: {asked})'
 
     def save_grid(self, folder: str = '') -> str:
         """The last images grid as a PNG file (for the page's download button)."""
@@ -285,21 +293,20 @@ class Explorer:
         return path
 
 
-    def _training_captions(self, cfg) -> '_TrainCaptions':
-        """The training split's captions as text and word sets (read once per data folder)."""
+    def _training_birds(self, cfg) -> '_TrainBirds':
+        """The synthetic training split and its birds' attributes (read once per data folder)."""
         key = os.path.abspath(cfg.DATA_DIR)
         if key not in self._train:
             dataset = build_dataset(cfg, 'train', augment=False)
-            texts = [' '.join(dataset.ixtoword[int(i)] for i in cap) for cap in dataset.captions]
-            self._train[key] = _TrainCaptions(dataset, texts, [set(t.split()) for t in texts])
+            known = read_attributes(cfg.DATA_DIR)
+            self._train[key] = _TrainBirds(dataset, [known[k] for k in dataset.filenames])
         return self._train[key]
 
 
 @dataclass
-class _TrainCaptions:
+class _TrainBirds:
     dataset: TextDataset
-    texts: list            # every caption of the split, as text (index: image * captions per image + j)
-    word_sets: list
+    attributes: list       # per training image: {'body': ..., 'wing': ..., 'head': ..., 'beak': ..., 'size': ...}
 
 
 # ----------------------------------------------------------------------------- the page
@@ -325,7 +332,7 @@ def build_page(explorer: Explorer) -> gr.Blocks:
         took = (time.perf_counter() - start) * 1000
         nearest = explorer.nearest_training_bird(caption)
         truth = nearest[0] if nearest else None
-        label = f'nearest training bird: "{nearest[1]}"' if nearest else ''
+        label = f'nearest training bird: {nearest[1]}' if nearest else ''
         head = (f'request {next(requests)}: {int(count)} image(s) from {len(explorer.models)} generator(s) '
                 f'in {took:.0f} ms, seed {int(seed)}')
         return images, masks, '\n'.join([head] + [f'- {n}' for n in notes or ['every word is known']]), truth, label
@@ -351,13 +358,15 @@ def build_page(explorer: Explorer) -> gr.Blocks:
             download = gr.DownloadButton('Save grid (PNG)', elem_id='save')
         notes = gr.Markdown(elem_id='notes')
         with gr.Row():
-            images = gr.Image(label='Images (one column per generator)', elem_id='images', format='png',
-                              interactive=False)
-            masks = gr.Image(label='Masks at every stage (SSA-GAN)', elem_id='masks', format='png',
-                             interactive=False)
             with gr.Column():
-                truth = gr.Image(label='Ground truth: nearest training bird', elem_id='truth', format='png',
-                                 interactive=False)
+                gr.Markdown('**Images**, one column per generator')
+                images = gr.Image(show_label=False, elem_id='images', format='png', interactive=False)
+            with gr.Column():
+                gr.Markdown('**Masks** at every stage, coarse to fine (SSA-GAN)')
+                masks = gr.Image(show_label=False, elem_id='masks', format='png', interactive=False)
+            with gr.Column():
+                gr.Markdown('**Ground truth**: the nearest training bird (synthetic birds)')
+                truth = gr.Image(show_label=False, elem_id='truth', format='png', interactive=False)
                 truth_caption = gr.Markdown(elem_id='truth-caption')
         with gr.Accordion('Interpolate two captions (fixed noise)', open=False):
             with gr.Row():
@@ -366,7 +375,7 @@ def build_page(explorer: Explorer) -> gr.Blocks:
                 weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label='Towards the second', elem_id='weight')
             mix = gr.Button('Interpolate', elem_id='interpolate')
             mix_notes = gr.Markdown()
-            mixed = gr.Image(label='Interpolated', elem_id='mixed', format='png', interactive=False)
+            mixed = gr.Image(show_label=False, elem_id='mixed', format='png', interactive=False)
         with gr.Accordion('Add a generator', open=False):
             with gr.Row():
                 source = gr.Textbox(label='Run folder or generator file', elem_id='source')

@@ -12,7 +12,7 @@ from miscc.core.config import default_config
 from miscc.data.safe_pickle import safe_load
 from miscc.data.synthetic import (BACKGROUNDS, LABELS, PALETTE, class_folder, class_pairs,
                              ensure_synthetic_birds, main, make_captions, make_synthetic_birds,
-                             judge_body_colour, render_bird, sample_attributes)
+                             caption_attributes, judge_body_colour, render_bird, sample_attributes)
 
 PART_WORDS = {'wing': {'wings', 'wing'}, 'head': {'crown', 'head'}, 'beak': {'beak', 'bill'},
               'body': {'belly', 'breast', 'body'}}
@@ -99,6 +99,23 @@ def test_every_caption_agrees_with_the_attributes(synthetic_small):
                 assert sizes <= SIZE_WORDS[a['size']], line
                 mentioned.add('size')
             assert 1 <= len(mentioned) <= 3, line
+
+
+def test_caption_attributes_read_exactly_what_each_caption_names(synthetic_small):
+    """Every caption: the body colour, and exactly the parts (and size) it mentions, each with the
+    bird's own value."""
+    for a in _attributes(synthetic_small):
+        for line in (synthetic_small / 'text' / (a['key'] + '.txt')).read_text().splitlines():
+            named = caption_attributes(line)
+            tokens = set(tokenize(line))
+            mentioned = {p for p in ('wing', 'head', 'beak') if PART_WORDS[p] & tokens}
+            if (SIZE_WORDS['small'] | SIZE_WORDS['large']) & tokens:
+                mentioned.add('size')
+            assert set(named) == mentioned | {'body'}, line
+            assert all(a[k] == v for k, v in named.items()), line
+    assert caption_attributes('This tiny bird is mostly Green, with a blue crown.') == {
+        'size': 'small', 'body': 'green', 'head': 'blue'}
+    assert caption_attributes('a bird') == {}
 
 
 def test_captions_vary_in_wording():

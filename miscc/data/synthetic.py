@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,8 @@ from PIL import Image, ImageDraw
 __all__ = ['PALETTE', 'BACKGROUNDS', 'SIZES', 'FACINGS', 'ATTRIBUTE_KEYS', 'GRADIENT_MAX',
            'NOISE_MAX', 'CAPTIONS_PER_IMAGE', 'LABELS', 'class_pairs', 'class_folder',
            'sample_attributes', 'render_bird', 'make_captions', 'make_synthetic_birds',
-           'ensure_synthetic_birds', 'is_complete', 'judge_body_colour', 'main']
+           'ensure_synthetic_birds', 'is_complete', 'judge_body_colour', 'PART_WORDS', 'caption_attributes',
+           'read_attributes', 'main']
 
 # Colour names -> RGB; an evaluation judges generated colours against these.
 PALETTE = {
@@ -251,6 +253,39 @@ def _join(items: list, rng) -> str:
         return items[0]
     comma = ',' if len(items) > 2 and rng.integers(2) else ''
     return ', '.join(items[:-1]) + f'{comma} and ' + items[-1]
+
+
+# The nouns that name each part in the captions (``_phrase``).
+PART_WORDS = {'body': ('belly', 'breast', 'body'), 'wing': ('wings', 'wing'), 'head': ('crown', 'head'),
+              'beak': ('beak', 'bill')}
+
+
+def caption_attributes(caption: str) -> dict:
+    """The attributes a caption in this data set's phrasing names, e.g. ``{'body': 'red',
+    'wing': 'blue', 'size': 'small'}``: a colour before a part's noun names that part ('blue
+    wings'); a colour before 'bird' or after 'is' / 'mostly' names the body ('a red bird',
+    'this bird is mostly red'); a size word names the size. The first mention of a part counts."""
+    words = re.findall(r'[a-z]+', caption.lower())
+    sizes = {w: size for size, names in _SIZE_WORDS.items() for w in names}
+    found: dict = {}
+    for i, word in enumerate(words):
+        if word in sizes:
+            found.setdefault('size', sizes[word])
+        if word not in PALETTE:
+            continue
+        after, before = (words[i + 1] if i + 1 < len(words) else ''), (words[i - 1] if i else '')
+        part = next((p for p, nouns in PART_WORDS.items() if after in nouns), None)
+        if part is None and (after == 'bird' or before in ('is', 'mostly')):
+            part = 'body'
+        if part is not None:
+            found.setdefault(part, word)
+    return found
+
+
+def read_attributes(data_dir: str) -> dict:
+    """``{key: attributes}`` of ``data_dir/attributes.jsonl`` (every image of both splits)."""
+    with open(os.path.join(data_dir, 'attributes.jsonl'), encoding='utf-8') as f:
+        return {a['key']: a for a in map(json.loads, f) if a}
 
 
 def _one_caption(attrs: dict, rng) -> str:
