@@ -384,13 +384,13 @@ def build_page(explorer: Explorer) -> gr.Blocks:
             added = gr.Markdown(elem_id='added')
 
         outputs = [images, masks, notes, truth, truth_caption]
-        go.click(_shown(generate), [caption, count, seed], outputs)
-        caption.submit(_shown(generate), [caption, count, seed], outputs)
-        new_noise.click(lambda: int(np.random.default_rng().integers(0, 2 ** 31 - 1)), None, seed).then(
-            _shown(generate), [caption, count, seed], outputs)
-        download.click(_shown(lambda: explorer.save_grid()), None, download)
-        mix.click(_shown(interpolate), [first, second, weight, count, seed], [mixed, mix_notes])
-        add_button.click(_shown(add), [source, source_cfg], added)
+        go.click(_shown(generate), [caption, count, seed], outputs, api_name='generate')
+        caption.submit(_shown(generate), [caption, count, seed], outputs, api_name=False)
+        new_noise.click(lambda: int(np.random.default_rng().integers(0, 2 ** 31 - 1)), None, seed,
+                        api_name=False).then(_shown(generate), [caption, count, seed], outputs, api_name=False)
+        download.click(_shown(lambda: explorer.save_grid()), None, download, api_name='save_grid')
+        mix.click(_shown(interpolate), [first, second, weight, count, seed], [mixed, mix_notes], api_name='interpolate')
+        add_button.click(_shown(add), [source, source_cfg], added, api_name='add_generator')
     return page
 
 
