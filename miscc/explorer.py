@@ -80,7 +80,8 @@ def _resolve(source: str, cfg_file: str, overrides) -> tuple:
     if os.path.isdir(os.path.join(source, 'gan')):                # the demo's OUTPUT_DIR
         runs = glob.glob(os.path.join(source, 'gan', '*', 'models', STATE_NAME))
         if not runs:
-            raise ExplorerError(f"'{source}' has no trained GAN run: run the demo first (python main.py --cfg cfg/demo.yml)")
+            raise ExplorerError(f"'{source}' has no trained GAN run: run the demo first "
+                                f"(python main.py --cfg cfg/demo.yml)")
         source = os.path.dirname(os.path.dirname(max(runs, key=os.path.getmtime)))
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, 'models', STATE_NAME)):
@@ -244,9 +245,10 @@ class Explorer:
         with_masks = [(n, d) for n, d in zip(names, drawn) if d.masks]
         masks = None
         if with_masks:
-            masks = _labelled_columns(
-                [_grid([[_tile(heat_map(stage[i])) for stage in d.masks] for i in range(count)]) for _, d in with_masks],
-                [f'{n}: masks {d.masks[0].shape[-1]} to {d.masks[-1].shape[-1]} px' for n, d in with_masks])
+            columns = [_grid([[_tile(heat_map(stage[i])) for stage in d.masks] for i in range(count)])
+                       for _, d in with_masks]
+            masks = _labelled_columns(columns, [f'{n}: masks {d.masks[0].shape[-1]} to {d.masks[-1].shape[-1]} px'
+                                                for n, d in with_masks])
         self.last_grid = images
         return images, masks, notes
 

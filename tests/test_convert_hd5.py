@@ -132,7 +132,8 @@ def _hd5_argv(path, out, *args, **extra):
             'TRAIN.BATCH_SIZE': 5, 'TRAIN.MAX_EPOCH': 1, 'TRAIN.GSAVE_INTERVAL': 1, 'TRAIN.DSAVE_INTERVAL': 1,
             'GAN_INT_CLS.NGF': 2, 'GAN_INT_CLS.NDF': 2, 'GAN_INT_CLS.PROJECTED_DIM': 4, 'WORKERS': 0, 'DEVICE': 'cpu'}
     base.update(extra)
-    return ['--cfg', str(ROOT / 'cfg' / 'flowers_gan_int_cls.yml'), *map(str, args)] + [f'{k}={v}' for k, v in base.items()]
+    return (['--cfg', str(ROOT / 'cfg' / 'flowers_gan_int_cls.yml'), *map(str, args)]
+            + [f'{k}={v}' for k, v in base.items()])
 
 
 def _train_and_generate(path: Path, out: Path, emb: int) -> list:

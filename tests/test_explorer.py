@@ -34,7 +34,8 @@ def _argv(root, out, model, **extra):
     base = {'DATASET_NAME': 'synthetic_birds', 'DATA_DIR': root / 'synthetic_birds', 'OUTPUT_DIR': root / out,
             'TEXT.DAMSM_NAME': root / 'enc' / 'text_encoder5.pth', 'TREE.BASE_SIZE': 32, 'TRAIN.NF': 2,
             'TRAIN.BATCH_SIZE': 4, 'TRAIN.MAX_EPOCH': 1, 'TRAIN.WARMUP_EPOCHS': 0, 'TRAIN.GSAVE_INTERVAL': 1,
-            'TRAIN.DSAVE_INTERVAL': 1, 'WORKERS': 0, 'DEVICE': 'cpu', 'MODEL.NAME': model, 'TEXT.IMAGE_ENCODER_INPUT': 96, 'TRAIN.LAMBDA_DA': 0.0, 'GAN.GATE_INIT': 1.0,
+            'TRAIN.DSAVE_INTERVAL': 1, 'WORKERS': 0, 'DEVICE': 'cpu', 'MODEL.NAME': model,
+            'TEXT.IMAGE_ENCODER_INPUT': 96, 'TRAIN.LAMBDA_DA': 0.0, 'GAN.GATE_INIT': 1.0,
             'SYNTHETIC.NUM_TRAIN': 8, 'SYNTHETIC.NUM_TEST': 4, 'SYNTHETIC.IMAGE_SIZE': 128, 'SYNTHETIC.SEED': 3}
     base.update(extra)
     return ['--cfg', str(ROOT / 'cfg' / 'bird.yml')] + [f'{k}={v}' for k, v in base.items()]
@@ -54,7 +55,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def explorer(runs):
-    return ex.Explorer([ex.load_model(str(runs['ssagan']), device='cpu'), ex.load_model(str(runs['dfgan']), device='cpu')])
+    return ex.Explorer([ex.load_model(str(runs[name]), device='cpu') for name in ('ssagan', 'dfgan')])
 
 
 # ----------------------------------------------------------------------------- the page's functions
@@ -175,7 +176,8 @@ def test_bad_generators_are_one_line_and_the_page_goes_on(runs, explorer, tmp_pa
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert ex.main([str(tmp_path / 'nothing')]) == 2
     err = capsys.readouterr().err
-    assert err == f"explore.py: error: '{tmp_path / 'nothing'}' not found: give a run folder, a generator file or the demo's output folder\n"
+    assert err == (f"explore.py: error: '{tmp_path / 'nothing'}' not found: give a run folder, a generator file "
+                   f"or the demo's output folder\n")
 
 
 # ----------------------------------------------------------------------------- the real page in a browser
@@ -208,7 +210,8 @@ def _request_done(driver, n: int) -> None:
 def _image_pixels(driver, elem_id: str) -> tuple:
     """(src, pixels) of the image shown in the component ``elem_id``."""
     img = WebDriverWait(driver, 60).until(
-        lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, f'#{elem_id} img') if e.get_attribute('src')), None))
+        lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, f'#{elem_id} img')
+                        if e.get_attribute('src')), None))
     src = img.get_attribute('src')
     data = driver.execute_async_script(
         "const done = arguments[1]; fetch(arguments[0]).then(r => r.arrayBuffer()).then(b => {"

@@ -171,7 +171,8 @@ def convert_dataset(cfg, out: str, per_image: int = 5, seed: int = 0) -> dict:
                 for index in range(first, min(first + IMAGES_PER_PASS, len(dataset))):
                     rng = np.random.default_rng([seed, split_index, index])
                     for c, row in enumerate(_draws(rng, dataset.embeddings_num, per_image)):
-                        drawn.append((index, c, *dataset.caption_tensor(index * dataset.embeddings_num + int(row), rng)))
+                        caption = dataset.caption_tensor(index * dataset.embeddings_num + int(row), rng)
+                        drawn.append((index, c, *caption))
                 caps = torch.stack([d[2] for d in drawn]).to(device)
                 _, codes = encoder(caps, torch.tensor([d[3] for d in drawn]), encoder.init_hidden(len(drawn)))
                 images = {}

@@ -24,7 +24,8 @@ from .files import atomic_write
 
 __all__ = ['CheckpointError', 'not_a_file', 'load_file', 'save_atomic', 'strip_prefixes', 'unwrap_model',
            'model_state_dict', 'load_model_state', 'check_state_dict', 'trained_epochs',
-           'sibling_checkpoint', 'companion_checkpoint', 'REFERENCE_NAMES', 'step_tag', 'step_checkpoint', 'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint',
+           'sibling_checkpoint', 'companion_checkpoint', 'REFERENCE_NAMES', 'step_tag', 'step_checkpoint',
+           'EMA_NAME', 'BEST_NAME', 'is_ema_checkpoint',
            'ema_checkpoint', 'plain_generator_checkpoint', 'GENERATOR_LAYOUTS', 'generator_layout',
            'read_dfgan_checkpoint', 'load_dfgan_checkpoint']
 

@@ -55,10 +55,10 @@ def resolve_resume(cfg, finetune: bool) -> tuple:
     if start.kind == 'state' and family_of(cfg).is_release_start(start.path):
         return 'weights', start.path   # a released training state of another code base (DF-GAN's)
     if cfg.TRAIN.NET_D and start.kind != 'weights':
-        holds = {'state': f"'{start.path}' is a training state, which holds its discriminator already: leave "
-                          f"TRAIN.NET_D empty"}.get(start.kind, 'set TRAIN.NET_G to the generator file it belongs with')
+        fix = (f"'{start.path}' is a training state, which holds its discriminator already: leave TRAIN.NET_D empty"
+               if start.kind == 'state' else 'set TRAIN.NET_G to the generator file it belongs with')
         raise ConfigError(f"TRAIN.NET_D='{cfg.TRAIN.NET_D}' is the discriminator that continues with the generator "
-                          f"file of TRAIN.NET_G; {holds}")
+                          f"file of TRAIN.NET_G; {fix}")
     return start.kind, start.path
 
 
