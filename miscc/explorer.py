@@ -111,10 +111,6 @@ class LoadedModel:
     stack: GenerationStack
     upscaler: Upscaler | None = None
 
-    @property
-    def words_num(self) -> int:
-        return self.stack.cfg.TEXT.WORDS_NUM
-
 
 def load_model(source: str, cfg_file: str = '', overrides=(), device: str = '') -> LoadedModel:
     """``source`` (see ``_resolve``) loaded for sampling; ``overrides`` are KEY=VALUE strings
@@ -191,7 +187,7 @@ class Explorer:
         self.models = list(models)
         self.device = device
         self.last_grid: np.ndarray | None = None
-        self._train: dict = {}     # DATA_DIR -> the training captions (read on the first request)
+        self._train: dict = {}     # DATA_DIR -> the training birds (read on the first request)
 
     def add(self, source: str, cfg_file: str = '', overrides=()) -> str:
         """Load one more generator; returns the line to show."""
@@ -343,10 +339,6 @@ def build_page(explorer: Explorer) -> gr.Blocks:
         grid, notes = explorer.interpolate(first, second, weight, count, seed)
         return grid, '\n'.join(f'- {n}' for n in notes)
 
-    def add(source, cfg_file):
-        line = explorer.add(source, cfg_file)
-        return line
-
     with gr.Blocks(title='SSA-GAN explorer', analytics_enabled=False) as page:
         gr.Markdown('## Text to image: type a caption, see what the generators draw')
         with gr.Row():
@@ -392,7 +384,7 @@ def build_page(explorer: Explorer) -> gr.Blocks:
                         api_name=False).then(_shown(generate), [caption, count, seed], outputs, api_name=False)
         download.click(_shown(lambda: explorer.save_grid()), None, download, api_name='save_grid')
         mix.click(_shown(interpolate), [first, second, weight, count, seed], [mixed, mix_notes], api_name='interpolate')
-        add_button.click(_shown(add), [source, source_cfg], added, api_name='add_generator')
+        add_button.click(_shown(explorer.add), [source, source_cfg], added, api_name='add_generator')
     return page
 
 
