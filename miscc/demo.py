@@ -3,14 +3,16 @@
 ``python main.py --cfg cfg/demo.yml`` (a config with ``DEMO.RUN: True``) runs five stages,
 each through the same code as the full-scale scripts, into ``OUTPUT_DIR``:
 
-1. ``data``: create the synthetic birds in ``DATA_DIR`` unless they are there.
+1. ``data``: create the synthetic birds in ``DATA_DIR`` unless they are there, and train the
+   attribute judge on them unless it is cached (``miscc/evaluation/judge.py``).
 2. ``damsm``: pretrain the DAMSM encoders (``pretrain_DAMSM.py``'s trainer, config
    ``DEMO.DAMSM_CFG``) into ``OUTPUT_DIR/damsm``.
 3. ``gan``: train SSA-GAN (``main.py``'s trainer) with those encoders into ``OUTPUT_DIR/gan``.
 4. ``generate``: images for the test captions with masks and ``manifest.jsonl`` into
    ``OUTPUT_DIR/generated``, and a grid for ``DEMO.GRID_CAPTIONS`` into ``OUTPUT_DIR/captions``.
 5. ``report``: ``OUTPUT_DIR/report.json`` with R-precision and body-colour accuracy of the
-   generated images, and the same measures on the real test images as the ceiling.
+   generated images, and the same measures on the real test images as the ceiling; the attribute
+   judge's accuracy on every attribute the captions name (``attribute_scores``).
 
 Running the command again skips finished stages and continues an interrupted one.
 
@@ -46,6 +48,7 @@ from .data.synthetic import ensure_synthetic_birds, judge_body_colour
 from .evaluation.generation import (generate, generate_test_images, load_generation_stack, sampling_checkpoint,
                                     to_uint8_image)
 from .evaluation.outputs import other_generator, read_manifest, save_png
+from .evaluation.judge import attribute_scores, load_judge
 from .evaluation.scores import caption_r_precision
 from .training.damsm import DAMSMTrainer
 from .training.driver import STATE_NAME, find_latest_state, read_progress
@@ -123,7 +126,10 @@ def gan_config(cfg, text_encoder: str):
 def _stage_data(cfg):
     s = cfg.SYNTHETIC
     ensure_synthetic_birds(cfg.DATA_DIR, s.NUM_TRAIN, s.NUM_TEST, s.IMAGE_SIZE, s.SEED)
-    return {'data_dir': cfg.DATA_DIR}
+    # the report's attribute judge, trained here once per data set and size (cached), so that the
+    # GAN stage's share of the budget counts its seconds
+    judge = load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE)
+    return {'data_dir': cfg.DATA_DIR, 'judge': judge.path}
 
 
 def _finished_run(output_dir: str, prefix: str, max_epoch: int):
@@ -297,25 +303,42 @@ def epoch_checkpoints(run_dir: str) -> list:
 
 
 @torch.no_grad()
-def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | None = None):
+def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | None = None, judge=None):
     """Yield ``{'epoch', 'checkpoint', 'body_colour_accuracy'}`` for every ``netG_XXX.pth`` in
     ``run_dir/models``, in epoch order, on the images the generate stage would make from it
-    (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU."""
+    (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU;
+    given the attribute ``judge``, also each attribute's accuracy and every-named-right."""
     checkpoints = epoch_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
     stack = load_generation_stack(cfg, checkpoints[0], 'cpu', text_encoder_path=text_encoder_path)
-    body = {k: a['body'] for k, a in _load_attributes(cfg.DATA_DIR).items()}
+    attrs = _load_attributes(cfg.DATA_DIR)
+    body = {k: a['body'] for k, a in attrs.items()}
     num = num or len(stack.dataset.filenames)
+    real = _real_test_images(cfg) if judge is not None else None
     for path in checkpoints:
         stack = stack.with_generator(path)
-        images, keys = [], []
+        images, keys, captions = [], [], []
         for batch in generate_test_images(stack, num, cfg.SAMPLE.BATCH_SIZE or 50, seed=cfg.SAMPLE.SEED):
             images.append(batch.images.permute(0, 2, 3, 1).numpy())
             keys += batch.keys
+            captions += batch.captions
+        images = np.concatenate(images)
         # 'checkpoint': the file sampled from (with TRAIN.G_EMA, the average saved beside ``path``)
-        yield {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': stack.netg_path,
-               'body_colour_accuracy': round(body_colour_accuracy(np.concatenate(images), keys, body), 4)}
+        row = {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': stack.netg_path,
+               'body_colour_accuracy': round(body_colour_accuracy(images, keys, body), 4)}
+        if judge is not None:
+            scores = attribute_scores(judge, torch.from_numpy(images).permute(0, 3, 1, 2), captions, keys, attrs,
+                                      torch.stack(list(real.values())))
+            row.update(attributes={a: s['accuracy'] for a, s in scores['attributes'].items()},
+                       every_named_right=scores['every_named_right'], frechet_distance=scores['frechet_distance'])
+        yield row
+
+
+def _real_test_images(cfg) -> dict:
+    """``{key: uint8 3 x S x S}`` of the real test birds, cropped and resized as the generator sees them."""
+    real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    return {key: image for image, key in (real_set[i] for i in range(len(real_set)))}
 
 
 def _load_attributes(data_dir: str) -> dict:
@@ -345,12 +368,7 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     keys = [e['key'] for e in entries]
     judged = judge_body_colour(fake)
 
-    real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE,
-                                dataset_name=cfg.DATASET_NAME)
-    real_by_key = {}
-    for i in range(len(real_set)):
-        image, key = real_set[i]
-        real_by_key[key] = image
+    real_by_key = _real_test_images(cfg)
     real = torch.stack([real_by_key[k] for k in keys])           # the real image of each caption
 
     captions = [e['caption'] for e in entries]
@@ -368,6 +386,10 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
                        'pixels nearest to a palette colour (background and off-palette pixels ignored)'},
         'r_precision': dict(rp, protocol='true caption vs 99 random mismatched test captions, cosine of '
                                          'DAMSM global codes, 10 runs', chance=0.01),
+        # every attribute the captions name, read by the attribute judge (miscc/evaluation/judge.py)
+        'attribute_scores': attribute_scores(load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE),
+                                             torch.from_numpy(fake).permute(0, 3, 1, 2), captions, keys, attrs,
+                                             torch.stack(list(real_by_key.values()))),
         # true body colour -> judged colour counts of the generated images
         'body_colour_confusion': body_colour_confusion(judged, keys, body),
         'checkpoint_accuracy': _checkpoint_report(cfg, text_encoder_path, results['gan']['run'], len(entries)),
@@ -421,5 +443,8 @@ def run_demo(cfg) -> dict:
     path = os.path.join(cfg.OUTPUT_DIR, 'report.json')
     write_json(path, report)
     print(json.dumps({k: report[k] for k in ('body_colour_accuracy', 'r_precision')}, indent=1))
+    print('attribute accuracy (judge): ' + ', '.join(f"{a} {s['accuracy']}" for a, s in
+                                                       report['attribute_scores']['attributes'].items())
+          + f", every named attribute right {report['attribute_scores']['every_named_right']}")
     print(f'report: {path}')
     return report

@@ -1,6 +1,7 @@
 """The demo pipeline at toy scale: every stage's output exists, the manifest matches the
 images, the report holds the metrics, and a second run reuses the finished stages."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,11 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
         assert 0.0 <= report['body_colour_accuracy'][part] <= 1.0
         assert 0.0 <= report['r_precision'][part]['mean'] <= 1.0
     assert report['body_colour_accuracy']['real'] == 1.0          # the judge reads real birds right
+    scores = report['attribute_scores']                             # the attribute judge, trained on the 8 birds
+    assert set(scores['attributes']) == {'body', 'wing', 'head', 'beak', 'size'}
+    assert scores['attributes']['body']['captions'] == 100 and os.path.isfile(scores['judge']['file'])
+    for s in scores['attributes'].values():                        # scored only where the judge reads real birds
+        assert (s['accuracy'] is None) == (s['ceiling'] < 0.9) and s['judgeable'] == (s['ceiling'] >= 0.9)
     for key, path in report['files'].items():
         assert Path(path).exists(), key
 
