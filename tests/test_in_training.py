@@ -65,6 +65,31 @@ def without_time(records):
 
 
 @pytest.mark.slow
+def test_the_attribute_judge_scores_in_training_and_in_eval_scripts(setup, tmp_path):
+    """EVAL.EXTRACTOR=judge: no Inception weights; the in-training FID on the judge's features picks
+    netG_best and equals eval_FID.py --netG with the same key; eval_IS.py gives its species score."""
+    judged = {'EVAL.EXTRACTOR': 'judge', 'EVAL.R_PRECISION': 'off', 'EVAL.INCEPTION_WEIGHTS': tmp_path / 'absent.pth'}
+    assert gan_main(False, overrides(setup, 'judged', **judged)) == 0
+    (run,) = (setup / 'judged').iterdir()
+    history = lines(run)
+    assert [r['epoch'] for r in history] == [1, 2] and all(r['fid'] > 0 for r in history)
+    best = min(history, key=lambda r: r['fid'])
+    assert json.loads((run / 'models' / 'netG_best.json').read_text())['epoch'] == best['epoch']
+    assert list((setup / 'synthetic_birds' / 'judge').glob('judge_64px_*.pth'))     # trained once, cached
+    argv = overrides(setup, 'judged', **judged)
+    for metric, name in (('FID', 'fid.json'), ('IS', 'is.json')):
+        out = tmp_path / name
+        assert eval_main(metric, argv[:2] + ['--netG', str(run / 'models' / 'netG_002.pth'), '--out', str(out),
+                                             '--num', '20'] + argv[2:]) == 0
+        result = json.loads(out.read_text())
+        assert result['weights']['weights'].startswith('attribute judge')
+        if metric == 'FID':
+            assert result['dims'] == 256 and result['value'] == pytest.approx(history[1]['fid'], rel=1e-9)
+        else:
+            assert 1.0 <= result['value'] <= 90.0                        # exp(KL) over the 90 species
+
+
+@pytest.mark.slow
 def test_scores_history_best_agreement_with_eval_fid_and_exact_resume(setup, stand_in, tmp_path):
     assert gan_main(False, overrides(setup, 'straight')) == 0
     (run,) = (setup / 'straight').iterdir()

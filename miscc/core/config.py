@@ -237,6 +237,10 @@ DEFAULTS: dict = {
         'FID_DIMS': 2048,           # Inception feature for FID/KID: 2048 (pool3), or 768/192/64
         'KID': True,                # also KID (same features)
         'CACHE_DIR': '',            # reference statistics; '' = DATA_DIR/fid_cache
+        # 'inception' (the TF-ported Inception above, the papers') or 'judge': the synthetic birds'
+        # attribute judge (miscc/evaluation/judge.py) gives FID/KID's features and IS's classes
+        # (its 90 species), here and in training (EVAL.INTERVAL): nothing to download
+        'EXTRACTOR': 'inception',
         'R_PRECISION': 'auto',      # 'auto' (when the DAMSM files exist), 'on' or 'off'
         'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
         'CLASSIFIER_CLASSES': 200,

@@ -21,6 +21,7 @@ from datasets import encode_caption
 from ..core.config import ConfigError
 from ..core.runtime import DistEnv, rng_state, set_rng_state
 from .generation import GenerationStack, generate_test_images
+from .judge import FEATURE_DIM, judge_extractor
 from .scores import (RANDOM_NOTE, TooFewCaptions, check_protocols, damsm_codes, fid_and_kid, fid_dims,
                      inception_extractor, r_precision_of_codes, reference_statistics)
 
@@ -66,7 +67,9 @@ class TrainingEvaluator:
         if self.num < 2:
             raise ConfigError(f'EVAL.NUM_FID={self.num}: the in-training FID (EVAL.INTERVAL) needs at least 2 images')
         check_protocols(cfg)
-        self.extractor, self.tag = inception_extractor(cfg, [fid_dims(cfg)], device)
+        judged = cfg.EVAL.EXTRACTOR == 'judge'
+        self.extractor, self.tag = (judge_extractor if judged else inception_extractor)(cfg, [fid_dims(cfg)], device)
+        self.dims = FEATURE_DIM if judged else int(cfg.EVAL.FID_DIMS)
         if self.tag['weights'] == 'random' and self.dist.is_main:
             print(f'warning: in-training FID with {RANDOM_NOTE}')
         self.reference = (reference_statistics(cfg, self.extractor, self.tag, device, image_size)
@@ -99,7 +102,7 @@ class TrainingEvaluator:
                 img_codes.append(img.double())
                 txt_codes.append(txt.double())
         # a rank without images (NUM_FID < processes) still takes part in the gather
-        feats = torch.cat(feats) if feats else torch.zeros(0, int(self.cfg.EVAL.FID_DIMS), dtype=torch.float64)
+        feats = torch.cat(feats) if feats else torch.zeros(0, self.dims, dtype=torch.float64)
         codes = (torch.cat(img_codes), torch.cat(txt_codes)) if img_codes else (None, None)
         return feats, codes, torch.tensor(keys, dtype=torch.long)
 

@@ -36,7 +36,7 @@ from ..data.synthetic import (BACKGROUNDS, FACINGS, MANIFEST, PALETTE, SIZES, ca
 from .metrics import frechet_distance, inception_score
 
 __all__ = ['JUDGE_VERSION', 'CEILING_MIN', 'CAPTION_ATTRIBUTES', 'ATTRIBUTE_VALUES', 'Judge', 'judge_path',
-           'train_judge', 'load_judge', 'attribute_scores']
+           'train_judge', 'load_judge', 'attribute_scores', 'JudgeExtractor', 'judge_extractor', 'FEATURE_DIM']
 
 JUDGE_VERSION = 1
 CEILING_MIN = 0.9            # an attribute read less often than this on real test images is not judged
@@ -46,6 +46,7 @@ ATTRIBUTE_VALUES = {'body': list(PALETTE), 'wing': list(PALETTE), 'head': list(P
                     'size': list(SIZES), 'background': list(BACKGROUNDS), 'facing': list(FACINGS),
                     'species': [class_folder(b, w) for b, w in class_pairs()]}
 EPOCHS, BATCH, LR = 12, 64, 2e-3
+FEATURE_DIM = 256            # the judge's features (Frechet distance, KID)
 MAX_SHRINK, MAX_NOISE = 2.5, 0.12     # augmentation: blur by shrinking up to this factor; noise std in [-1, 1] units
 
 
@@ -111,13 +112,18 @@ class Judge:
         return torch.cat(feats), {a: torch.cat(p) for a, p in preds.items()}, torch.cat(species)
 
 
-def judge_path(data_dir: str, image_size: int) -> str:
-    """``<data_dir>/judge/judge_<key>.pth`` of this data set (its ``synthetic.json``) and size."""
+def _manifest(data_dir: str) -> str:
+    """``data_dir``'s ``synthetic.json`` (the parameters it was made with), or a ConfigError."""
     manifest = os.path.join(data_dir, MANIFEST)
     if not os.path.isfile(manifest):
         raise ConfigError(f"the attribute judge reads the synthetic birds, but '{manifest}' does not exist: "
                           f"'{data_dir}' is not a synthetic-birds folder (DATASET_NAME synthetic_birds)")
-    with open(manifest, encoding='utf-8') as f:
+    return manifest
+
+
+def judge_path(data_dir: str, image_size: int) -> str:
+    """``<data_dir>/judge/judge_<key>.pth`` of this data set (its ``synthetic.json``) and size."""
+    with open(_manifest(data_dir), encoding='utf-8') as f:
         params = json.load(f)
     key = hashlib.sha256(json.dumps({'data': params, 'size': image_size, 'version': JUDGE_VERSION},
                                     sort_keys=True).encode()).hexdigest()[:16]
@@ -130,17 +136,8 @@ def _accuracies(model: AttributeJudge, images: torch.Tensor, labels: dict) -> di
     return {a: round(float((preds[a] == labels[a]).float().mean()), 4) for a in ATTRIBUTE_VALUES}
 
 
-def train_judge(data_dir: str, image_size: int, seed: int = 0, epochs: int = EPOCHS, log=print) -> Judge:
-    """Train the judge on ``data_dir``'s real training birds at ``image_size`` px, measure its
-    ceilings on the real test birds and save it at ``judge_path`` (atomically)."""
-    start = time.time()
-    path = judge_path(data_dir, image_size)
-    train_x, _, train_y = _real_split(data_dir, 'train', image_size)
-    test_x, _, test_y = _real_split(data_dir, 'test', image_size)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AttributeJudge({a: len(v) for a, v in ATTRIBUTE_VALUES.items()})
+def _fit(model: AttributeJudge, train_x: torch.Tensor, train_y: dict, epochs: int, gen: torch.Generator) -> None:
+    """Adam with a one-cycle schedule on augmented real birds, the heads' cross-entropies summed."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LR, total_steps=epochs * -(-len(train_x) // BATCH))
     model.train()
@@ -157,6 +154,22 @@ def train_judge(data_dir: str, image_size: int, seed: int = 0, epochs: int = EPO
             optimizer.step()
             schedule.step()
     model.eval()
+
+
+def train_judge(data_dir: str, image_size: int, seed: int = 0, epochs: int = EPOCHS, log=print) -> Judge:
+    """Train the judge on ``data_dir``'s real training birds at ``image_size`` px, measure its
+    ceilings on the real test birds and save it at ``judge_path`` (atomically). The global
+    random generators are left as they were."""
+    start = time.time()
+    path = judge_path(data_dir, image_size)
+    train_x, _, train_y = _real_split(data_dir, 'train', image_size)
+    test_x, _, test_y = _real_split(data_dir, 'test', image_size)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AttributeJudge({a: len(v) for a, v in ATTRIBUTE_VALUES.items()}, feature_dim=FEATURE_DIM)
+    with torch.enable_grad():        # also when asked from inside an evaluation's no_grad
+        _fit(model, train_x, train_y, epochs, gen)
     ceiling = _accuracies(model, test_x, test_y)
     blurred = ((blur(_to_float(test_x), 2.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     ceiling_blurred = _accuracies(model, blurred, test_y)
@@ -174,7 +187,7 @@ def load_judge(data_dir: str, image_size: int, log=print) -> Judge:
     if not os.path.isfile(path):
         return train_judge(data_dir, image_size, log=log)
     saved = load_file(path)
-    model = AttributeJudge({a: len(v) for a, v in ATTRIBUTE_VALUES.items()})
+    model = AttributeJudge({a: len(v) for a, v in ATTRIBUTE_VALUES.items()}, feature_dim=FEATURE_DIM)
     model.load_state_dict(saved['state_dict'])
     return Judge(model.eval(), saved['ceiling'], saved['ceiling_blurred'], path)
 
@@ -217,3 +230,33 @@ def attribute_scores(judge: Judge, images: torch.Tensor, captions: list, keys: l
                           'classes': len(ATTRIBUTE_VALUES['species'])},
         'judge': {'file': judge.path, 'ceiling_blurred': judge.ceiling_blurred, 'ceiling_min': CEILING_MIN},
     }
+
+
+class JudgeExtractor(torch.nn.Module):
+    """The judge in the place of the FID/IS Inception (``EVAL.EXTRACTOR: 'judge'``): uint8
+    B x 3 x S x S -> a tuple with, per requested feature, its 256-d features (any FID feature
+    name) or its species logits ('logits_unbiased', for the Inception-Score analogue). The judge
+    of each image size is loaded (or trained once) when images of that size first come."""
+
+    def __init__(self, data_dir: str, features: list):
+        super().__init__()
+        self.data_dir, self.features, self.judges = data_dir, list(features), {}
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple:
+        size = int(images.shape[-1])
+        if size not in self.judges:
+            self.judges[size] = load_judge(self.data_dir, size)
+        feats, logits = self.judges[size].model(_to_float(images.cpu()))
+        return tuple(logits['species'] if f == 'logits_unbiased' else feats for f in self.features)
+
+
+def judge_extractor(cfg, features: list, device) -> tuple:
+    """``(JudgeExtractor, weights tag)`` for the synthetic birds of ``cfg.DATA_DIR`` (the
+    signature of ``scores.inception_extractor``); the tag's hash names the data set and the
+    judge's version, so cached reference statistics follow a changed data set or judge."""
+    with open(_manifest(cfg.DATA_DIR), 'rb') as f:       # the image size is in the cache key already
+        digest = hashlib.sha256(f.read() + f'judge{JUDGE_VERSION}'.encode()).hexdigest()
+    tag = {'weights': f"attribute judge ({os.path.join(cfg.DATA_DIR, 'judge')})", 'sha256': digest,
+           'note': 'miscc/evaluation/judge.py: features of the attribute judge of the synthetic birds'}
+    return JudgeExtractor(cfg.DATA_DIR, features), tag

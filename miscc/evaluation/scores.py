@@ -36,6 +36,7 @@ from ..core.files import atomic_write, check_output_dir, file_sha256, write_json
 from ..core.runtime import device_from_config
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from .cub_inception import PROTOCOL_BATCH, cub_logits, load_cub_inception
+from .judge import judge_extractor
 from .generation import generate_test_images, load_generation_stack, test_captions
 from .metrics import frechet_distance, inception_score, r_precision, r_precision_dmgan, stackgan_inception_score
 from .outputs import read_manifest
@@ -54,6 +55,7 @@ RANDOM_NOTE = 'random Inception weights: scores are NOT comparable with publishe
 STACKGAN_CLASSIFIER = os.path.join('models', 'stackgan_cub_inception.pth')
 CLASSIFIER_PROTOCOLS = ('torchvision', 'stackgan')
 R_PRECISION_PROTOCOLS = ('pairs', 'dmgan')
+EXTRACTORS = ('inception', 'judge')     # EVAL.EXTRACTOR: the features of FID/KID and the classes of IS
 
 
 FID_DIMS = ('64', '192', '768', '2048')
@@ -68,8 +70,9 @@ def fid_dims(cfg) -> str:
 
 
 def check_protocols(cfg) -> None:
-    """ConfigError naming EVAL.CLASSIFIER_PROTOCOL / EVAL.R_PRECISION_PROTOCOL when unknown."""
-    for key, allowed in (('CLASSIFIER_PROTOCOL', CLASSIFIER_PROTOCOLS), ('R_PRECISION_PROTOCOL', R_PRECISION_PROTOCOLS)):
+    """ConfigError naming EVAL.CLASSIFIER_PROTOCOL / EVAL.R_PRECISION_PROTOCOL / EVAL.EXTRACTOR when unknown."""
+    for key, allowed in (('CLASSIFIER_PROTOCOL', CLASSIFIER_PROTOCOLS), ('R_PRECISION_PROTOCOL', R_PRECISION_PROTOCOLS),
+                         ('EXTRACTOR', EXTRACTORS)):
         if cfg.EVAL[key] not in allowed:
             raise ConfigError(f"EVAL.{key} must be one of {', '.join(map(repr, allowed))}, got '{cfg.EVAL[key]}'")
 
@@ -452,7 +455,7 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     classifier, classifier_path = _domain_classifier(cfg, device) if want_classifier else (None, '')
     _check_count(cfg, metric, source)
     features = ['logits_unbiased'] if metric == 'IS' else [dims]
-    extractor, tag = inception_extractor(cfg, features, device)
+    extractor, tag = (judge_extractor if cfg.EVAL.EXTRACTOR == 'judge' else inception_extractor)(cfg, features, device)
     if tag['weights'] == 'random':
         print(f'warning: {RANDOM_NOTE}', file=sys.stderr)
 
@@ -495,7 +498,7 @@ def evaluate(cfg, metric: str, images: str = '', netg: str = '', num: int = 0, o
     else:
         ref = reference_statistics(cfg, extractor, tag, device, int(size))
         scores = fid_and_kid(cfg, feats, ref)
-        result.update(value=scores['fid'], std=None, dims=int(dims),
+        result.update(value=scores['fid'], std=None, dims=int(feats.shape[1]),
                       reference={'count': ref['count'], 'cache': ref['path'], 'from_cache': ref['cached']})
         if 'kid' in scores:
             result['kid'] = scores['kid']
