@@ -21,7 +21,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import TextDataset  # noqa: E402
-from miscc.core.config import ConfigError, load_config  # noqa: E402
+from miscc.cli import USER_ERRORS  # noqa: E402
+from miscc.core.config import load_config  # noqa: E402
 from miscc.data.synthetic import PALETTE, SIZES, caption_attributes  # noqa: E402
 from miscc.evaluation.judge import CAPTION_ATTRIBUTES  # noqa: E402
 from miscc.families.encoders import load_text_encoder, text_encoder_vocab_size  # noqa: E402
@@ -79,8 +80,8 @@ def main(argv=None) -> int:
             train, test = (sentence_codes(encoder, d) for d in splits)
             print(json.dumps({'encoder': path, 'probe_accuracy': {a: probe(train, test, a) for a in CAPTION_ATTRIBUTES}}),
                   flush=True)
-    except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+    except USER_ERRORS as e:        # a missing or foreign encoder file, a data set that is not the birds
+        print(f'text_code_probe.py: error: {e}', file=sys.stderr)
         return 2
     return 0
 
