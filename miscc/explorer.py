@@ -98,6 +98,9 @@ def _resolve(source: str, cfg_file: str, overrides) -> tuple:
         else:
             raise ExplorerError(f"'{source}' is not inside a run folder: give its config with --cfg "
                                 f"(e.g. cfg/bird.yml for a released SSA-GAN generator)")
+    elif source == DEFAULT_SOURCE:
+        raise ExplorerError(f"no demo output in '{source}': run the demo first (python main.py --cfg cfg/demo.yml), "
+                            f"or name a run folder or a generator file")
     else:
         raise ExplorerError(f"'{source}' not found: give a run folder, a generator file or the demo's output folder")
     parse_overrides(cfg, list(overrides) + ['B_VALIDATION=True'])

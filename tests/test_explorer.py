@@ -173,7 +173,11 @@ def test_bad_generators_are_one_line_and_the_page_goes_on(runs, explorer, tmp_pa
     explorer.models.pop()
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys):
+def test_command_line_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                # no output/demo here
+    assert ex.main([]) == 2
+    assert capsys.readouterr().err == ("explore.py: error: no demo output in 'output/demo': run the demo first "
+                                       "(python main.py --cfg cfg/demo.yml), or name a run folder or a generator file\n")
     assert ex.main([str(tmp_path / 'nothing')]) == 2
     err = capsys.readouterr().err
     assert err == (f"explore.py: error: '{tmp_path / 'nothing'}' not found: give a run folder, a generator file "
