@@ -24,23 +24,21 @@ from datasets import TextDataset  # noqa: E402
 from miscc.cli import USER_ERRORS  # noqa: E402
 from miscc.core.config import load_config  # noqa: E402
 from miscc.data.synthetic import PALETTE, SIZES, caption_attributes  # noqa: E402
+from miscc.evaluation.generation import decode_caption  # noqa: E402
 from miscc.evaluation.judge import CAPTION_ATTRIBUTES  # noqa: E402
+from miscc.evaluation.scores import sentence_codes  # noqa: E402
 from miscc.families.encoders import load_text_encoder, text_encoder_vocab_size  # noqa: E402
 
 VALUES = {a: list(SIZES) if a == 'size' else list(PALETTE) for a in CAPTION_ATTRIBUTES}
 
 
 @torch.no_grad()
-def sentence_codes(encoder, dataset: TextDataset, batch: int = 500) -> tuple:
+def split_codes(encoder, dataset: TextDataset) -> tuple:
     """(codes N x D, named attributes per caption) of every caption of the split, in order."""
     caps = [dataset.caption_tensor(i) for i in range(len(dataset.captions))]
-    codes = []
-    for s in range(0, len(caps), batch):
-        words = torch.stack([c for c, _ in caps[s:s + batch]])
-        lens = torch.tensor([max(1, n) for _, n in caps[s:s + batch]])
-        codes.append(encoder(words, lens, encoder.init_hidden(len(words)))[1])
-    texts = [' '.join(dataset.ixtoword[int(w)] for w in cap) for cap in dataset.captions]
-    return torch.cat(codes), [caption_attributes(t) for t in texts]
+    codes = sentence_codes(encoder, torch.stack([c for c, _ in caps]), torch.tensor([max(1, n) for _, n in caps]),
+                           batch=500)
+    return codes, [caption_attributes(decode_caption(cap, dataset.ixtoword)) for cap in dataset.captions]
 
 
 def probe(train: tuple, test: tuple, attribute: str, steps: int = 300) -> float:
@@ -77,9 +75,9 @@ def main(argv=None) -> int:
                                   dataset_name='synthetic_birds', augment=False, expected_vocab_size=n_words,
                                   text_encoder=path) for s in ('train', 'test')]
             encoder = load_text_encoder(cfg, path, n_words, 'cpu').eval()
-            train, test = (sentence_codes(encoder, d) for d in splits)
-            print(json.dumps({'encoder': path, 'probe_accuracy': {a: probe(train, test, a) for a in CAPTION_ATTRIBUTES}}),
-                  flush=True)
+            train, test = (split_codes(encoder, d) for d in splits)
+            accuracy = {a: probe(train, test, a) for a in CAPTION_ATTRIBUTES}
+            print(json.dumps({'encoder': path, 'probe_accuracy': accuracy}), flush=True)
     except USER_ERRORS as e:        # a missing or foreign encoder file, a data set that is not the birds
         print(f'text_code_probe.py: error: {e}', file=sys.stderr)
         return 2

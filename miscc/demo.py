@@ -43,8 +43,8 @@ from datasets import RealImageDataset
 
 from .core.checkpoint import step_checkpoint
 from .core.config import ConfigError, load_config
-from .core.files import read_json, read_jsonl, write_json
-from .data.synthetic import ensure_synthetic_birds, judge_body_colour
+from .core.files import read_json, write_json
+from .data.synthetic import ensure_synthetic_birds, judge_body_colour, read_attributes
 from .evaluation.generation import (generate, generate_test_images, load_generation_stack, sampling_checkpoint,
                                     to_uint8_image)
 from .evaluation.outputs import other_generator, read_manifest, save_png
@@ -312,7 +312,7 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
     if not checkpoints:
         raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
     stack = load_generation_stack(cfg, checkpoints[0], 'cpu', text_encoder_path=text_encoder_path)
-    attrs = _load_attributes(cfg.DATA_DIR)
+    attrs = read_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
     num = num or len(stack.dataset.filenames)
     real = _real_test_images(cfg) if judge is not None else None
@@ -341,10 +341,6 @@ def _real_test_images(cfg) -> dict:
     return {key: image for image, key in (real_set[i] for i in range(len(real_set)))}
 
 
-def _load_attributes(data_dir: str) -> dict:
-    return {a['key']: a for a in read_jsonl(os.path.join(data_dir, 'attributes.jsonl'))}
-
-
 def _checkpoint_report(cfg, text_encoder_path: str, run_dir: str, generated: int) -> dict:
     """Body-colour accuracy of every ``netG_XXX.pth`` of the GAN run on ``DEMO.CHECKPOINT_IMAGES``
     test captions each (0: the ``generated`` ones of the generate stage), with the seconds it
@@ -363,7 +359,7 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     folder = results['generate']['images']
     entries = read_manifest(folder)
     fake = np.stack([np.asarray(Image.open(os.path.join(folder, e['file'])).convert('RGB')) for e in entries])
-    attrs = _load_attributes(cfg.DATA_DIR)
+    attrs = read_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
     keys = [e['key'] for e in entries]
     judged = judge_body_colour(fake)

@@ -293,7 +293,6 @@ class Explorer:
         Image.fromarray(self.last_grid).save(path)
         return path
 
-
     def _training_birds(self, cfg) -> '_TrainBirds':
         """The synthetic training split and its birds' attributes (read once per data folder)."""
         key = os.path.abspath(cfg.DATA_DIR)
@@ -385,7 +384,7 @@ def build_page(explorer: Explorer) -> gr.Blocks:
         caption.submit(_shown(generate), [caption, count, seed], outputs, api_name=False)
         new_noise.click(lambda: int(np.random.default_rng().integers(0, 2 ** 31 - 1)), None, seed,
                         api_name=False).then(_shown(generate), [caption, count, seed], outputs, api_name=False)
-        download.click(_shown(lambda: explorer.save_grid()), None, download, api_name='save_grid')
+        download.click(_shown(explorer.save_grid), None, download, api_name='save_grid')
         mix.click(_shown(interpolate), [first, second, weight, count, seed], [mixed, mix_notes], api_name='interpolate')
         add_button.click(_shown(explorer.add), [source, source_cfg], added, api_name='add_generator')
     return page

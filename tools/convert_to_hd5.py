@@ -47,6 +47,7 @@ from miscc.core.config import load_config  # noqa: E402
 from miscc.core.runtime import device_from_config  # noqa: E402
 from miscc.data.hd5 import hd5_writer, write_example  # noqa: E402
 from miscc.evaluation.generation import decode_caption  # noqa: E402
+from miscc.evaluation.scores import sentence_codes  # noqa: E402
 from miscc.families.encoders import damsm_paths, load_text_encoder, text_encoder_vocab_size  # noqa: E402
 
 # The class lists of reedscot's data (cub_icml/, flowers_icml/), by the split they fill.
@@ -173,10 +174,10 @@ def convert_dataset(cfg, out: str, per_image: int = 5, seed: int = 0) -> dict:
                     for c, row in enumerate(_draws(rng, dataset.embeddings_num, per_image)):
                         caption = dataset.caption_tensor(index * dataset.embeddings_num + int(row), rng)
                         drawn.append((index, c, *caption))
-                caps = torch.stack([d[2] for d in drawn]).to(device)
-                _, codes = encoder(caps, torch.tensor([d[3] for d in drawn]), encoder.init_hidden(len(drawn)))
+                codes = sentence_codes(encoder, torch.stack([d[2] for d in drawn]), torch.tensor([d[3] for d in drawn]),
+                                       batch=len(drawn), device=device)
                 images = {}
-                for (index, c, cap, length), code in zip(drawn, codes.float().cpu().numpy()):
+                for (index, c, cap, length), code in zip(drawn, codes.float().numpy()):
                     key = dataset.filenames[index]
                     if index not in images:
                         images[index] = _image_bytes(dataset, index)

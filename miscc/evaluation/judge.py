@@ -33,7 +33,7 @@ from ..core.checkpoint import load_file, save_atomic
 from ..core.config import ConfigError
 from ..data.synthetic import (BACKGROUNDS, FACINGS, MANIFEST, PALETTE, SIZES, caption_attributes, class_folder,
                               class_pairs, read_attributes)
-from .metrics import frechet_distance, inception_score
+from .metrics import feature_statistics, frechet_distance, inception_score
 
 __all__ = ['JUDGE_VERSION', 'CEILING_MIN', 'CAPTION_ATTRIBUTES', 'ATTRIBUTE_VALUES', 'Judge', 'judge_path',
            'train_judge', 'load_judge', 'attribute_scores', 'JudgeExtractor', 'judge_extractor', 'FEATURE_DIM']
@@ -192,11 +192,6 @@ def load_judge(data_dir: str, image_size: int, log=print) -> Judge:
     return Judge(model.eval(), saved['ceiling'], saved['ceiling_blurred'], path)
 
 
-def _statistics(features: torch.Tensor):
-    x = features.double().numpy()
-    return x.mean(0), np.cov(x, rowvar=False)
-
-
 def _species_score(logits: torch.Tensor) -> dict:
     mean, std = inception_score(logits, splits=min(10, len(logits)))
     return {'mean': round(mean, 4), 'std': round(std, 4)}
@@ -225,7 +220,8 @@ def attribute_scores(judge: Judge, images: torch.Tensor, captions: list, keys: l
     return {
         'attributes': per,
         'every_named_right': round(float(np.mean(judged)), 4),
-        'frechet_distance': round(frechet_distance(*_statistics(feats), *_statistics(real_feats)), 4),
+        'frechet_distance': round(frechet_distance(*feature_statistics(feats.double()),
+                                                   *feature_statistics(real_feats.double())), 4),
         'species_score': {'generated': _species_score(species), 'real': _species_score(real_species),
                           'classes': len(ATTRIBUTE_VALUES['species'])},
         'judge': {'file': judge.path, 'ceiling_blurred': judge.ceiling_blurred, 'ceiling_min': CEILING_MIN},

@@ -5,9 +5,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-__all__ = ['r_precision', 'r_precision_dmgan', 'frechet_distance', 'inception_score', 'stackgan_inception_score']
+__all__ = ['r_precision', 'r_precision_dmgan', 'feature_statistics', 'frechet_distance', 'inception_score',
+           'stackgan_inception_score']
 
 
 def r_precision(image_codes: torch.Tensor, text_codes: torch.Tensor, groups=None,
@@ -142,6 +144,13 @@ def r_precision_dmgan(image_codes: torch.Tensor, text_codes: torch.Tensor, class
     stop = size - 1 if drop_last_of_split else size
     rates = [hits[i * size:i * size + stop].mean().item() for i in range(splits)]
     return float(np.mean(rates)), float(np.std(rates))
+
+
+def feature_statistics(features: torch.Tensor) -> tuple:
+    """``(mu D, sigma D x D)`` of features N x D: the Gaussian the Frechet distance compares
+    (torch-fidelity's computation)."""
+    stats = fid_features_to_statistics(features)
+    return stats['mu'], stats['sigma']
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:

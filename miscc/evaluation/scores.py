@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 import torch_fidelity.feature_extractor_inceptionv3 as fe
-from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torchvision.models import inception_v3
 from tqdm import tqdm
@@ -38,7 +37,8 @@ from ..families.encoders import damsm_paths, load_image_encoder, load_text_encod
 from .cub_inception import PROTOCOL_BATCH, cub_logits, load_cub_inception
 from .judge import judge_extractor
 from .generation import generate_test_images, load_generation_stack, test_captions
-from .metrics import frechet_distance, inception_score, r_precision, r_precision_dmgan, stackgan_inception_score
+from .metrics import (feature_statistics, frechet_distance, inception_score, r_precision, r_precision_dmgan,
+                      stackgan_inception_score)
 from .outputs import read_manifest
 
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
@@ -218,11 +218,6 @@ def extract(extractor, batches, total: int, device, desc: str, on_batch=None) ->
     return [torch.cat(o) for o in outputs]
 
 
-def _statistics(features: torch.Tensor) -> tuple:
-    stats = fid_features_to_statistics(features)
-    return stats['mu'], stats['sigma']
-
-
 def _read_reference_cache(path: str, meta: dict) -> dict | None:
     """The statistics stored at ``path`` when its recorded settings are ``meta``, else None.
     Only plain arrays are read (never pickled objects); a file that cannot be read that way
@@ -264,7 +259,7 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
         for s in range(0, len(dataset), batch):
             yield torch.stack([dataset[i][0] for i in range(s, min(s + batch, len(dataset)))])
     (features,) = extract(extractor, batches(), len(dataset), device, f'real {split} images')
-    mu, sigma = _statistics(features)
+    mu, sigma = feature_statistics(features)
     with atomic_write(path, 'wb') as f:
         np.savez(f, mu=mu, sigma=sigma, features=features.float().numpy(), count=len(dataset),
                  meta=json.dumps(meta))
@@ -275,7 +270,7 @@ def fid_and_kid(cfg, features: torch.Tensor, ref: dict) -> dict:
     """``{'fid': float, 'kid': {'value', 'std', 'subset_size'}}`` of generated features N x D
     against ``reference_statistics``' ``ref`` (KID only with EVAL.KID: 100 subsets of up to
     1,000, seeded with EVAL.SEED)."""
-    mu, sigma = _statistics(features)
+    mu, sigma = feature_statistics(features)
     out = {'fid': frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
     if cfg.EVAL.KID:
         subset = min(1000, len(features), len(ref['features']))
