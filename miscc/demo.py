@@ -105,7 +105,7 @@ def damsm_config(cfg):
     shared = [f'DATASET_NAME={cfg.DATASET_NAME}', f'DATA_DIR={cfg.DATA_DIR}', f'SEED={cfg.SEED}',
               f'DEVICE={cfg.DEVICE}', f'WORKERS={cfg.WORKERS}', 'CONFIG_NAME=demo',
               f'OUTPUT_DIR={os.path.join(cfg.OUTPUT_DIR, "damsm")}', f'DATA.CACHE={cfg.DATA.CACHE}',
-              f'TEXT.IMAGE_ENCODER_INPUT={cfg.TEXT.IMAGE_ENCODER_INPUT}',
+              f'TEXT.IMAGE_ENCODER_INPUT={cfg.TEXT.IMAGE_ENCODER_INPUT}', f'TEXT.IMAGE_ENCODER={cfg.TEXT.IMAGE_ENCODER}',
               f'TEXT.EMBEDDING_DIM={cfg.TEXT.EMBEDDING_DIM}']
     shared += [f'SYNTHETIC.{k}={cfg.SYNTHETIC[k]}' for k in ('NUM_TRAIN', 'NUM_TEST', 'IMAGE_SIZE', 'SEED')]
     return load_config(cfg.DEMO.DAMSM_CFG, shared).freeze()

@@ -172,18 +172,30 @@ class NetD(nn.Module):
         return out
 
 
+def _logit_head(in_ch: int, ndf: int) -> nn.Sequential:
+    # Conv3x3 -> 2ndf, LReLU(0.2), Conv4x4 -> 1, no biases: B x in_ch x 4 x 4 -> B x 1 x 1 x 1
+    return nn.Sequential(Conv2d(in_ch, ndf * 2, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+                         Conv2d(ndf * 2, 1, 4, 1, 0, bias=False))
+
+
 class NetC(nn.Module):
     """DF-GAN 2022 matching head: features B x 8ndf x 4 x 4 and sentence B x cond_dim ->
-    logits B x 1 x 1 x 1 (Conv3x3 -> 2ndf, LReLU(0.2), Conv4x4 -> 1, no biases)."""
+    logits B x 1 x 1 x 1 (Conv3x3 -> 2ndf, LReLU(0.2), Conv4x4 -> 1, no biases).
 
-    def __init__(self, ndf: int, cond_dim: int = 256):
+    ``two_way=True`` adds ``uncond_conv``, the same head on the features alone
+    (:meth:`unconditional`): the two-way output DF-GAN's paper compares its one-way output with.
+    The default has DF-GAN's keys only.
+    """
+
+    def __init__(self, ndf: int, cond_dim: int = 256, two_way: bool = False):
         super().__init__()
         self.cond_dim = cond_dim
-        self.joint_conv = nn.Sequential(
-            Conv2d(ndf * 8 + cond_dim, ndf * 2, 3, 1, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-            Conv2d(ndf * 2, 1, 4, 1, 0, bias=False),
-        )
+        self.joint_conv = _logit_head(ndf * 8 + cond_dim, ndf)
+        self.uncond_conv = _logit_head(ndf * 8, ndf) if two_way else None
+
+    def unconditional(self, features: torch.Tensor) -> torch.Tensor:
+        """B x 8ndf x 4 x 4 -> B x 1 x 1 x 1 logits of realness alone (two-way heads only)."""
+        return self.uncond_conv(features)
 
     def set_conv_gradfix(self, enabled: bool = True) -> 'NetC':
         """See :meth:`NetD.set_conv_gradfix`."""

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchvision.models import inception_v3
 
-__all__ = ['RNN_ENCODER', 'CNN_ENCODER', 'inception_imagenet_path', 'inception_imagenet_state',
-           'InceptionWeightsError', 'INCEPTION_TRUNK', 'INCEPTION_FILENAMES']
+__all__ = ['RNN_ENCODER', 'CNN_ENCODER', 'SmallImageEncoder', 'build_image_encoder',
+           'inception_imagenet_path', 'inception_imagenet_state', 'InceptionWeightsError', 'INCEPTION_TRUNK',
+           'INCEPTION_FILENAMES']
 
 # torchvision's current file name first, then the one AttnGAN's code downloaded.
 INCEPTION_FILENAMES = ('inception_v3_google-0cc3c7bd.pth', 'inception_v3_google-1a9a5a14.pth')
@@ -189,3 +190,50 @@ class CNN_ENCODER(nn.Module):
         x = self.Mixed_7c(x)                    # B x 2048 x 8 x 8
         x = F.avg_pool2d(x, kernel_size=x.shape[-2:]).flatten(1)   # 8 x 8 at 299, as the official
         return self.emb_features(features), self.emb_cnn_code(x)
+
+
+class SmallImageEncoder(nn.Module):
+    """A small DAMSM image encoder trained whole, for small-scale runs (``TEXT.IMAGE_ENCODER: small``).
+
+    ``forward(images B x 3 x H x W in [-1, 1]) -> (region features B x nef x S/8 x S/8, global code
+    B x nef)`` with S = ``input_size``; the same contract as ``CNN_ENCODER``, so the DAMSM losses,
+    R-precision and the DAMSM term in G take either. A random, frozen Inception trunk cannot learn
+    where on a bird a colour is; this network, every layer of it trained, can.
+    """
+
+    WIDTHS = (32, 64, 128, 256)    # stride 1, then three halvings: the region grid is S/8
+
+    def __init__(self, nef: int = 256, input_size: int = 64):
+        super().__init__()
+        if input_size < 16 or input_size % 16:
+            raise ValueError(f'SmallImageEncoder input_size={input_size}: must be a multiple of 16')
+        self.nef = nef
+        self.input_size = input_size
+        layers, in_ch = [], 3
+        for i, out_ch in enumerate(self.WIDTHS):
+            stride, kernel = (1, 3) if i == 0 else (2, 4)
+            layers += [nn.Conv2d(in_ch, out_ch, kernel, stride, 1, bias=False), nn.BatchNorm2d(out_ch),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.global_features = nn.Sequential(nn.Conv2d(in_ch, 2 * in_ch, 4, 2, 1, bias=False),
+                                             nn.BatchNorm2d(2 * in_ch), nn.LeakyReLU(0.2, inplace=True))
+        self.emb_features = nn.Conv2d(in_ch, nef, 1, 1, 0, bias=False)
+        self.emb_cnn_code = nn.Linear(2 * in_ch, nef)
+
+    def forward(self, x: torch.Tensor):
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode='bilinear', align_corners=False)
+        regions = self.features(x)                                  # B x 256 x S/8 x S/8
+        pooled = self.global_features(regions).mean(dim=(2, 3))     # B x 512
+        return self.emb_features(regions), self.emb_cnn_code(pooled)
+
+
+def build_image_encoder(kind: str, nef: int, input_size: int, inception_weights=None) -> nn.Module:
+    """The DAMSM image encoder ``kind`` ('inception' or 'small'); ``inception_weights`` as for
+    ``CNN_ENCODER`` (the small encoder has no pretrained trunk)."""
+    if kind == 'inception':
+        return CNN_ENCODER(nef, inception_weights=inception_weights, input_size=input_size)
+    if kind == 'small':
+        return SmallImageEncoder(nef, input_size=input_size)
+    raise ValueError(f"image encoder '{kind}': must be 'inception' or 'small'")

@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets import collate_sorted
 from helpers import CodePayload
+from miscc.core.checkpoint import CheckpointError
+from models.encoders import SmallImageEncoder
 from miscc.families.encoders import load_image_encoder, load_text_encoder, text_encoder_vocab_size
 from miscc.cli import damsm_main
 from miscc.core.config import load_config
@@ -44,7 +47,6 @@ def test_learning_rate_schedule_is_attngan_s():
 
 @pytest.mark.slow
 def test_a_few_steps_lower_the_loss(synthetic_small, tmp_path):
-    from datasets import collate_sorted
     trainer = DAMSMTrainer(config(overrides(synthetic_small, tmp_path)))
     batch = collate_sorted([trainer.dataset[i] for i in range(8)])
     losses = [trainer.train_step(batch) for _ in range(12)]
@@ -152,7 +154,6 @@ def test_validation_reports_r_precision_and_logs_it(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_step_clips_only_the_rnn_gradients(synthetic_small, tmp_path, monkeypatch):
-    from datasets import collate_sorted
     trainer = DAMSMTrainer(config(overrides(synthetic_small, tmp_path, **{'TRAIN.RNN_GRAD_CLIP': 0.01})))
     assert trainer.optimizer.defaults['betas'] == (0.5, 0.999) and trainer.optimizer.defaults['lr'] == 0.002
     calls, original = [], torch.nn.utils.clip_grad_norm_
@@ -206,3 +207,43 @@ def test_missing_imagenet_weights_name_the_file(synthetic_small, tmp_path, monke
                                                           'PRETRAINED.INCEPTION': tmp_path / 'inc.pth'})
     assert damsm_main(argv) == 2
     assert str(tmp_path / 'inc.pth') in capsys.readouterr().err
+
+
+def test_small_image_encoder_contract():
+    encoder = SmallImageEncoder(nef=16, input_size=32).eval()
+    regions, code = encoder(torch.rand(3, 3, 32, 32) * 2 - 1)
+    assert regions.shape == (3, 16, 4, 4) and code.shape == (3, 16)       # regions: input / 8
+    # other sizes are resized to input_size first: the same as resizing by hand
+    big = torch.rand(2, 3, 64, 64) * 2 - 1
+    resized = torch.nn.functional.interpolate(big, size=(32, 32), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(encoder(big)[1], encoder(resized)[1])
+    assert all(p.requires_grad for p in encoder.parameters())                # trained whole
+    with pytest.raises(ValueError, match='multiple of 16'):
+        SmallImageEncoder(16, input_size=40)
+
+
+def test_image_encoder_key_is_checked():
+    with pytest.raises(Exception, match=r"TEXT.IMAGE_ENCODER='resnet': must be one of 'inception', 'small'"):
+        load_config(str(ROOT / 'cfg' / 'demo.yml'), ['TEXT.IMAGE_ENCODER=resnet'])
+
+
+@pytest.mark.slow
+def test_small_image_encoder_trains_whole_and_loads_only_as_small(synthetic_small, tmp_path):
+    argv = overrides(synthetic_small, tmp_path, **{'TEXT.IMAGE_ENCODER': 'small', 'TEXT.IMAGE_ENCODER_INPUT': 32,
+                                                    'TREE.BASE_SIZE': 32, 'TRAIN.MAX_EPOCH': 1})
+    trainer = DAMSMTrainer(config(argv))
+    before = {n: p.detach().clone() for n, p in trainer.image_encoder.named_parameters()}
+    trainer.train_step(collate_sorted([trainer.dataset[i] for i in range(8)]))
+    moved = {n.split('.')[0] for n, p in trainer.image_encoder.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {'features', 'global_features', 'emb_features', 'emb_cnn_code'}
+
+    assert damsm_main(argv) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    image_file = str(run / 'models' / 'image_encoder1.pth')
+    small = load_config(str(ROOT / 'cfg' / 'demo.yml'), ['TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER=small',
+                                                         'TEXT.IMAGE_ENCODER_INPUT=32'])
+    assert load_image_encoder(small, image_file, 'cpu').emb_cnn_code.out_features == 32
+    inception = load_config(str(ROOT / 'cfg' / 'demo.yml'), ['TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=75',
+                                                             'TEXT.IMAGE_ENCODER=inception'])
+    with pytest.raises(CheckpointError, match='TEXT.IMAGE_ENCODER=inception'):
+        load_image_encoder(inception, image_file, 'cpu')

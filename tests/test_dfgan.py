@@ -16,12 +16,14 @@ import torch.nn.functional as F
 
 from PIL import Image
 
+from datasets import collate_sorted
 from helpers import make_synthetic_with_encoders
 from miscc.cli import eval_main, gan_main
 from miscc.core.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
 from miscc.core.config import ConfigError, default_config, load_config
 from miscc.evaluation.generation import load_generation_stack, to_uint8_image
 from miscc.families import FAMILIES, family_of
+from miscc.families.losses import damsm_loss
 from miscc.training.gan import GANTrainer, resolve_resume
 from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
                                   generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
@@ -445,6 +447,71 @@ def test_2020_d_step_hinge_then_magp_step():
     assert net.COND_DNET.w.item() == pytest.approx(w2, rel=1e-6)
 
 
+class TwoWayProductHead(ProductHead):
+    """Stand-in two-way head: the matching logit w f s and an unconditional logit u f."""
+
+    def __init__(self):
+        super().__init__()
+        self.u = torch.nn.Parameter(torch.ones(1))
+
+    def unconditional(self, features):
+        return self.u * features
+
+
+# Two-way on the hand-computed case (u = 1): realness logits of the real features (2, 0.5) ->
+# relu(1 - .) = (0, 0.5), mean 0.25; of the fakes (-1, 3) -> relu(1 + .) = (0, 4), mean 2.
+# errD_uncond = 2.25; G: -mean(w f s) - mean(u f) = -1.375 - 1 = -2.375.
+def test_two_way_output_adds_the_unconditional_terms_by_hand():
+    real, fake, sent = hand_case()
+    losses = discriminator_losses(PassThrough(), TwoWayProductHead(), real, fake, sent, two_way=True)
+    assert losses['errD_uncond'].item() == pytest.approx(2.25)
+    assert losses['errD'].item() == pytest.approx(0.5 + (2.375 + 2.0625) / 2 + MAGP_VALUE + 2.25, rel=1e-6)
+    head = TwoWayProductHead()
+    d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=0.01), real, fake, sent, two_way=True)
+    # d errD_uncond / du = mean(-f_real where 1 - u f_real > 0) + mean(f_fake where 1 + u f_fake > 0)
+    #                    = (0 - 0.5) / 2 + (0 + 3) / 2 = 1.25
+    assert head.u.item() == pytest.approx(1 - 0.01 * 1.25)
+    assert generator_loss(PassThrough(), TwoWayProductHead(), fake, sent, two_way=True).item() == pytest.approx(-2.375)
+    scale = torch.nn.Parameter(torch.ones(1))
+    g_step(PassThrough(), TwoWayProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent, two_way=True)
+    # d/dscale (-mean(scale f s) - mean(scale f)) = -1.375 - 1
+    assert scale.item() == pytest.approx(1 + 0.1 * 2.375)
+
+
+def test_two_way_head_keeps_the_one_way_keys_and_adds_its_own():
+    one, two = NetC(2, 16), NetC(2, 16, two_way=True)
+    assert list(one.state_dict()) == ['joint_conv.0.weight', 'joint_conv.2.weight']
+    assert list(two.state_dict()) == list(one.state_dict()) + ['uncond_conv.0.weight', 'uncond_conv.2.weight']
+    assert two.unconditional(torch.randn(3, 16, 4, 4)).shape == (3, 1, 1, 1)
+    with pytest.raises(TypeError):   # a one-way head has no realness logit
+        one.unconditional(torch.randn(3, 16, 4, 4))
+
+
+def test_magp_off_is_not_computed_and_leaves_the_hinge_step():
+    real, fake, sent = hand_case()
+    losses = discriminator_losses(PassThrough(), ProductHead(), real, fake, sent, magp_k=0.0)
+    assert losses['MAGP'].item() == 0.0 and losses['errD'].item() == pytest.approx(0.5 + (2.375 + 2.0625) / 2)
+    head = ProductHead()
+    d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=1e-3), real, fake, sent, magp_k=0.0)
+    assert head.w.item() == pytest.approx(1 - 1e-3 * (-0.5 + (1.375 + 1.0625) / 2))
+    net = PassThroughWithHead()
+    losses = d_step_v1(net, torch.optim.SGD(net.parameters(), lr=1e-3), real, fake, sent, magp_k=0.0)
+    # the 2020 update takes its hinge step only
+    assert net.COND_DNET.w.item() == pytest.approx(1 - 1e-3 * (-0.5 + 1.375 / 2 + 2.0 / 2))
+    assert losses['MAGP'].item() == 0.0
+
+
+def test_damsm_term_joins_the_g_step_by_hand():
+    real, fake, sent = hand_case()
+    scale = torch.nn.Parameter(torch.ones(1))
+    losses = g_step(PassThrough(), ProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent,
+                    damsm=lambda images: 0.5 * (images ** 2).mean())
+    assert losses['DAMSM'].item() == pytest.approx(0.5 * (1 + 9) / 2)
+    # d/dscale = -1.375 + 0.5 * 2 * scale * mean(f^2) = -1.375 + 5
+    assert scale.item() == pytest.approx(1 - 0.1 * (5 - 1.375))
+    assert 'DAMSM' not in g_step(PassThrough(), ProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent)
+
+
 def test_magp_equals_per_sample_autograd_on_the_real_networks():
     torch.manual_seed(0)
     netD, netC = randomised(NetD(2, 32, 3).double(), 3, 0.3), randomised(NetC(2, 16).double(), 4, 0.3)
@@ -586,10 +653,11 @@ def test_families_are_registered_with_their_networks():
     assert opts['optimizerD'].param_groups[0]['betas'] == (0.0, 0.9) and opts['optimizerD'].param_groups[0]['lr'] == 4e-4
     with pytest.raises(ConfigError, match='no encoder fine-tuning'):
         family.make_optimizers(cfg, nets, finetune=True)
-    with pytest.raises(ConfigError, match='TRAIN.LAMBDA_DA=0.05'):
-        family.make_optimizers(load_config(None, ['MODEL.NAME=dfgan', 'TRAIN.NF=2']), nets)
     v1 = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'), ['MODEL.NAME=dfgan_v1', 'TRAIN.NF=2', 'TREE.BASE_SIZE=64'])
     nets_v1 = family_of(v1).build_networks(v1)
+    two_way_v1 = load_config(str(ROOT / 'cfg' / 'bird_dfgan.yml'), ['MODEL.NAME=dfgan_v1', 'DFGAN.OUTPUT=two_way'])
+    with pytest.raises(ConfigError, match="DFGAN.OUTPUT='two_way'.*use MODEL.NAME=dfgan"):
+        family_of(two_way_v1).make_optimizers(two_way_v1, nets_v1)
     assert tuple(nets_v1) == family_of(v1).networks == ('netG', 'netD')
     assert [type(n) for n in nets_v1.values()] == [NetG_v1, NetD_v1]
 
@@ -644,6 +712,28 @@ def test_training_writes_netc_and_resumes_bit_identically(family_setup):
         one, two = (torch.load(straight / 'models' / f'{name}_00{e}.pth', weights_only=True) for e in (1, 2))
         assert any(not torch.equal(one[k], two[k]) for k in one), name
     assert len(a['optimizerD']['state']) == len(list(nets['netD'].parameters())) + len(list(nets['netC'].parameters()))
+
+
+@pytest.mark.slow
+def test_ablation_keys_train_through_the_shared_loop(family_setup):
+    """DAMSM term, two-way output and MA-GP off together: the update's DAMSM equals
+    LAMBDA_DA x damsm_loss of its fakes, computed apart; netC is saved with the realness head."""
+    root = family_setup
+    extra = {'TRAIN.LAMBDA_DA': 0.05, 'DFGAN.OUTPUT': 'two_way', 'TRAIN.MAGP_K': 0.0, 'TRAIN.MAX_EPOCH': 1}
+    cfg = family_cfg(root, out='ablation', **extra).freeze()
+    trainer = GANTrainer(cfg)
+    batch = collate_sorted([trainer.dataset[i] for i in range(4)])
+    losses = trainer.update(batch)
+    assert losses['MAGP'] == 0.0 and losses['errD_uncond'] > 0
+    with torch.no_grad():
+        words, sent = trainer.text_encoder(batch.captions, batch.cap_lens)
+        smooth = cfg.TRAIN.SMOOTH
+        expected = 0.05 * damsm_loss(trainer.image_encoder, trainer.update.last_fake, words, sent, batch.cap_lens,
+                                     batch.class_ids, smooth.GAMMA1, smooth.GAMMA2, smooth.GAMMA3, smooth.LAMBDA)
+    assert losses['DAMSM'] == pytest.approx(expected.item(), rel=1e-5)
+    assert gan_main(False, family_argv(root, out='ablation_run', **extra)) == 0
+    (run,) = sorted((root / 'ablation_run').iterdir())
+    assert 'uncond_conv.0.weight' in torch.load(run / 'models' / 'netC_001.pth', weights_only=True)
 
 
 def randomised_state(module, seed, prefix=''):

@@ -59,6 +59,9 @@ DEFAULTS: dict = {
     'DFGAN': {                      # MODEL.NAME 'dfgan' / 'dfgan_v1' only (tobran/DF-GAN code/cfg/bird.yml, coco.yml)
         'TRUNCATION': True,         # sampling/FID noise: standard normal truncated to [-2, 2], times TRUNC_RATE
         'TRUNC_RATE': 0.88,         # (training noise is always plain randn)
+        # D's output: 'one_way' (DF-GAN's: one matching logit) or 'two_way' (an unconditional
+        # realness logit beside it, the form DF-GAN's ablation compares with; 'dfgan' only)
+        'OUTPUT': 'one_way',
     },
     'TREE': {
         'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
@@ -87,9 +90,9 @@ DEFAULTS: dict = {
         'WARMUP_EPOCHS': 200,       # no checkpoints before this epoch
         'GSAVE_INTERVAL': 10,
         'DSAVE_INTERVAL': 10,
-        'LAMBDA_DA': 0.05,          # DAMSM weight in the G loss of main.py
+        'LAMBDA_DA': 0.05,          # DAMSM weight in the G loss of main.py (DF-GAN's configs: 0, its own G loss)
         'MAGP_P': 6.0,              # MA-GP exponent
-        'MAGP_K': 2.0,              # MA-GP weight
+        'MAGP_K': 2.0,              # MA-GP weight (0: no MA-GP; DF-GAN then skips computing it)
         'CONV_GRADFIX': 'auto',     # D convolutions' double backward (MA-GP) on the ordinary kernels:
                                     # 'on', 'off', or 'auto' (on for CUDA, where it is faster)
         'FAST': False,              # fast training path: turns on the FAST_OPTIONS below
@@ -179,6 +182,9 @@ DEFAULTS: dict = {
         'WORDS_NUM': 18,
         'DAMSM_NAME': 'DAMSMencoders/bird/text_encoder200.pth',
         'IMAGE_ENCODER_INPUT': 299,  # image encoder's input size; smaller only for small-scale runs
+        # DAMSM image encoder: 'inception' (AttnGAN's, the released files) or 'small' (a four-layer
+        # CNN trained whole; regions IMAGE_ENCODER_INPUT/8 square; for small-scale runs such as the demo)
+        'IMAGE_ENCODER': 'inception',
     },
     'SAMPLE': {                     # generation with B_VALIDATION=True
         'NUM': 30000,               # images from the test captions
@@ -528,13 +534,21 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('DEMO.CHECKPOINT_IMAGES', 0, 'test captions each checkpoint is scored on; 0 = those generated'))
 
 
+# keys with a fixed set of values: (dotted key, the values)
+_CHOICES = (('TEXT.IMAGE_ENCODER', ('inception', 'small')), ('DFGAN.OUTPUT', ('one_way', 'two_way')))
+
+
 def check_values(cfg: Config) -> Config:
     """ConfigError naming the key, its value and the least allowed one for the counts of
-    ``_LEAST`` (a zero or negative batch otherwise fails deep inside PyTorch)."""
+    ``_LEAST`` (a zero or negative batch otherwise fails deep inside PyTorch), or the allowed
+    values for the keys of ``_CHOICES``."""
     for key, least, what in _LEAST:
         value = cfg.get(key)
         if value < least:
             raise ConfigError(f"{key}={value}: must be at least {least} ({what})")
+    for key, allowed in _CHOICES:
+        if cfg.get(key) not in allowed:
+            raise ConfigError(f"{key}={cfg.get(key)!r}: must be one of {', '.join(map(repr, allowed))}")
     return cfg
 
 

@@ -37,7 +37,7 @@ from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file
                                unwrap_model)
 from ..core.config import ConfigError
 from .base import Family, Update, check_image_size, frozen
-from .losses import discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
+from .losses import damsm_loss, discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
            'build_optimizers', 'mismatched_features', 'hinge_real', 'hinge_fake',
@@ -80,49 +80,65 @@ def hinge_fake(logits: torch.Tensor) -> torch.Tensor:
 
 
 def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
-                         magp_p: float = MAGP_P, magp_k: float = MAGP_K) -> dict:
+                         magp_p: float = MAGP_P, magp_k: float = MAGP_K, two_way: bool = False) -> dict:
     """DF-GAN 2022's D loss terms, with their graphs. real, fake: B x 3 x S x S; sent: B x D.
 
     ``fake`` is detached here. Returns ``errD`` (the total to minimise), ``errD_real``,
-    ``errD_fake``, ``errD_mismatch`` and ``MAGP``.
+    ``errD_fake``, ``errD_mismatch`` and ``MAGP``. ``magp_k`` 0: no penalty (not computed).
+    ``two_way``: ``netC.unconditional`` adds ``errD_uncond = relu(1 - U(x)) + relu(1 + U(G(z, s)))``
+    (means), a realness term beside the matching terms, as the two-way discriminators of
+    StackGAN/AttnGAN sum theirs.
     """
-    real = real.detach().requires_grad_(True)
-    sent = sent.detach().requires_grad_(True)
+    real = real.detach().requires_grad_(bool(magp_k))
+    sent = sent.detach().requires_grad_(bool(magp_k))
     real_features = netD(real)
+    fake_features = netD(fake.detach())
     real_logits = netC(real_features, sent)
     err_real = hinge_real(real_logits)
     err_mis = hinge_fake(netC(mismatched_features(real_features), sent))
-    err_fake = hinge_fake(netC(netD(fake.detach()), sent))
-    gp = matching_aware_gp(real_logits, real, sent, p=magp_p, k=magp_k)
+    err_fake = hinge_fake(netC(fake_features, sent))
+    gp = matching_aware_gp(real_logits, real, sent, p=magp_p, k=magp_k) if magp_k else real_logits.new_zeros(())
     total = err_real + (err_fake + err_mis) / 2.0 + gp
-    return dict(errD=total, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
+    losses = dict(errD=total, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
+    if two_way:
+        losses['errD_uncond'] = hinge_real(netC.unconditional(real_features)) + \
+            hinge_fake(netC.unconditional(fake_features))
+        losses['errD'] = total + losses['errD_uncond']
+    return losses
 
 
 def d_step(netD, netC, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
-           magp_p: float = MAGP_P, magp_k: float = MAGP_K) -> dict:
+           magp_p: float = MAGP_P, magp_k: float = MAGP_K, two_way: bool = False) -> dict:
     """One DF-GAN 2022 D update (hinge terms + MA-GP, one optimiser step).
     Returns the detached loss terms of :func:`discriminator_losses`."""
-    losses = discriminator_losses(netD, netC, real, fake, sent, magp_p, magp_k)
+    losses = discriminator_losses(netD, netC, real, fake, sent, magp_p, magp_k, two_way)
     optimizer_d.zero_grad(set_to_none=True)
     losses['errD'].backward()
     optimizer_d.step()
     return {k: v.detach() for k, v in losses.items()}
 
 
-def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
-    """``-mean(C(D(fake), sent))``; fake B x 3 x S x S with G's graph, sent B x D."""
-    return generator_adversarial_loss(netC(netD(fake), sent))
+def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor, two_way: bool = False) -> torch.Tensor:
+    """``-mean(C(D(fake), sent))``, with ``two_way`` ``- mean(U(D(fake)))`` too; fake B x 3 x S x S
+    with G's graph, sent B x D."""
+    features = netD(fake)
+    loss = generator_adversarial_loss(netC(features, sent))
+    return loss + generator_adversarial_loss(netC.unconditional(features)) if two_way else loss
 
 
-def g_step(netD, netC, optimizer_g, fake: torch.Tensor, sent: torch.Tensor) -> dict:
+def g_step(netD, netC, optimizer_g, fake: torch.Tensor, sent: torch.Tensor, two_way: bool = False,
+           damsm=None) -> dict:
     """One DF-GAN G update on the fake images of this iteration (made before the D step).
-    D and C get no gradients. Returns ``{'errG'}`` detached."""
+    D and C get no gradients. ``damsm``: None, or a function of the fakes giving the weighted
+    DAMSM loss added to G's (``TRAIN.LAMBDA_DA``; its image encoder must be frozen).
+    Returns ``{'errG'}`` detached, with ``'DAMSM'`` when ``damsm`` is given."""
     with frozen(netD, netC):
-        err_g = generator_loss(netD, netC, fake, sent.detach())
+        err_g = generator_loss(netD, netC, fake, sent.detach(), two_way)
+        extra = damsm(fake) if damsm is not None else None
         optimizer_g.zero_grad(set_to_none=True)
-        err_g.backward()
+        (err_g if extra is None else err_g + extra).backward()
     optimizer_g.step()
-    return dict(errG=err_g.detach())
+    return dict(errG=err_g.detach()) if extra is None else dict(errG=err_g.detach(), DAMSM=extra.detach())
 
 
 def d_step_v1(netD, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
@@ -137,20 +153,23 @@ def d_step_v1(netD, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent: t
     optimizer_d.zero_grad(set_to_none=True)
     err_d.backward()
     optimizer_d.step()
-    real_gp = real.detach().requires_grad_(True)
-    sent_gp = sent.requires_grad_(True)
-    gp = matching_aware_gp(head(netD(real_gp), sent_gp), real_gp, sent_gp, p=magp_p, k=magp_k)
-    optimizer_d.zero_grad(set_to_none=True)
-    gp.backward()
-    optimizer_d.step()
+    if not magp_k:          # MA-GP off: no second step
+        gp = err_d.new_zeros(())
+    else:
+        real_gp = real.detach().requires_grad_(True)
+        sent_gp = sent.requires_grad_(True)
+        gp = matching_aware_gp(head(netD(real_gp), sent_gp), real_gp, sent_gp, p=magp_p, k=magp_k)
+        optimizer_d.zero_grad(set_to_none=True)
+        gp.backward()
+        optimizer_d.step()
     return dict(errD=err_d.detach(), errD_real=err_real.detach(), errD_fake=err_fake.detach(),
                 errD_mismatch=err_mis.detach(), MAGP=gp.detach())
 
 
-def g_step_v1(netD, optimizer_g, fake: torch.Tensor, sent: torch.Tensor) -> dict:
-    """DF-GAN 2020's G update: ``-mean(COND_DNET(D(fake), sent))``."""
+def g_step_v1(netD, optimizer_g, fake: torch.Tensor, sent: torch.Tensor, damsm=None) -> dict:
+    """DF-GAN 2020's G update: ``-mean(COND_DNET(D(fake), sent))`` (+ ``damsm``, as :func:`g_step`)."""
     bare = getattr(netD, 'module', netD)
-    return g_step(netD, bare.COND_DNET, optimizer_g, fake, sent)
+    return g_step(netD, bare.COND_DNET, optimizer_g, fake, sent, damsm=damsm)
 
 
 def truncated_normal(shape, bound: float = TRUNCATION_BOUND, generator: torch.Generator | None = None,
@@ -219,11 +238,13 @@ class DFGANUpdate(Update):
     """
 
     def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict, version: int,
-                 z_dim: int, magp_p: float, magp_k: float, distributed: bool = False):
+                 z_dim: int, magp_p: float, magp_k: float, distributed: bool = False, two_way: bool = False,
+                 lambda_da: float = 0.0, smooth: dict | None = None):
         self.version, self.z_dim, self.magp_p, self.magp_k = version, z_dim, magp_p, magp_k
+        self.two_way, self.lambda_da, self.smooth = two_way, lambda_da, smooth or {}
         self.netG, self.netD, self.netC = nets['netG'], nets['netD'], nets.get('netC')
         self.G, self.D, self.C = modules['netG'], modules['netD'], modules.get('netC')
-        self.T = modules['text_encoder']
+        self.T, self.image_encoder = modules['text_encoder'], encoders.get('image_encoder')
         self.optimizers = optimizers
         self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
         self.distributed = distributed
@@ -234,16 +255,21 @@ class DFGANUpdate(Update):
         losses as floats: errD, errD_real, errD_fake, errD_mismatch, MAGP, errG."""
         imgs = batch.images.to(self.device, non_blocking=True)
         with torch.no_grad():
-            _, sent = self.T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
-        sent = sent.detach().float()
+            words, sent = self.T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
+        words, sent = words.detach().float(), sent.detach().float()
         fake = self.G(torch.randn(imgs.size(0), self.z_dim, device=self.device), sent)
+        damsm = None
+        if self.lambda_da:     # SSA-GAN's DAMSM term in G (DF-GAN's ablation row "w/ DAMSM")
+            def damsm(images):
+                return self.lambda_da * damsm_loss(self.image_encoder, images, words, sent, batch.cap_lens,
+                                                   batch.class_ids, **self.smooth)
         if self.version == 2022:
-            losses = d_step(self.D, self.C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
+            losses = d_step(self.D, self.C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k, self.two_way)
             d_for_g, c_for_g = (self.netD, self.netC) if self.distributed else (self.D, self.C)
-            losses.update(g_step(d_for_g, c_for_g, self.optG, fake, sent))
+            losses.update(g_step(d_for_g, c_for_g, self.optG, fake, sent, self.two_way, damsm))
         else:
             losses = d_step_v1(self.D, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
-            losses.update(g_step_v1(self.netD if self.distributed else self.D, self.optG, fake, sent))
+            losses.update(g_step_v1(self.netD if self.distributed else self.D, self.optG, fake, sent, damsm))
         names = list(losses)
         values = torch.stack([losses[k].float() for k in names]).tolist()   # one device sync
         self.last_real, self.last_fake = imgs, fake.detach()
@@ -267,7 +293,8 @@ class DFGAN(Family):
 
     def build_networks(self, cfg) -> dict:
         nf, size, cond = cfg.TRAIN.NF, check_image_size(cfg), cfg.TEXT.EMBEDDING_DIM
-        return {'netG': NetG(nf, cfg.GAN.Z_DIM, cond, size, 3), 'netD': NetD(nf, size, 3), 'netC': NetC(nf, cond)}
+        return {'netG': NetG(nf, cfg.GAN.Z_DIM, cond, size, 3), 'netD': NetD(nf, size, 3),
+                'netC': NetC(nf, cond, two_way=cfg.DFGAN.OUTPUT == 'two_way')}
 
     def load_weights(self, module: nn.Module, path: str, name: str) -> nn.Module:
         """Strict load of network ``name`` from ``path``. A generator may come from any DF-GAN
@@ -328,10 +355,9 @@ class DFGAN(Family):
         if finetune:
             raise ConfigError(f"MODEL.NAME '{self.name}' has no encoder fine-tuning (main_finetune.py is "
                               f"SSA-GAN's); train it with main.py")
-        if cfg.TRAIN.LAMBDA_DA:
-            raise ConfigError(f"MODEL.NAME '{self.name}': DF-GAN's G loss has no DAMSM term, but "
-                              f"TRAIN.LAMBDA_DA={cfg.TRAIN.LAMBDA_DA}; set TRAIN.LAMBDA_DA=0 "
-                              f"(cfg/bird_dfgan.yml does)")
+        if cfg.DFGAN.OUTPUT == 'two_way' and self.version != 2022:
+            raise ConfigError(f"DFGAN.OUTPUT='two_way' is built on DF-GAN 2022's matching head NetC; "
+                              f"MODEL.NAME '{self.name}' has none: use MODEL.NAME=dfgan")
 
     def make_optimizers(self, cfg, nets: dict, text_encoder=None, image_encoder=None,
                         finetune: bool = False) -> dict:
@@ -345,8 +371,12 @@ class DFGAN(Family):
     def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
                     finetune: bool = False, distributed: bool = False) -> DFGANUpdate:
         self._check(cfg, finetune)
+        smooth = cfg.TRAIN.SMOOTH
         return DFGANUpdate(nets, modules, encoders, optimizers, self.version, cfg.GAN.Z_DIM,
-                           cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K, distributed)
+                           cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K, distributed, two_way=cfg.DFGAN.OUTPUT == 'two_way',
+                           lambda_da=cfg.TRAIN.LAMBDA_DA,
+                           smooth=dict(gamma1=smooth.GAMMA1, gamma2=smooth.GAMMA2, gamma3=smooth.GAMMA3,
+                                       lam=smooth.LAMBDA))
 
 
 class DFGANv1(DFGAN):

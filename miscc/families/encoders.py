@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from models import CNN_ENCODER, RNN_ENCODER
+from models import RNN_ENCODER
+from models.encoders import build_image_encoder
 
 from ..core.checkpoint import CheckpointError, load_file, load_model_state, not_a_file, strip_prefixes
 from ..core.config import ConfigError
@@ -45,8 +46,11 @@ def load_text_encoder(cfg, path: str, n_words: int, device, key: str = 'TEXT.DAM
     return load_model_state(encoder, path).to(device)
 
 
-def load_image_encoder(cfg, path: str, device, key: str = 'TEXT.DAMSM_NAME') -> CNN_ENCODER:
-    """CNN_ENCODER loaded from ``path`` (the file holds the Inception trunk too), on ``device``."""
+def load_image_encoder(cfg, path: str, device, key: str = 'TEXT.DAMSM_NAME'):
+    """The ``TEXT.IMAGE_ENCODER`` image encoder loaded from ``path`` (an Inception file holds the
+    trunk too), on ``device``."""
     _require(path, 'DAMSM image encoder', key + " with 'text_encoder' replaced by 'image_encoder'")
-    encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, input_size=cfg.TEXT.IMAGE_ENCODER_INPUT)
-    return load_model_state(encoder, path).to(device)
+    encoder = build_image_encoder(cfg.TEXT.IMAGE_ENCODER, cfg.TEXT.EMBEDDING_DIM, cfg.TEXT.IMAGE_ENCODER_INPUT)
+    # the name says which architecture the keys were checked against: a file of the other kind fails
+    return load_model_state(encoder, load_file(path), name=f'{path} with TEXT.IMAGE_ENCODER={cfg.TEXT.IMAGE_ENCODER}'
+                            ).to(device)

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from datasets import build_dataset, collate_sorted
-from models import CNN_ENCODER, RNN_ENCODER
-from models.encoders import InceptionWeightsError, inception_imagenet_path
+from models import RNN_ENCODER
+from models.encoders import InceptionWeightsError, build_image_encoder, inception_imagenet_path
 
 from ..core.checkpoint import CheckpointError, load_file, load_model_state, model_state_dict, save_atomic
 from ..core.config import ConfigError
@@ -119,15 +119,15 @@ class DAMSMTrainer:
         self.n_words = self.dataset.n_words
 
         trunk = trunk_path = None
-        if not cfg.DAMSM.RANDOM_TRUNK:
+        if not cfg.DAMSM.RANDOM_TRUNK and cfg.TEXT.IMAGE_ENCODER == 'inception':
             # read here, not in models/: an untrusted or broken file is a one-line error naming it
             trunk_path = inception_imagenet_path(cfg.PRETRAINED.INCEPTION)
             trunk = load_file(trunk_path)
         self.text_encoder = RNN_ENCODER(self.n_words, nhidden=cfg.TEXT.EMBEDDING_DIM,
                                         rnn_type=cfg.RNN_TYPE).to(self.device)
         try:
-            self.image_encoder = CNN_ENCODER(cfg.TEXT.EMBEDDING_DIM, inception_weights=trunk,
-                                             input_size=cfg.TEXT.IMAGE_ENCODER_INPUT).to(self.device)
+            self.image_encoder = build_image_encoder(cfg.TEXT.IMAGE_ENCODER, cfg.TEXT.EMBEDDING_DIM,
+                                                     cfg.TEXT.IMAGE_ENCODER_INPUT, inception_weights=trunk).to(self.device)
         except InceptionWeightsError as e:
             raise CheckpointError(f"'{trunk_path}' (PRETRAINED.INCEPTION): {e}") from None
         self.params = [p for p in list(self.text_encoder.parameters()) + list(self.image_encoder.parameters())
