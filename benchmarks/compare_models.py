@@ -2,7 +2,7 @@
 budget, data, seed and DAMSM encoders; print one JSON line per row.
 
     python benchmarks/compare_models.py --out output/compare            # every row
-    python benchmarks/compare_models.py --rows dfgan,ssagan --steps 500
+    python benchmarks/compare_models.py --rows dfgan,ssagan --steps 500 --seeds 100,101,102
 
 Stages, each skipped when its result is there (run the command again to continue):
 
@@ -13,15 +13,19 @@ Stages, each skipped when its result is there (run the command again to continue
    config with the shared overrides below, for ``--steps`` steps from scratch, then images for
    the first ``--eval-num`` test captions (noise ``SAMPLE.SEED``, the family's sampling noise).
 
-Measures per row: body-colour accuracy (``judge_body_colour`` against the caption's body
-colour), R-precision with the pretrained DAMSM encoders (the same judge for every row, also for
-the row that fine-tunes its own), training steps, wall and process CPU seconds, ms per step and
-parameters. Shared settings: ``--size`` px, ``TRAIN.NF --nf``, batch ``--batch``, learning rates
+Measures per row and seed: every attribute the captions name, the rate of images with every
+named attribute right, the Frechet distance on the attribute judge's features and its species
+IS analogue (``miscc.evaluation.judge.attribute_scores``; the judge is trained once per data set
+and size), body-colour accuracy (``judge_body_colour``), R-precision with the pretrained DAMSM
+encoders (the same judge for every row, also for the row that fine-tunes its own), training
+steps, wall and process CPU seconds, ms per step and parameters. After the per-seed lines, one
+``summary`` line per row: mean and standard deviation over its seeds of every score. Shared settings: ``--size`` px, ``TRAIN.NF --nf``, batch ``--batch``, learning rates
 ``--lr-scale`` x the official rates of the row's family (1e-4 / 4e-4 for SSA-GAN and DF-GAN,
 2e-4 / 2e-4 for GAN-INT-CLS), ``TRAIN.SEED --seed``, the
 D update with MA-GP on the real pass in one step (DF-GAN 2022's, SSA-GAN's ``TRAIN.FAST`` form
-without bfloat16), no checkpoints. A row's line is also appended to ``OUT/results.jsonl`` with
-the settings; rows already there with the same settings are printed, not retrained.
+without bfloat16), no checkpoints. A (row, seed)'s line is also appended to ``OUT/results.jsonl`` with the settings;
+those already there with the same settings are printed, not retrained, so a rerun trains only
+what is missing.
 
 Adding a row is one entry in ``ROWS``; a row whose ``MODEL.NAME`` is not registered in
 ``miscc.families.FAMILIES`` prints a line with ``skipped`` instead.
@@ -42,10 +46,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from datasets import RealImageDataset  # noqa: E402
 from miscc.core.config import load_config  # noqa: E402
 from miscc.core.files import read_jsonl  # noqa: E402
 from miscc.data.synthetic import ensure_synthetic_birds, judge_body_colour  # noqa: E402
+from miscc.data.synthetic import read_attributes  # noqa: E402
 from miscc.evaluation.generation import GenerationStack, generate_test_images  # noqa: E402
+from miscc.evaluation.judge import attribute_scores, load_judge  # noqa: E402
 from miscc.evaluation.scores import caption_r_precision  # noqa: E402
 from miscc.families import FAMILIES  # noqa: E402
 from miscc.training.damsm import DAMSMTrainer  # noqa: E402
@@ -64,6 +71,15 @@ ROWS = {
                          paper='SSA-GAN ablation: SSACN', cub={'paper': {'IS': 4.97, 'FID': 18.54}}),
     'ssagan': dict(cfg='cfg/bird.yml', model='ssagan', finetune=False, paper='SSA-GAN (SSACN + DAMSM)',
                    cub={'paper': {'IS': 5.07, 'FID': 15.61}, 'report': {'IS': '4.91 +- 0.08', 'FID': 16.01}}),
+    'dfgan_v1': dict(cfg='cfg/bird_dfgan.yml', model='dfgan_v1', finetune=False, paper='DF-GAN (2020 code)',
+                     cub={}),
+    # DF-GAN's ablation (its paper, CUB FID); 'OS-B w/ MA-GP w/ OW-O' is the 'dfgan' row
+    'dfgan_osb': dict(cfg='cfg/ablation/bird_dfgan_osb.yml', model='dfgan', finetune=False,
+                      paper='DF-GAN ablation: OS-B (two-way output, no MA-GP)', cub={'paper': {'FID': 43.45}}),
+    'dfgan_osb_damsm': dict(cfg='cfg/ablation/bird_dfgan_osb_damsm.yml', model='dfgan', finetune=False,
+                            paper='DF-GAN ablation: OS-B w/ DAMSM', cub={'paper': {'FID': 36.72}}),
+    'dfgan_osb_magp': dict(cfg='cfg/ablation/bird_dfgan_osb_magp.yml', model='dfgan', finetune=False,
+                           paper='DF-GAN ablation: OS-B w/ MA-GP', cub={'paper': {'FID': 32.52}}),
     'ssagan_finetune': dict(cfg='cfg/ablation/bird_ssacn_damsm_finetune.yml', model='ssagan', finetune=True,
                             paper='SSA-GAN ablation: SSACN + DAMSM, encoders fine-tuned',
                             cub={'paper': {'IS': 5.17, 'FID': 16.58}}),
@@ -84,7 +100,8 @@ def parse_args(argv=None):
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--lr-scale', type=float, default=4.0,
                    help="x the official rates 1e-4 (G) / 4e-4 (D) for every row (the demo's 4, README: The demo)")
-    p.add_argument('--seed', type=int, default=100)
+    p.add_argument('--seed', type=int, default=100, help='the DAMSM stage\'s seed, and the rows\' when --seeds is empty')
+    p.add_argument('--seeds', default='', help='comma-separated TRAIN seeds, each row trained once per seed (e.g. 100,101,102)')
     p.add_argument('--eval-num', type=int, default=500, help='test captions to generate for (>= 100)')
     p.add_argument('--data-dir', default='data/synthetic_birds')
     p.add_argument('--num-train', type=int, default=2000)
@@ -100,10 +117,19 @@ def parse_args(argv=None):
 
 
 def settings_of(args) -> dict:
-    """What a result depends on (a stored row is reused only with the same settings)."""
-    keys = ('steps', 'size', 'nf', 'batch', 'lr_scale', 'seed', 'eval_num', 'data_dir', 'num_train', 'num_test',
+    """What a result depends on besides its row and seed (a stored line is reused only with the same settings)."""
+    keys = ('steps', 'size', 'nf', 'batch', 'lr_scale', 'eval_num', 'data_dir', 'num_train', 'num_test',
             'synthetic_size', 'synthetic_seed', 'damsm_epochs', 'image_encoder_input', 'device')
     return {k: getattr(args, k) for k in keys}
+
+
+def seeds_of(args) -> list:
+    """The rows' training seeds: ``--seeds``, else ``[--seed]``."""
+    try:
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()] if args.seeds else [args.seed]
+    except ValueError:
+        sys.exit(f"--seeds: expected comma-separated integers, got '{args.seeds}'")
+    return seeds
 
 
 def damsm_encoder(args) -> str:
@@ -132,15 +158,16 @@ def damsm_encoder(args) -> str:
     return path
 
 
-def row_config(args, name: str, text_encoder: str):
+def row_config(args, name: str, text_encoder: str, seed: int):
     row = ROWS[name]
     steps_per_epoch = args.num_train // args.batch
     g_lr, d_lr = row.get('lr', (1e-4, 4e-4))   # the family's official rates
     overrides = [
         f'MODEL.NAME={row["model"]}', 'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}',
-        f'OUTPUT_DIR={os.path.join(args.out, "runs", name)}', f'CONFIG_NAME={name}', f'TEXT.DAMSM_NAME={text_encoder}',
+        f'OUTPUT_DIR={os.path.join(args.out, "runs", f"{name}_seed{seed}")}', f'CONFIG_NAME={name}',
+        f'TEXT.DAMSM_NAME={text_encoder}',
         f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TREE.BASE_SIZE={args.size}',
-        f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={args.seed}', f'DEVICE={args.device}',
+        f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={seed}', f'DEVICE={args.device}',
         'WORKERS=0', 'DATA.CACHE=True',
         f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',
         f'TRAIN.MAX_EPOCH={math.ceil(args.steps / steps_per_epoch)}', f'TRAIN.MAX_STEPS={args.steps}',
@@ -156,7 +183,8 @@ def row_config(args, name: str, text_encoder: str):
 
 @torch.no_grad()
 def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
-    """Body-colour accuracy and R-precision of images for the first ``num`` test captions."""
+    """Every attribute (the attribute judge), body-colour accuracy and R-precision of images for
+    the first ``num`` test captions."""
     trainer.netG.eval()
     trainer.text_encoder.eval()
     stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
@@ -167,22 +195,46 @@ def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
         keys += batch.keys
         captions += batch.captions
     images = torch.cat(images)
-    body = {a['key']: a['body'] for a in read_jsonl(os.path.join(cfg.DATA_DIR, 'attributes.jsonl'))}
+    attrs = read_attributes(cfg.DATA_DIR)
     judged = judge_body_colour(images.permute(0, 2, 3, 1).numpy())
-    accuracy = float(np.mean([j == body[k] for j, k in zip(judged, keys)]))
+    accuracy = float(np.mean([j == attrs[k]['body'] for j, k in zip(judged, keys)]))
     rp = caption_r_precision(cfg, judge_text_encoder, images, captions, keys)
+    real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
+    real = torch.stack([real_set[i][0] for i in range(len(real_set))])
+    judge = load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE, log=lambda *a: print(*a, file=sys.stderr))
+    attributes = attribute_scores(judge, images, captions, keys, attrs, real)
     return {'images': len(images), 'body_colour_accuracy': round(accuracy, 4),
-            'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4)}
+            'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4),
+            'attributes': {a: s['accuracy'] for a, s in attributes['attributes'].items()},
+            'every_named_right': attributes['every_named_right'],
+            'judge_frechet_distance': attributes['frechet_distance'],
+            'judge_species_score': attributes['species_score']['generated']['mean']}
 
 
-def run_row(args, name: str, text_encoder: str) -> dict:
+# the per-seed scores the summary line averages (attribute accuracies are added by name)
+SUMMARY_FIELDS = ('body_colour_accuracy', 'every_named_right', 'judge_frechet_distance', 'judge_species_score',
+                  'r_precision', 'seconds', 'ms_per_step')
+
+
+def summarise(name: str, lines: list) -> dict:
+    """Mean and standard deviation (numpy's, ddof 0) over a row's seed lines of every score."""
+    values = {f: [line[f] for line in lines] for f in SUMMARY_FIELDS}
+    for a in lines[0]['attributes']:
+        if all(line['attributes'][a] is not None for line in lines):
+            values[f'attribute_{a}'] = [line['attributes'][a] for line in lines]
+    return {'summary': name, 'seeds': [line['seed'] for line in lines],
+            'parameters_G': lines[0]['parameters_G'], 'parameters_D': lines[0]['parameters_D'],
+            **{k: {'mean': round(float(np.mean(v)), 4), 'std': round(float(np.std(v)), 4)} for k, v in values.items()}}
+
+
+def run_row(args, name: str, text_encoder: str, seed: int) -> dict:
     row = ROWS[name]
-    line = {'row': name, 'paper_row': row['paper'], 'model': row['model'], 'config': row['cfg'],
+    line = {'row': name, 'seed': seed, 'paper_row': row['paper'], 'model': row['model'], 'config': row['cfg'],
             'script': 'main_finetune.py' if row['finetune'] else 'main.py'}
     if row['model'] not in FAMILIES:
         return dict(line, skipped=f"MODEL.NAME '{row['model']}' is not registered in miscc.families.FAMILIES")
-    cfg = row_config(args, name, text_encoder)
-    torch.manual_seed(args.seed)
+    cfg = row_config(args, name, text_encoder, seed)
+    torch.manual_seed(seed)
     with contextlib.redirect_stdout(sys.stderr):   # the trainer's messages; stdout is for the JSON lines
         trainer = GANTrainer(cfg, finetune=row['finetune'])
         wall, cpu = time.perf_counter(), time.process_time()
@@ -209,6 +261,7 @@ def main(argv=None) -> int:
         sys.exit(f"--rows: unknown row(s) {', '.join(unknown)}; known: {', '.join(ROWS)}")
     if args.eval_num < 100:
         sys.exit('--eval-num must be at least 100 (R-precision draws 99 mismatching captions)')
+    seeds = seeds_of(args)
     os.makedirs(args.out, exist_ok=True)
     ensure_synthetic_birds(args.data_dir, args.num_train, args.num_test, args.synthetic_size, args.synthetic_seed)
     text_encoder = damsm_encoder(args)
@@ -217,17 +270,26 @@ def main(argv=None) -> int:
     done = {}
     if os.path.isfile(results):
         for entry in read_jsonl(results):
-            if entry.get('settings') == settings:
-                done[entry['row']] = entry
+            if entry.get('settings') == settings and 'seed' in entry:
+                done[entry['row'], entry['seed']] = entry
+    summaries = []
     for name in rows:
-        line = done.get(name)
-        if line is None:
-            line = run_row(args, name, text_encoder)
-            line['settings'] = settings
+        lines = []
+        for seed in seeds:
+            line = done.get((name, seed))
+            if line is None:
+                line = run_row(args, name, text_encoder, seed)
+                line['settings'] = settings
+                if 'skipped' not in line:
+                    with open(results, 'a', encoding='utf-8') as f:
+                        f.write(json.dumps(line) + '\n')
+            print(json.dumps({k: v for k, v in line.items() if k != 'settings'}), flush=True)
             if 'skipped' not in line:
-                with open(results, 'a', encoding='utf-8') as f:
-                    f.write(json.dumps(line) + '\n')
-        print(json.dumps({k: v for k, v in line.items() if k != 'settings'}), flush=True)
+                lines.append(line)
+        if lines:
+            summaries.append(summarise(name, lines))
+    for summary in summaries:
+        print(json.dumps(summary), flush=True)
     return 0
 
 

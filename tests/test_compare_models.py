@@ -30,9 +30,16 @@ def test_compare_models_toy_run(tmp_path, capsys, monkeypatch):
             '--image-encoder-input', '75', '--steps', '3', '--batch', '8', '--nf', '2', '--eval-num', '100',
             '--rows', ','.join(rows)]
     assert script.main(argv) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert [line['row'] for line in lines] == rows
+    out = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    lines, summaries = out[:len(rows)], out[len(rows):]
+    assert [line['row'] for line in lines] == rows and all(line['seed'] == 100 for line in lines)
     trained = lines if 'gan_int_cls' in FAMILIES else lines[:3]
+    assert [s['summary'] for s in summaries] == [line['row'] for line in trained]
+    for line, summary in zip(trained, summaries):   # one seed: the mean is the value, the spread 0
+        assert summary['every_named_right'] == {'mean': line['every_named_right'], 'std': 0.0}
+        for attribute, value in line['attributes'].items():   # None: not judgeable (the toy judge's ceiling)
+            assert summary.get(f'attribute_{attribute}', {}).get('mean') == value
+        assert line['judge_frechet_distance'] > 0 and 0.0 <= line['every_named_right'] <= 1.0
     if 'gan_int_cls' not in FAMILIES:
         assert 'not registered' in lines[3]['skipped']
     for line in trained:
@@ -46,6 +53,29 @@ def test_compare_models_toy_run(tmp_path, capsys, monkeypatch):
     assert by_row['ssagan_no_ssacn_no_damsm']['parameters_G'] < by_row['ssagan_finetune']['parameters_G']
 
     # again: the stored rows are printed, nothing is trained
+    real_trainer = script.GANTrainer
     monkeypatch.setattr(script, 'GANTrainer', None)
     assert script.main(argv) == 0
-    assert [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()] == lines
+    assert [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()] == out
+
+    # a second seed for one row: only (dfgan, 7) trains; the summary spans both seeds
+    made = []
+    monkeypatch.setattr(script, 'GANTrainer', lambda cfg, **kw: made.append(cfg.SEED) or real_trainer(cfg, **kw))
+    argv2 = argv[:-1] + ['dfgan', '--seeds', '100,7']
+    assert script.main(argv2) == 0
+    again = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert made == [7]
+    assert [(x.get('row'), x.get('seed')) for x in again[:2]] == [('dfgan', 100), ('dfgan', 7)]
+    (summary,) = again[2:]
+    values = [again[0]['every_named_right'], again[1]['every_named_right']]
+    assert summary['seeds'] == [100, 7]
+    assert summary['every_named_right']['mean'] == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert summary['every_named_right']['std'] == pytest.approx(abs(values[0] - values[1]) / 2, abs=1e-4)
+
+
+def test_row_and_seed_selection_errors(capsys):
+    script = load_script()
+    with pytest.raises(SystemExit, match='unknown row'):
+        script.main(['--rows', 'dfgan,stackgan'])
+    with pytest.raises(SystemExit, match="--seeds: expected comma-separated integers, got '1,x'"):
+        script.main(['--rows', 'dfgan', '--seeds', '1,x'])
