@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from miscc.families.losses import (damsm_loss, discriminator_hinge_loss, generator_adversarial_loss,
-                          matching_aware_gp, sent_loss, words_loss)
+                          matching_aware_gp, nearest_mismatch, sent_loss, words_loss)
 from miscc.evaluation.metrics import r_precision
 
 
@@ -133,6 +133,29 @@ def test_discriminator_hinge_loss_hand_computed():
     assert err_mis.item() == pytest.approx((1 + 2.5) / 2)
     assert err.item() == pytest.approx(3.5 / 3 + (0.75 + 1.75) / 2)
     assert generator_adversarial_loss(torch.tensor([1.0, -3.0])).item() == 1.0  # -(1 - 3) / 2
+
+
+def test_nearest_mismatch_takes_the_most_similar_other_text():
+    sent = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [2.0, 0.0]])
+    # row 3 is row 0's text (cosine 1): never its mismatch; row 2's nearest is row 1 (cos 0.0995 > 0)
+    assert nearest_mismatch(sent).tolist() == [1, 0, 1, 1]
+    # only one text in the batch: the official next-row pairing
+    assert nearest_mismatch(torch.ones(3, 2)).tolist() == [1, 2, 0]
+
+
+def test_discriminator_hinge_loss_with_nearest_mismatch_by_hand():
+    def cond(features, sent):
+        return (features[:, 0] * sent[:, 0]).view(-1, 1, 1, 1)
+    real = torch.tensor([[2.0], [0.5], [-1.0]])
+    fake = torch.tensor([[-3.0], [0.0], [0.25]])
+    sent = torch.tensor([[1.0, 0.0], [1.0, 0.5], [-1.0, 1.0]])
+    # cosines: (0, 1) 0.894, (0, 2) -0.707, (1, 2) -0.316: nearest 0 -> 1, 1 -> 0, 2 -> 1
+    _, _, _, err_mis = discriminator_hinge_loss(cond, real, fake, sent, mismatch='nearest')
+    # logits real[i] * sent[j, 0]: 2 * 1, 0.5 * 1, -1 * 1 -> relu(1 + .) = 3, 1.5, 0
+    assert err_mis.item() == pytest.approx((3 + 1.5 + 0) / 3)
+    official = discriminator_hinge_loss(cond, real, fake, sent)[3]
+    # real[0..1] with sent[1..2]: 2 * 1, 0.5 * -1 -> 3, 0.5
+    assert official.item() == pytest.approx((3 + 0.5) / 2)
 
 
 def test_magp_on_tiny_networks_with_known_gradients():

@@ -208,3 +208,12 @@ def test_lambda_da_zero_never_runs_the_image_encoder_and_keeps_the_update(monkey
 def test_lambda_da_zero_from_the_config():
     cfg = load_config(None, ['TRAIN.LAMBDA_DA=0'])
     assert UpdateOptions.from_config(cfg, torch.device('cpu'), finetune=False).lambda_da == 0.0
+
+
+def test_mismatch_key_reaches_the_update_and_is_checked():
+    cpu = torch.device('cpu')
+    assert UpdateOptions.from_config(load_config(None, []), cpu, finetune=False).mismatch == 'shifted'
+    cfg = load_config(None, ['GAN.MISMATCH=nearest'])
+    assert UpdateOptions.from_config(cfg, cpu, finetune=False).mismatch == 'nearest'
+    with pytest.raises(ConfigError, match="GAN.MISMATCH='hardest': must be one of 'shifted', 'nearest'"):
+        load_config(None, ['GAN.MISMATCH=hardest'])

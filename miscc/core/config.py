@@ -135,6 +135,9 @@ DEFAULTS: dict = {
         # every discriminator DownBlock's gamma. Above 0 the text reaches the image from the first step.
         'GATE_INIT': 0.0,
         'D_GATE_INIT': 0.0,
+        # SSA-GAN's mismatched pairs in D: 'shifted' (official: image i with sentence i+1) or
+        # 'nearest' (each image with the batch's most similar other sentence: a hard negative)
+        'MISMATCH': 'shifted',
         'DF_DIM': 64,
         'GF_DIM': 128,
         'Z_DIM': 100,
@@ -535,7 +538,8 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
 
 
 # keys with a fixed set of values: (dotted key, the values)
-_CHOICES = (('TEXT.IMAGE_ENCODER', ('inception', 'small')), ('DFGAN.OUTPUT', ('one_way', 'two_way')))
+_CHOICES = (('TEXT.IMAGE_ENCODER', ('inception', 'small')), ('DFGAN.OUTPUT', ('one_way', 'two_way')),
+            ('GAN.MISMATCH', ('shifted', 'nearest')))
 
 
 def check_values(cfg: Config) -> Config:

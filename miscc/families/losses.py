@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from models.conv_gradfix import no_weight_gradients
 
-__all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss',
+__all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss', 'nearest_mismatch',
            'discriminator_hinge_loss', 'generator_adversarial_loss', 'matching_aware_gp']
 
 
@@ -118,17 +118,35 @@ def damsm_loss(image_encoder, images: torch.Tensor, words_emb: torch.Tensor, sen
     return (w0 + w1) * lam + (s0 + s1) * lam
 
 
+def nearest_mismatch(sent: torch.Tensor, same: float = 0.999) -> torch.Tensor:
+    """B x D sentence codes -> B indices: for each sentence the most similar other one (cosine)
+    that is not the same text (cosine below ``same``; identical captions of two images would be
+    no mismatch); a row with none takes the next row, as the official pairing does."""
+    with torch.no_grad():
+        sim = cosine_similarity(sent.unsqueeze(1), sent.unsqueeze(0), dim=-1).float()    # B x B
+        sim = sim.masked_fill(sim >= same, float('-inf'))
+        best = sim.argmax(dim=1)
+        fallback = torch.roll(torch.arange(sent.size(0), device=sent.device), -1)
+        return torch.where(torch.isfinite(sim.max(dim=1).values), best, fallback)
+
+
 def discriminator_hinge_loss(cond_logits, real_features: torch.Tensor, fake_features: torch.Tensor,
-                             sent: torch.Tensor):
+                             sent: torch.Tensor, mismatch: str = 'shifted'):
     """``relu(1 - D(x, s)) + (relu(1 + D(G(z, s), s)) + relu(1 + D(x, s_mis))) / 2``, means over
-    the batch. Mismatched pairs: real features 0..B-2 with sentences 1..B-1.
+    the batch. Mismatched pairs (``mismatch``): ``'shifted'``, the official, real features
+    0..B-2 with sentences 1..B-1; ``'nearest'``, every real image with the most similar other
+    sentence of the batch (``nearest_mismatch``): a hard negative that differs in a detail
+    rather than, mostly, in the most salient word.
 
     ``cond_logits(features, sent)`` is the discriminator's matching head (``netD.COND_DNET``).
     Returns ``(errD, errD_real, errD_fake, errD_mismatch)``.
     """
     batch = real_features.size(0)
     err_real = F.relu(1.0 - cond_logits(real_features, sent)).mean()
-    err_mismatch = F.relu(1.0 + cond_logits(real_features[:batch - 1], sent[1:batch])).mean()
+    if mismatch == 'nearest':
+        err_mismatch = F.relu(1.0 + cond_logits(real_features, sent[nearest_mismatch(sent)])).mean()
+    else:
+        err_mismatch = F.relu(1.0 + cond_logits(real_features[:batch - 1], sent[1:batch])).mean()
     err_fake = F.relu(1.0 + cond_logits(fake_features, sent)).mean()
     return err_real + (err_fake + err_mismatch) / 2.0, err_real, err_fake, err_mismatch
 

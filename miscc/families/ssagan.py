@@ -37,6 +37,7 @@ class UpdateOptions:
     fused_magp: bool = False       # MA-GP on the real pass, one D step (fast mode)
     bf16: bool = False             # bfloat16 autocast of the forward passes
     channels_last: bool = False
+    mismatch: str = 'shifted'      # the D's mismatched pairs (GAN.MISMATCH)
 
     @classmethod
     def from_config(cls, cfg, device: torch.device, finetune: bool) -> 'UpdateOptions':
@@ -50,14 +51,14 @@ class UpdateOptions:
         return cls(lambda_da=train.FINETUNE.LAMBDA_DA if finetune else train.LAMBDA_DA, smooth=smooth,
                    magp_p=train.MAGP_P, magp_k=train.MAGP_K, z_dim=cfg.GAN.Z_DIM,
                    fused_magp=train.FAST and fast.FUSED_MAGP, bf16=train.FAST and fast.BF16 and bf16_ok,
-                   channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu)
+                   channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu, mismatch=cfg.GAN.MISMATCH)
 
 
 def d_step_faithful(u: 'SSAGANUpdate', imgs, fake, sent) -> dict:
     """The official D update: a hinge step, then an MA-GP step on a fresh real pass."""
     cond = u.netD.COND_DNET
     with u.autocast():
-        err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, u.D(imgs), u.D(fake), sent)
+        err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, u.D(imgs), u.D(fake), sent, u.opts.mismatch)
     optimizer_step(u.optD, err_d)
     imgs_gp, sent_gp = imgs.detach().requires_grad_(), sent.detach().requires_grad_()
     with u.autocast():
@@ -73,7 +74,7 @@ def d_step_fused(u: 'SSAGANUpdate', imgs, fake, sent) -> dict:
     with u.autocast():
         real_features = u.D(imgs_gp)
         real_logits = cond(real_features, sent_gp)
-        _, _, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, u.D(fake), sent)
+        _, _, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, u.D(fake), sent, u.opts.mismatch)
         err_real = torch.relu(1.0 - real_logits).mean()
         err_d = err_real + (err_fake + err_mis) / 2.0
         gp = matching_aware_gp(real_logits.float(), imgs_gp, sent_gp, u.opts.magp_p, u.opts.magp_k)
