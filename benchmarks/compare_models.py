@@ -27,6 +27,11 @@ without bfloat16), no checkpoints. A (row, seed)'s line is also appended to ``OU
 those already there with the same settings are printed, not retrained, so a rerun trains only
 what is missing.
 
+Curves and grids: every row saves its generator each epoch; each file is scored as above
+(without R-precision) into the line's ``curve``, and ``OUT/curves/<score>.png`` draws every
+row's mean over its seeds against training steps. ``OUT/grid.png`` shows, for every row (its
+first seed), the ten captions of ``cfg/demo.yml``'s ``DEMO.GRID_CAPTIONS`` with the same noise.
+
 Adding a row is one entry in ``ROWS``; a row whose ``MODEL.NAME`` is not registered in
 ``miscc.families.FAMILIES`` prints a line with ``skipped`` instead.
 """
@@ -40,8 +45,12 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
+import matplotlib
+matplotlib.use('Agg')   # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -51,7 +60,10 @@ from miscc.core.config import load_config  # noqa: E402
 from miscc.core.files import read_jsonl  # noqa: E402
 from miscc.data.synthetic import ensure_synthetic_birds, judge_body_colour  # noqa: E402
 from miscc.data.synthetic import read_attributes  # noqa: E402
-from miscc.evaluation.generation import GenerationStack, generate_test_images  # noqa: E402
+from miscc.demo import epoch_checkpoints  # noqa: E402
+from miscc.evaluation.generation import (GenerationStack, generate_test_images, load_generation_stack,  # noqa: E402
+                                        to_uint8_image)
+from miscc.evaluation.outputs import save_png  # noqa: E402
 from miscc.evaluation.judge import attribute_scores, load_judge  # noqa: E402
 from miscc.evaluation.scores import caption_r_precision  # noqa: E402
 from miscc.families import FAMILIES  # noqa: E402
@@ -171,8 +183,8 @@ def row_config(args, name: str, text_encoder: str, seed: int):
         'WORKERS=0', 'DATA.CACHE=True',
         f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',
         f'TRAIN.MAX_EPOCH={math.ceil(args.steps / steps_per_epoch)}', f'TRAIN.MAX_STEPS={args.steps}',
-        # no per-epoch files: the rows are scored from the networks in memory
-        'TRAIN.WARMUP_EPOCHS=100000', 'TRAIN.LOG_INTERVAL=25',
+        # the generator of every epoch (the curves), no discriminator files
+        'TRAIN.WARMUP_EPOCHS=0', 'TRAIN.GSAVE_INTERVAL=1', 'TRAIN.DSAVE_INTERVAL=100000', 'TRAIN.LOG_INTERVAL=25',
         # SSA-GAN's fused D step (DF-GAN 2022's), in float32 like DF-GAN's
         'TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.BF16=False', 'TRAIN.FAST_OPTIONS.COMPILE=False',
         f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
@@ -189,6 +201,11 @@ def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
     trainer.text_encoder.eval()
     stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
                             trainer.test_dataset, trainer.device)
+    return score_stack(cfg, stack, judge_text_encoder, num)
+
+
+def score_stack(cfg, stack, judge_text_encoder: str | None, num: int) -> dict:
+    """``score`` for a generation stack; no R-precision when ``judge_text_encoder`` is None."""
     images, keys, captions = [], [], []
     for batch in generate_test_images(stack, num, 50, seed=cfg.SAMPLE.SEED):
         images.append(batch.images)
@@ -198,17 +215,93 @@ def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
     attrs = read_attributes(cfg.DATA_DIR)
     judged = judge_body_colour(images.permute(0, 2, 3, 1).numpy())
     accuracy = float(np.mean([j == attrs[k]['body'] for j, k in zip(judged, keys)]))
-    rp = caption_r_precision(cfg, judge_text_encoder, images, captions, keys)
+    rp = caption_r_precision(cfg, judge_text_encoder, images, captions, keys) if judge_text_encoder else None
     real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
     real = torch.stack([real_set[i][0] for i in range(len(real_set))])
     judge = load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE, log=lambda *a: print(*a, file=sys.stderr))
     attributes = attribute_scores(judge, images, captions, keys, attrs, real)
-    return {'images': len(images), 'body_colour_accuracy': round(accuracy, 4),
-            'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4),
+    rp_fields = {'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4)} if rp else {}
+    return {'images': len(images), 'body_colour_accuracy': round(accuracy, 4), **rp_fields,
             'attributes': {a: s['accuracy'] for a, s in attributes['attributes'].items()},
             'every_named_right': attributes['every_named_right'],
             'judge_frechet_distance': attributes['frechet_distance'],
             'judge_species_score': attributes['species_score']['generated']['mean']}
+
+
+@torch.no_grad()
+def curve(cfg, run_dir: str, steps_per_epoch: int, num: int) -> list:
+    """The scores of every ``netG_XXX.pth`` of ``run_dir`` (its own text encoder when fine-tuned)."""
+    points = []
+    for path in epoch_checkpoints(run_dir):
+        stack = load_generation_stack(cfg, path, 'cpu')
+        epoch = int(os.path.basename(path)[len('netG_'):-len('.pth')])
+        scores = score_stack(cfg, stack, None, num)
+        points.append({'epoch': epoch, 'step': min(epoch * steps_per_epoch, cfg.TRAIN.MAX_STEPS),
+                       **{k: v for k, v in scores.items() if k != 'images'}})
+    return points
+
+
+@torch.no_grad()
+def caption_strip(cfg, trainer, captions: list) -> np.ndarray:
+    """1 x len(captions) images (uint8 S x S*len x 3) of ``captions``, noise ``SAMPLE.SEED`` 0..len-1."""
+    trainer.netG.eval()
+    stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
+                            trainer.test_dataset, trainer.device)
+    caps, lens, _ = stack.encode(list(captions))
+    images, _ = stack.generate(stack.noise(range(len(caps)), cfg.SAMPLE.SEED), stack.sentences(caps, lens))
+    images = to_uint8_image(images).permute(0, 2, 3, 1).cpu().numpy()
+    return np.concatenate(list(images), axis=1)
+
+
+def save_grid(strips: dict, captions: list, path: str) -> None:
+    """One row per model row (its name on the left), one column per caption (numbered on top)."""
+    size = next(iter(strips.values())).shape[0]
+    label, pad, top = 200, 2, 16
+    canvas = Image.new('RGB', (label + len(captions) * (size + pad), top + len(strips) * (size + pad)), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for col in range(len(captions)):
+        draw.text((label + col * (size + pad) + 2, 2), str(col + 1), fill='black')
+    for row, (name, strip) in enumerate(strips.items()):
+        y = top + row * (size + pad)
+        draw.text((4, y + 4), name, fill='black')
+        for col in range(len(captions)):
+            canvas.paste(Image.fromarray(strip[:, col * size:(col + 1) * size]), (label + col * (size + pad), y))
+    save_png(np.asarray(canvas), path)
+    with open(os.path.splitext(path)[0] + '_captions.txt', 'w', encoding='utf-8') as f:
+        f.write(''.join(f'{i + 1}. {c}\n' for i, c in enumerate(captions)))
+
+
+CURVE_FIELDS = ('every_named_right', 'body_colour_accuracy', 'judge_frechet_distance', 'judge_species_score')
+
+
+def save_curves(lines_by_row: dict, out_dir: str) -> list:
+    """``out_dir/<score>.png`` per score: each row's mean over its seeds against training steps."""
+    os.makedirs(out_dir, exist_ok=True)
+    first = next(line for lines in lines_by_row.values() for line in lines if line.get('curve'))
+    fields = list(CURVE_FIELDS) + [f'attribute_{a}' for a, v in first['curve'][-1]['attributes'].items()
+                                   if v is not None]
+    paths = []
+    for field in fields:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        for name, lines in lines_by_row.items():
+            curves = [line['curve'] for line in lines if line.get('curve')]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            steps = [p['step'] for p in curves[0][:n]]
+            get = ((lambda p, a=field[len('attribute_'):]: p['attributes'][a]) if field.startswith('attribute_')
+                   else (lambda p: p[field]))
+            ys = np.array([[get(p) for p in c[:n]] for c in curves], dtype=float)
+            ax.plot(steps, ys.mean(axis=0), marker='o', ms=2, label=name)
+        ax.set(xlabel='training steps', ylabel=field, title=f'{field} (mean over seeds)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f'{field}.png')
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 # the per-seed scores the summary line averages (attribute accuracies are added by name)
@@ -247,8 +340,16 @@ def run_row(args, name: str, text_encoder: str, seed: int) -> dict:
                 parameters_G=params[trainer.family.networks[0]],
                 parameters_D=sum(v for k, v in params.items() if k != trainer.family.networks[0]))
     line.update(score(cfg, trainer, text_encoder, args.eval_num))
+    line['curve'] = curve(cfg, trainer.run_dir, args.num_train // args.batch, args.eval_num)
+    if seed == seeds_of(args)[0]:
+        save_png(caption_strip(cfg, trainer, grid_captions()), os.path.join(args.out, 'grids', f'{name}.png'))
     line['cub'] = row['cub']
     return line
+
+
+def grid_captions() -> list:
+    """The demo's ten grid captions (cfg/demo.yml DEMO.GRID_CAPTIONS)."""
+    return list(load_config(os.path.join(ROOT, 'cfg', 'demo.yml')).DEMO.GRID_CAPTIONS)
 
 
 def main(argv=None) -> int:
@@ -290,6 +391,16 @@ def main(argv=None) -> int:
             summaries.append(summarise(name, lines))
     for summary in summaries:
         print(json.dumps(summary), flush=True)
+    trained = {name: [done.get((name, s)) or {} for s in seeds] for name in rows}
+    for entry in read_jsonl(results):    # this invocation's new lines too
+        if entry.get('settings') == settings and entry.get('row') in trained and entry.get('seed') in seeds:
+            trained[entry['row']][seeds.index(entry['seed'])] = entry
+    if any(line.get('curve') for lines in trained.values() for line in lines):
+        save_curves(trained, os.path.join(args.out, 'curves'))
+    strips = {name: np.asarray(Image.open(os.path.join(args.out, 'grids', f'{name}.png')).convert('RGB'))
+              for name in rows if os.path.isfile(os.path.join(args.out, 'grids', f'{name}.png'))}
+    if strips:
+        save_grid(strips, grid_captions(), os.path.join(args.out, 'grid.png'))
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers import make_synthetic_with_encoders
 from miscc.families import FAMILIES
@@ -51,6 +52,15 @@ def test_compare_models_toy_run(tmp_path, capsys, monkeypatch):
     assert by_row['dfgan']['parameters_D'] > 0 and by_row['dfgan']['cub']['report']['FID'] == 20.96
     # the ablation generator has no mask predictors: fewer parameters than SSA-GAN's
     assert by_row['ssagan_no_ssacn_no_damsm']['parameters_G'] < by_row['ssagan_finetune']['parameters_G']
+
+    # a curve point per epoch file (epoch 1; the run stops in epoch 2), the curves and the grid of every row
+    for line in trained:
+        assert [p['epoch'] for p in line['curve']] == [1] and [p['step'] for p in line['curve']] == [2]
+        assert 0.0 <= line['curve'][0]['every_named_right'] <= 1.0
+        assert (tmp_path / 'cmp' / 'grids' / f"{line['row']}.png").is_file()
+    assert (tmp_path / 'cmp' / 'curves' / 'every_named_right.png').is_file()
+    grid = Image.open(tmp_path / 'cmp' / 'grid.png')
+    assert grid.size == (200 + 10 * (64 + 2), 16 + len(trained) * (64 + 2))   # --size 64
 
     # again: the stored rows are printed, nothing is trained
     real_trainer = script.GANTrainer
