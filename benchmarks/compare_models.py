@@ -122,7 +122,11 @@ def parse_args(argv=None):
     p.add_argument('--synthetic-seed', type=int, default=0)
     p.add_argument('--text-encoder', default='', help='pretrained DAMSM text encoder to use (image_encoder beside it)')
     p.add_argument('--damsm-epochs', type=int, default=0, help="DAMSM pretraining epochs (0: the demo's 4)")
-    p.add_argument('--image-encoder-input', type=int, default=96, help="TEXT.IMAGE_ENCODER_INPUT (the demo's 96)")
+    demo = load_config(os.path.join(ROOT, 'cfg', 'demo.yml'))
+    p.add_argument('--image-encoder', default=demo.TEXT.IMAGE_ENCODER, choices=('inception', 'small'),
+                   help=f"TEXT.IMAGE_ENCODER (the demo's '{demo.TEXT.IMAGE_ENCODER}')")
+    p.add_argument('--image-encoder-input', type=int, default=demo.TEXT.IMAGE_ENCODER_INPUT,
+                   help=f"TEXT.IMAGE_ENCODER_INPUT (the demo's {demo.TEXT.IMAGE_ENCODER_INPUT})")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
     return p.parse_args(argv)
@@ -131,7 +135,7 @@ def parse_args(argv=None):
 def settings_of(args) -> dict:
     """What a result depends on besides its row and seed (a stored line is reused only with the same settings)."""
     keys = ('steps', 'size', 'nf', 'batch', 'lr_scale', 'eval_num', 'data_dir', 'num_train', 'num_test',
-            'synthetic_size', 'synthetic_seed', 'damsm_epochs', 'image_encoder_input', 'device')
+            'synthetic_size', 'synthetic_seed', 'damsm_epochs', 'image_encoder', 'image_encoder_input', 'device')
     return {k: getattr(args, k) for k in keys}
 
 
@@ -152,7 +156,8 @@ def damsm_encoder(args) -> str:
     cfg = load_config(os.path.join(ROOT, 'cfg', 'DAMSM', 'demo.yml'), [
         'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}', f'OUTPUT_DIR={os.path.join(args.out, "damsm")}',
         f'DEVICE={args.device}', 'WORKERS=0', f'SEED={args.seed}', 'CONFIG_NAME=compare',
-        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', 'DATA.CACHE=True',
+        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TEXT.IMAGE_ENCODER={args.image_encoder}',
+        'DATA.CACHE=True',
         f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
         f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}']
         + ([f'TRAIN.MAX_EPOCH={args.damsm_epochs}', f'TRAIN.SNAPSHOT_INTERVAL={args.damsm_epochs}']
@@ -178,7 +183,8 @@ def row_config(args, name: str, text_encoder: str, seed: int):
         f'MODEL.NAME={row["model"]}', 'DATASET_NAME=synthetic_birds', f'DATA_DIR={args.data_dir}',
         f'OUTPUT_DIR={os.path.join(args.out, "runs", f"{name}_seed{seed}")}', f'CONFIG_NAME={name}',
         f'TEXT.DAMSM_NAME={text_encoder}',
-        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TREE.BASE_SIZE={args.size}',
+        f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TEXT.IMAGE_ENCODER={args.image_encoder}',
+        f'TREE.BASE_SIZE={args.size}',
         f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={seed}', f'DEVICE={args.device}',
         'WORKERS=0', 'DATA.CACHE=True',
         f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',

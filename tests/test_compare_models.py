@@ -28,7 +28,8 @@ def test_compare_models_toy_run(tmp_path, capsys, monkeypatch):
     rows = ['dfgan', 'ssagan_no_ssacn_no_damsm', 'ssagan_finetune', 'gan_int_cls']
     argv = ['--out', str(tmp_path / 'cmp'), '--data-dir', str(root / 'synthetic_birds'), '--num-train', '16',
             '--num-test', '100', '--synthetic-seed', '3', '--text-encoder', str(root / 'enc' / 'text_encoder1.pth'),
-            '--image-encoder-input', '75', '--steps', '3', '--batch', '8', '--nf', '2', '--eval-num', '100',
+            '--image-encoder', 'inception', '--image-encoder-input', '75', '--steps', '3', '--batch', '8',
+            '--nf', '2', '--eval-num', '100',
             '--rows', ','.join(rows)]
     assert script.main(argv) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def overrides(data, out, **extra):
     base = {'DATA_DIR': data, 'OUTPUT_DIR': out, 'TREE.BASE_SIZE': 64, 'TRAIN.BATCH_SIZE': 8,
             'TRAIN.MAX_EPOCH': 2, 'TRAIN.SNAPSHOT_INTERVAL': 1, 'TRAIN.LOG_INTERVAL': 1,
-            'TEXT.IMAGE_ENCODER_INPUT': 75, 'TEXT.EMBEDDING_DIM': 32, 'WORKERS': 0, 'DEVICE': 'cpu',
+            'TEXT.IMAGE_ENCODER': 'inception', 'TEXT.IMAGE_ENCODER_INPUT': 75, 'TEXT.EMBEDDING_DIM': 32, 'WORKERS': 0,
+            'DEVICE': 'cpu',
             'DAMSM.ATTENTION_INTERVAL': 1, 'SYNTHETIC.NUM_TRAIN': 24, 'SYNTHETIC.NUM_TEST': 8,
             'SYNTHETIC.IMAGE_SIZE': 128, 'SYNTHETIC.SEED': 7}
     base.update(extra)

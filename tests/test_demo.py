@@ -34,7 +34,7 @@ def demo_argv(tmp_path, *extra):
     (tmp_path / 'damsm.yml').write_text(TINY_DAMSM)
     return ['--cfg', str(ROOT / 'cfg' / 'demo.yml'), f'DATA_DIR={tmp_path / "birds"}', f'OUTPUT_DIR={tmp_path / "demo"}',
             f'DEMO.DAMSM_CFG={tmp_path / "damsm.yml"}', 'DEVICE=cpu', 'WORKERS=0', 'TRAIN.NF=2',
-            'TRAIN.BATCH_SIZE=4', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=75',
+            'TRAIN.BATCH_SIZE=4', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=32',
             'SYNTHETIC.NUM_TRAIN=8', 'SYNTHETIC.NUM_TEST=100', 'DEMO.GRID_PER_CAPTION=1', 'DATA.CACHE=False',
             *extra]
 
@@ -60,7 +60,7 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     out = tmp_path / 'demo'
     argv = ['--cfg', str(ROOT / 'cfg' / 'demo.yml'), f'DATA_DIR={tmp_path / "birds"}', f'OUTPUT_DIR={out}',
             f'DEMO.DAMSM_CFG={tmp_path / "damsm.yml"}', 'DEVICE=cpu', 'WORKERS=0', 'TRAIN.NF=2',
-            'TRAIN.BATCH_SIZE=4', 'TRAIN.MAX_EPOCH=1', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=75',
+            'TRAIN.BATCH_SIZE=4', 'TRAIN.MAX_EPOCH=1', 'TEXT.EMBEDDING_DIM=32', 'TEXT.IMAGE_ENCODER_INPUT=32',
             'SYNTHETIC.NUM_TRAIN=8', 'SYNTHETIC.NUM_TEST=100', 'SYNTHETIC.IMAGE_SIZE=128', 'SYNTHETIC.SEED=4',
             'DEMO.GRID_PER_CAPTION=2', 'DATA.CACHE=False',
             'DEMO.GRID_CAPTIONS=["a red bird with blue wings", "this bird is yellow"]']
