@@ -97,8 +97,9 @@ ROWS = {
                             cub={'paper': {'IS': 5.17, 'FID': 16.58}}),
     # GAN-INT-CLS (Reed et al. 2016, 64 px, its own widths GAN_INT_CLS.NGF/NDF); its official
     # rates are 2e-4 for G and D (``lr``), scaled by --lr-scale like the others'
+    # Its networks are 64 px only: it trains and is judged at 64 px whatever --size says
     'gan_int_cls': dict(cfg='cfg/bird_gan_int_cls.yml', model='gan_int_cls', finetune=False,
-                        paper='GAN-INT-CLS', lr=(2e-4, 2e-4), cub={}),
+                        paper='GAN-INT-CLS', lr=(2e-4, 2e-4), cub={}, size=64),
 }
 
 
@@ -107,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument('--out', default='output/compare', help='folder for the encoders, runs and results.jsonl')
     p.add_argument('--rows', default=','.join(ROWS), help=f'comma-separated rows of: {", ".join(ROWS)}')
     p.add_argument('--steps', type=int, default=250, help='training steps per row')
-    p.add_argument('--size', type=int, default=64, help='image size (SSA-GAN needs >= 64)')
+    p.add_argument('--size', type=int, default=64, help='image size, a power of two >= 32 (the demo: 32)')
     p.add_argument('--nf', type=int, default=8, help='TRAIN.NF of every row')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--lr-scale', type=float, default=4.0,
@@ -184,7 +185,7 @@ def row_config(args, name: str, text_encoder: str, seed: int):
         f'OUTPUT_DIR={os.path.join(args.out, "runs", f"{name}_seed{seed}")}', f'CONFIG_NAME={name}',
         f'TEXT.DAMSM_NAME={text_encoder}',
         f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TEXT.IMAGE_ENCODER={args.image_encoder}',
-        f'TREE.BASE_SIZE={args.size}',
+        f'TREE.BASE_SIZE={row.get("size", args.size)}',
         f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={seed}', f'DEVICE={args.device}',
         'WORKERS=0', 'DATA.CACHE=True',
         f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',
@@ -263,6 +264,9 @@ def save_grid(strips: dict, captions: list, path: str) -> None:
     """One row per model row (its name on the left), one column per caption (numbered on top)."""
     size = next(iter(strips.values())).shape[0]
     label, pad, top = 200, 2, 16
+    # a row of another image size (GAN-INT-CLS: 64 px) is shown at the first row's size
+    strips = {name: np.asarray(Image.fromarray(s).resize((size * len(captions), size), Image.BICUBIC))
+              for name, s in strips.items()}
     canvas = Image.new('RGB', (label + len(captions) * (size + pad), top + len(strips) * (size + pad)), 'white')
     draw = ImageDraw.Draw(canvas)
     for col in range(len(captions)):
@@ -308,6 +312,51 @@ def save_curves(lines_by_row: dict, out_dir: str) -> list:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# The orderings the papers state: (claim, better row, other row). Each is checked on every
+# named right (higher is better) and the judge's Frechet distance (lower is better).
+CLAIMS = (('SSA-GAN over DF-GAN', 'ssagan', 'dfgan'),
+          ('SSACN over no SSACN (SSA-GAN ablation)', 'ssagan_ssacn', 'ssagan_no_ssacn_no_damsm'),
+          ('DAMSM helps (SSA-GAN ablation: SSACN + DAMSM over SSACN)', 'ssagan', 'ssagan_ssacn'),
+          ('fine-tuning the encoders helps (SSA-GAN ablation)', 'ssagan_finetune', 'ssagan'),
+          ('DAMSM helps (DF-GAN ablation: OS-B w/ DAMSM over OS-B)', 'dfgan_osb_damsm', 'dfgan_osb'),
+          ('MA-GP helps (DF-GAN ablation: OS-B w/ MA-GP over OS-B)', 'dfgan_osb_magp', 'dfgan_osb'),
+          ('one-way over two-way output (DF-GAN ablation)', 'dfgan', 'dfgan_osb_magp'))
+
+
+def claim_lines(summaries: dict) -> list:
+    """One line per claim whose two rows were run: agrees or not, the difference of the means
+    and its spread (the root of the sum of the two standard deviations squared) over seeds."""
+    lines = []
+    for claim, better, other in CLAIMS:
+        if better not in summaries or other not in summaries:
+            continue
+        parts = []
+        for field, sign in (('every_named_right', 1), ('judge_frechet_distance', -1)):
+            a, b = summaries[better][field], summaries[other][field]
+            diff, spread = a['mean'] - b['mean'], math.hypot(a['std'], b['std'])
+            verdict = 'agrees' if sign * diff > 0 else 'disagrees'
+            if abs(diff) <= spread:
+                verdict += ' (within the spread)'
+            parts.append(f'{field} {a["mean"]:.3f} vs {b["mean"]:.3f}: {verdict}, difference {diff:+.3f} +- {spread:.3f}')
+        lines.append(f'{claim} ({better} vs {other}): ' + '; '.join(parts))
+    return lines
+
+
+def markdown_table(summaries: dict) -> str:
+    """The summary lines as a markdown table: mean +- std over the seeds."""
+    attrs = sorted({k for s in summaries.values() for k in s if k.startswith('attribute_')})
+    fields = attrs + ['every_named_right', 'judge_frechet_distance', 'judge_species_score', 'r_precision',
+                      'seconds', 'ms_per_step']
+    head = ['row (config)', 'seeds'] + [f.replace('attribute_', '') for f in fields] + ['parameters G / D']
+    rows = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for name, s in summaries.items():
+        cells = [f"{name} (`{ROWS[name]['cfg']}`)", str(len(s['seeds']))]
+        cells += [f"{s[f]['mean']:.3f} +- {s[f]['std']:.3f}" if f in s else '' for f in fields]
+        cells.append(f"{s['parameters_G']:,} / {s['parameters_D']:,}")
+        rows.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(rows) + '\n'
 
 
 # the per-seed scores the summary line averages (attribute accuracies are added by name)
@@ -397,6 +446,13 @@ def main(argv=None) -> int:
             summaries.append(summarise(name, lines))
     for summary in summaries:
         print(json.dumps(summary), flush=True)
+    by_row = {s['summary']: s for s in summaries}
+    if by_row:
+        with open(os.path.join(args.out, 'table.md'), 'w', encoding='utf-8') as f:
+            f.write(markdown_table(by_row))
+            f.write(''.join(f'\n- {line}' for line in claim_lines(by_row)) + '\n')
+    for line in claim_lines(by_row):
+        print(json.dumps({'claim': line}), flush=True)
     trained = {name: [done.get((name, s)) or {} for s in seeds] for name in rows}
     for entry in read_jsonl(results):    # this invocation's new lines too
         if entry.get('settings') == settings and entry.get('row') in trained and entry.get('seed') in seeds:

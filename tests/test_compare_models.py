@@ -90,3 +90,23 @@ def test_row_and_seed_selection_errors(capsys):
         script.main(['--rows', 'dfgan,stackgan'])
     with pytest.raises(SystemExit, match="--seeds: expected comma-separated integers, got '1,x'"):
         script.main(['--rows', 'dfgan', '--seeds', '1,x'])
+
+
+def test_claims_are_checked_both_ways_with_the_spread():
+    script = load_script()
+
+    def row(named, fd, named_std=0.01, fd_std=5.0):
+        return {'every_named_right': {'mean': named, 'std': named_std},
+                'judge_frechet_distance': {'mean': fd, 'std': fd_std}}
+    summaries = {'ssagan': row(0.40, 800.0), 'dfgan': row(0.30, 700.0),
+                 'dfgan_osb': row(0.20, 900.0, named_std=0.1), 'dfgan_osb_magp': row(0.25, 850.0)}
+    lines = script.claim_lines(summaries)
+    # only the claims whose two rows ran: SSA-GAN over DF-GAN, MA-GP over OS-B, one-way over two-way
+    assert len(lines) == 3
+    assert lines[0].startswith('SSA-GAN over DF-GAN (ssagan vs dfgan): every_named_right 0.400 vs 0.300: '
+                               'agrees, difference +0.100 +- 0.014')
+    assert 'judge_frechet_distance 800.000 vs 700.000: disagrees, difference +100.000 +- 7.071' in lines[0]
+    # 0.05 better with a spread of hypot(0.01, 0.1) = 0.1005: agrees only within the spread
+    assert 'every_named_right 0.250 vs 0.200: agrees (within the spread), difference +0.050 +- 0.100' in lines[1]
+    assert lines[2].startswith('one-way over two-way output (DF-GAN ablation) (dfgan vs dfgan_osb_magp): '
+                               'every_named_right 0.300 vs 0.250: agrees')
