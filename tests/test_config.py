@@ -212,11 +212,14 @@ def test_models_do_not_read_global_config():
         assert 'miscc.config' not in text and 'cfg.' not in text, path.name
 
 
-ABLATIONS = {   # file: the keys in which it differs from cfg/bird.yml
+ABLATIONS = {   # file: the keys in which it differs from its base, cfg/bird.yml or cfg/bird_dfgan.yml
     'bird_no_ssacn_no_damsm': {'GAN.MASKS': 'ones', 'TRAIN.LAMBDA_DA': 0.0},
     'bird_ssacn': {'TRAIN.LAMBDA_DA': 0.0},
     'bird_ssacn_damsm': {},
     'bird_ssacn_damsm_finetune': {},
+    'bird_dfgan_osb': {'DFGAN.OUTPUT': 'two_way', 'TRAIN.MAGP_K': 0.0},
+    'bird_dfgan_osb_damsm': {'DFGAN.OUTPUT': 'two_way', 'TRAIN.MAGP_K': 0.0, 'TRAIN.LAMBDA_DA': 0.05},
+    'bird_dfgan_osb_magp': {'DFGAN.OUTPUT': 'two_way'},
 }
 
 
@@ -233,7 +236,8 @@ def _flat(tree, prefix=''):
 @pytest.mark.parametrize('name', sorted(ABLATIONS))
 def test_ablation_configs_are_bird_yml_but_for_their_row(name):
     root = ROOT
-    bird = _flat(load_config(str(root / 'cfg' / 'bird.yml')).to_dict())
+    base = 'bird_dfgan.yml' if name.startswith('bird_dfgan') else 'bird.yml'
+    bird = _flat(load_config(str(root / 'cfg' / base)).to_dict())
     ablation = _flat(load_config(str(root / 'cfg' / 'ablation' / f'{name}.yml')).to_dict())
     differs = {k: v for k, v in ablation.items() if bird[k] != v and k != 'CONFIG_NAME'}
     assert differs == ABLATIONS[name] and ablation['CONFIG_NAME'] == name
