@@ -128,6 +128,8 @@ def parse_args(argv=None):
                    help=f"TEXT.IMAGE_ENCODER (the demo's '{demo.TEXT.IMAGE_ENCODER}')")
     p.add_argument('--image-encoder-input', type=int, default=demo.TEXT.IMAGE_ENCODER_INPUT,
                    help=f"TEXT.IMAGE_ENCODER_INPUT (the demo's {demo.TEXT.IMAGE_ENCODER_INPUT})")
+    p.add_argument('--stored-only', action='store_true',
+                   help='train nothing: print, tabulate and draw the stored (row, seed) lines only')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
     return p.parse_args(argv)
@@ -433,6 +435,9 @@ def main(argv=None) -> int:
         lines = []
         for seed in seeds:
             line = done.get((name, seed))
+            if line is None and args.stored_only:
+                print(f'{name}, seed {seed}: not stored, not trained (--stored-only)', file=sys.stderr)
+                continue
             if line is None:
                 line = run_row(args, name, text_encoder, seed)
                 line['settings'] = settings
@@ -453,7 +458,7 @@ def main(argv=None) -> int:
             f.write(''.join(f'\n- {line}' for line in claim_lines(by_row)) + '\n')
     for line in claim_lines(by_row):
         print(json.dumps({'claim': line}), flush=True)
-    trained = {name: [done.get((name, s)) or {} for s in seeds] for name in rows}
+    trained = {name: [done.get((name, s)) or {} for s in seeds] for name in rows}   # {} = not run
     for entry in read_jsonl(results):    # this invocation's new lines too
         if entry.get('settings') == settings and entry.get('row') in trained and entry.get('seed') in seeds:
             trained[entry['row']][seeds.index(entry['seed'])] = entry

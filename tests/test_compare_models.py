@@ -69,6 +69,10 @@ def test_compare_models_toy_run(tmp_path, capsys, monkeypatch):
     assert script.main(argv) == 0
     assert [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()] == out
 
+    # --stored-only with a seed never run: the stored lines again, nothing trained
+    assert script.main(argv + ['--seeds', '100,7', '--stored-only']) == 0
+    assert [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()] == out
+
     # a second seed for one row: only (dfgan, 7) trains; the summary spans both seeds
     made = []
     monkeypatch.setattr(script, 'GANTrainer', lambda cfg, **kw: made.append(cfg.SEED) or real_trainer(cfg, **kw))
