@@ -182,8 +182,8 @@ class NetC(nn.Module):
     """DF-GAN 2022 matching head: features B x 8ndf x 4 x 4 and sentence B x cond_dim ->
     logits B x 1 x 1 x 1 (Conv3x3 -> 2ndf, LReLU(0.2), Conv4x4 -> 1, no biases).
 
-    ``two_way=True`` adds ``uncond_conv``, the same head on the features alone
-    (:meth:`unconditional`): the two-way output DF-GAN's paper compares its one-way output with.
+    ``two_way=True`` adds ``uncond_conv``, the same head on the features alone (``forward``
+    without a sentence): the two-way output DF-GAN's paper compares its one-way output with.
     The default has DF-GAN's keys only.
     """
 
@@ -193,9 +193,6 @@ class NetC(nn.Module):
         self.joint_conv = _logit_head(ndf * 8 + cond_dim, ndf)
         self.uncond_conv = _logit_head(ndf * 8, ndf) if two_way else None
 
-    def unconditional(self, features: torch.Tensor) -> torch.Tensor:
-        """B x 8ndf x 4 x 4 -> B x 1 x 1 x 1 logits of realness alone (two-way heads only)."""
-        return self.uncond_conv(features)
 
     def set_conv_gradfix(self, enabled: bool = True) -> 'NetC':
         """See :meth:`NetD.set_conv_gradfix`."""
@@ -204,7 +201,13 @@ class NetC(nn.Module):
                 m.fast_gradients = enabled
         return self
 
-    def forward(self, features: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, sent: torch.Tensor | None = None) -> torch.Tensor:
+        """Matching logits of (features, sent); with ``sent`` None the realness logits of the
+        two-way head (through ``forward``, so that DDP's wrapper sees the call)."""
+        if sent is None:
+            if self.uncond_conv is None:
+                raise ValueError('NetC(two_way=False) has no unconditional head: pass the sentence codes')
+            return self.uncond_conv(features)
         sent = sent.view(-1, self.cond_dim, 1, 1).expand(-1, -1, features.size(2), features.size(3))
         return self.joint_conv(torch.cat((features, sent), 1))
 

@@ -448,14 +448,14 @@ def test_2020_d_step_hinge_then_magp_step():
 
 
 class TwoWayProductHead(ProductHead):
-    """Stand-in two-way head: the matching logit w f s and an unconditional logit u f."""
+    """Stand-in two-way head: the matching logit w f s and, without a sentence, u f."""
 
     def __init__(self):
         super().__init__()
         self.u = torch.nn.Parameter(torch.ones(1))
 
-    def unconditional(self, features):
-        return self.u * features
+    def forward(self, features, sent=None):
+        return self.u * features if sent is None else super().forward(features, sent)
 
 
 # Two-way on the hand-computed case (u = 1): realness logits of the real features (2, 0.5) ->
@@ -482,9 +482,9 @@ def test_two_way_head_keeps_the_one_way_keys_and_adds_its_own():
     one, two = NetC(2, 16), NetC(2, 16, two_way=True)
     assert list(one.state_dict()) == ['joint_conv.0.weight', 'joint_conv.2.weight']
     assert list(two.state_dict()) == list(one.state_dict()) + ['uncond_conv.0.weight', 'uncond_conv.2.weight']
-    assert two.unconditional(torch.randn(3, 16, 4, 4)).shape == (3, 1, 1, 1)
-    with pytest.raises(TypeError):   # a one-way head has no realness logit
-        one.unconditional(torch.randn(3, 16, 4, 4))
+    assert two(torch.randn(3, 16, 4, 4)).shape == (3, 1, 1, 1)
+    with pytest.raises(ValueError, match='no unconditional head'):   # a one-way head has no realness logit
+        one(torch.randn(3, 16, 4, 4))
 
 
 def test_magp_off_is_not_computed_and_leaves_the_hinge_step():
@@ -881,13 +881,17 @@ def _ddp_worker(rank, world, port, argv, out):
 
 
 @pytest.mark.slow
-def test_ddp_gloo_keeps_all_three_networks_identical(family_setup, tmp_path):
-    argv = family_argv(family_setup, out='ddp', **{'TRAIN.MAX_EPOCH': 1})
+@pytest.mark.parametrize('ablation', [False, True], ids=['dfgan', 'two_way_damsm_no_magp'])
+def test_ddp_gloo_keeps_all_three_networks_identical(family_setup, tmp_path, ablation):
+    extra = {'DFGAN.OUTPUT': 'two_way', 'TRAIN.LAMBDA_DA': 0.05, 'TRAIN.MAGP_K': 0.0} if ablation else {}
+    out = 'ddp_ablation' if ablation else 'ddp'
+    argv = family_argv(family_setup, out=out, **{'TRAIN.MAX_EPOCH': 1}, **extra)
     mp.start_processes(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, start_method='spawn')
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2))
     assert set(r0) == {'netG', 'netD', 'netC'}
+    assert ('uncond_conv.0.weight' in r0['netC']) == ablation   # the realness head trained through DDP
     for net in r0:
         for k, v in r0[net].items():
             assert torch.equal(v, r1[net][k]), f'{net}.{k}'
-    (run,) = sorted((family_setup / 'ddp').iterdir())
+    (run,) = sorted((family_setup / out).iterdir())
     assert (run / 'models' / 'netC_001.pth').is_file()

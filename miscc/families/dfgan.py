@@ -85,7 +85,7 @@ def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sen
 
     ``fake`` is detached here. Returns ``errD`` (the total to minimise), ``errD_real``,
     ``errD_fake``, ``errD_mismatch`` and ``MAGP``. ``magp_k`` 0: no penalty (not computed).
-    ``two_way``: ``netC.unconditional`` adds ``errD_uncond = relu(1 - U(x)) + relu(1 + U(G(z, s)))``
+    ``two_way``: ``netC(features)`` (no sentence: the realness head) adds ``errD_uncond = relu(1 - U(x)) + relu(1 + U(G(z, s)))``
     (means), a realness term beside the matching terms, as the two-way discriminators of
     StackGAN/AttnGAN sum theirs.
     """
@@ -101,8 +101,7 @@ def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sen
     total = err_real + (err_fake + err_mis) / 2.0 + gp
     losses = dict(errD=total, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
     if two_way:
-        losses['errD_uncond'] = hinge_real(netC.unconditional(real_features)) + \
-            hinge_fake(netC.unconditional(fake_features))
+        losses['errD_uncond'] = hinge_real(netC(real_features)) + hinge_fake(netC(fake_features))
         losses['errD'] = total + losses['errD_uncond']
     return losses
 
@@ -123,7 +122,7 @@ def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor, two_way: 
     with G's graph, sent B x D."""
     features = netD(fake)
     loss = generator_adversarial_loss(netC(features, sent))
-    return loss + generator_adversarial_loss(netC.unconditional(features)) if two_way else loss
+    return loss + generator_adversarial_loss(netC(features)) if two_way else loss
 
 
 def g_step(netD, netC, optimizer_g, fake: torch.Tensor, sent: torch.Tensor, two_way: bool = False,
