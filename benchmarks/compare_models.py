@@ -55,12 +55,11 @@ from PIL import Image, ImageDraw  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datasets import RealImageDataset  # noqa: E402
 from miscc.core.config import load_config  # noqa: E402
 from miscc.core.files import read_jsonl  # noqa: E402
 from miscc.data.synthetic import ensure_synthetic_birds, judge_body_colour  # noqa: E402
 from miscc.data.synthetic import read_attributes  # noqa: E402
-from miscc.demo import epoch_checkpoints  # noqa: E402
+from miscc.demo import epoch_checkpoints, real_test_images  # noqa: E402
 from miscc.evaluation.generation import (GenerationStack, generate_test_images, load_generation_stack,  # noqa: E402
                                         to_uint8_image)
 from miscc.evaluation.outputs import save_png  # noqa: E402
@@ -202,33 +201,38 @@ def row_config(args, name: str, text_encoder: str, seed: int):
     return load_config(os.path.join(ROOT, row['cfg']), overrides).freeze()
 
 
-@torch.no_grad()
-def score(cfg, trainer, judge_text_encoder: str, num: int) -> dict:
-    """Every attribute (the attribute judge), body-colour accuracy and R-precision of images for
-    the first ``num`` test captions."""
+class Reference:
+    """What every score of a row is measured against, read once per row: the birds' attributes,
+    the real test images (as the generator sees them) and the attribute judge of that size."""
+
+    def __init__(self, cfg):
+        self.attrs = read_attributes(cfg.DATA_DIR)
+        self.real = torch.stack(list(real_test_images(cfg).values()))
+        self.judge = load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE, log=lambda *a: print(*a, file=sys.stderr))
+
+
+def trainer_stack(cfg, trainer) -> GenerationStack:
+    """The generation stack of the trainer's networks as they are in memory (eval mode)."""
     trainer.netG.eval()
     trainer.text_encoder.eval()
-    stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
-                            trainer.test_dataset, trainer.device)
-    return score_stack(cfg, stack, judge_text_encoder, num)
+    return GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
+                           trainer.test_dataset, trainer.device)
 
 
-def score_stack(cfg, stack, judge_text_encoder: str | None, num: int) -> dict:
-    """``score`` for a generation stack; no R-precision when ``judge_text_encoder`` is None."""
+@torch.no_grad()
+def score_stack(cfg, stack, ref: Reference, judge_text_encoder: str | None, num: int) -> dict:
+    """Every attribute (the attribute judge), body-colour accuracy and, given
+    ``judge_text_encoder``, R-precision of the stack's images for the first ``num`` test captions."""
     images, keys, captions = [], [], []
     for batch in generate_test_images(stack, num, 50, seed=cfg.SAMPLE.SEED):
         images.append(batch.images)
         keys += batch.keys
         captions += batch.captions
     images = torch.cat(images)
-    attrs = read_attributes(cfg.DATA_DIR)
     judged = judge_body_colour(images.permute(0, 2, 3, 1).numpy())
-    accuracy = float(np.mean([j == attrs[k]['body'] for j, k in zip(judged, keys)]))
+    accuracy = float(np.mean([j == ref.attrs[k]['body'] for j, k in zip(judged, keys)]))
     rp = caption_r_precision(cfg, judge_text_encoder, images, captions, keys) if judge_text_encoder else None
-    real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
-    real = torch.stack([real_set[i][0] for i in range(len(real_set))])
-    judge = load_judge(cfg.DATA_DIR, cfg.TREE.BASE_SIZE, log=lambda *a: print(*a, file=sys.stderr))
-    attributes = attribute_scores(judge, images, captions, keys, attrs, real)
+    attributes = attribute_scores(ref.judge, images, captions, keys, ref.attrs, ref.real)
     rp_fields = {'r_precision': round(rp['mean'], 4), 'r_precision_std': round(rp['std'], 4)} if rp else {}
     return {'images': len(images), 'body_colour_accuracy': round(accuracy, 4), **rp_fields,
             'attributes': {a: s['accuracy'] for a, s in attributes['attributes'].items()},
@@ -237,14 +241,13 @@ def score_stack(cfg, stack, judge_text_encoder: str | None, num: int) -> dict:
             'judge_species_score': attributes['species_score']['generated']['mean']}
 
 
-@torch.no_grad()
-def curve(cfg, run_dir: str, steps_per_epoch: int, num: int) -> list:
+def curve(cfg, ref: Reference, run_dir: str, steps_per_epoch: int, num: int) -> list:
     """The scores of every ``netG_XXX.pth`` of ``run_dir`` (its own text encoder when fine-tuned)."""
     points = []
     for path in epoch_checkpoints(run_dir):
         stack = load_generation_stack(cfg, path, 'cpu')
         epoch = int(os.path.basename(path)[len('netG_'):-len('.pth')])
-        scores = score_stack(cfg, stack, None, num)
+        scores = score_stack(cfg, stack, ref, None, num)
         points.append({'epoch': epoch, 'step': min(epoch * steps_per_epoch, cfg.TRAIN.MAX_STEPS),
                        **{k: v for k, v in scores.items() if k != 'images'}})
     return points
@@ -253,9 +256,7 @@ def curve(cfg, run_dir: str, steps_per_epoch: int, num: int) -> list:
 @torch.no_grad()
 def caption_strip(cfg, trainer, captions: list) -> np.ndarray:
     """1 x len(captions) images (uint8 S x S*len x 3) of ``captions``, noise ``SAMPLE.SEED`` 0..len-1."""
-    trainer.netG.eval()
-    stack = GenerationStack(cfg, trainer.family, trainer.netG, '', trainer.text_encoder, cfg.TEXT.DAMSM_NAME,
-                            trainer.test_dataset, trainer.device)
+    stack = trainer_stack(cfg, trainer)
     caps, lens, _ = stack.encode(list(captions))
     images, _ = stack.generate(stack.noise(range(len(caps)), cfg.SAMPLE.SEED), stack.sentences(caps, lens))
     images = to_uint8_image(images).permute(0, 2, 3, 1).cpu().numpy()
@@ -396,8 +397,9 @@ def run_row(args, name: str, text_encoder: str, seed: int) -> dict:
                 ms_per_step=round(1000 * wall / max(steps, 1), 1), cpu_ms_per_step=round(1000 * cpu / max(steps, 1), 1),
                 parameters_G=params[trainer.family.networks[0]],
                 parameters_D=sum(v for k, v in params.items() if k != trainer.family.networks[0]))
-    line.update(score(cfg, trainer, text_encoder, args.eval_num))
-    line['curve'] = curve(cfg, trainer.run_dir, args.num_train // args.batch, args.eval_num)
+    ref = Reference(cfg)
+    line.update(score_stack(cfg, trainer_stack(cfg, trainer), ref, text_encoder, args.eval_num))
+    line['curve'] = curve(cfg, ref, trainer.run_dir, args.num_train // args.batch, args.eval_num)
     if seed == seeds_of(args)[0]:
         save_png(caption_strip(cfg, trainer, grid_captions()), os.path.join(args.out, 'grids', f'{name}.png'))
     line['cub'] = row['cub']

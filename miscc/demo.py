@@ -315,7 +315,7 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
     attrs = read_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
     num = num or len(stack.dataset.filenames)
-    real = _real_test_images(cfg) if judge is not None else None
+    real = real_test_images(cfg) if judge is not None else None
     for path in checkpoints:
         stack = stack.with_generator(path)
         images, keys, captions = [], [], []
@@ -335,7 +335,7 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
         yield row
 
 
-def _real_test_images(cfg) -> dict:
+def real_test_images(cfg) -> dict:
     """``{key: uint8 3 x S x S}`` of the real test birds, cropped and resized as the generator sees them."""
     real_set = RealImageDataset(cfg.DATA_DIR, 'test', image_size=cfg.TREE.BASE_SIZE, dataset_name=cfg.DATASET_NAME)
     return {key: image for image, key in (real_set[i] for i in range(len(real_set)))}
@@ -364,7 +364,7 @@ def _stage_report(cfg, text_encoder_path: str, results: dict) -> dict:
     keys = [e['key'] for e in entries]
     judged = judge_body_colour(fake)
 
-    real_by_key = _real_test_images(cfg)
+    real_by_key = real_test_images(cfg)
     real = torch.stack([real_by_key[k] for k in keys])           # the real image of each caption
 
     captions = [e['caption'] for e in entries]

@@ -193,7 +193,6 @@ class NetC(nn.Module):
         self.joint_conv = _logit_head(ndf * 8 + cond_dim, ndf)
         self.uncond_conv = _logit_head(ndf * 8, ndf) if two_way else None
 
-
     def set_conv_gradfix(self, enabled: bool = True) -> 'NetC':
         """See :meth:`NetD.set_conv_gradfix`."""
         for m in self.modules():

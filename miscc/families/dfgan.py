@@ -37,7 +37,8 @@ from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file
                                unwrap_model)
 from ..core.config import ConfigError
 from .base import Family, Update, check_image_size, frozen
-from .losses import damsm_loss, discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
+from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss,
+                     matching_aware_gp)
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
            'build_optimizers', 'mismatched_features', 'hinge_real', 'hinge_fake',
@@ -85,9 +86,9 @@ def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sen
 
     ``fake`` is detached here. Returns ``errD`` (the total to minimise), ``errD_real``,
     ``errD_fake``, ``errD_mismatch`` and ``MAGP``. ``magp_k`` 0: no penalty (not computed).
-    ``two_way``: ``netC(features)`` (no sentence: the realness head) adds ``errD_uncond = relu(1 - U(x)) + relu(1 + U(G(z, s)))``
-    (means), a realness term beside the matching terms, as the two-way discriminators of
-    StackGAN/AttnGAN sum theirs.
+    ``two_way``: ``netC(features)`` (no sentence: the realness head U) adds
+    ``errD_uncond = relu(1 - U(x)) + relu(1 + U(G(z, s)))`` (means), a realness term beside the
+    matching terms, as the two-way discriminators of StackGAN/AttnGAN sum theirs.
     """
     real = real.detach().requires_grad_(bool(magp_k))
     sent = sent.detach().requires_grad_(bool(magp_k))
@@ -251,7 +252,8 @@ class DFGANUpdate(Update):
 
     def __call__(self, batch) -> dict:
         """``batch``: images B x 3 x S x S in [-1, 1], captions B x T, cap_lens B. Returns the
-        losses as floats: errD, errD_real, errD_fake, errD_mismatch, MAGP, errG."""
+        losses as floats: errD, errD_real, errD_fake, errD_mismatch, MAGP, errG, and errD_uncond
+        with the two-way output, DAMSM with ``lambda_da``."""
         imgs = batch.images.to(self.device, non_blocking=True)
         with torch.no_grad():
             words, sent = self.T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
@@ -370,12 +372,9 @@ class DFGAN(Family):
     def make_update(self, cfg, nets: dict, modules: dict, encoders: dict, optimizers: dict,
                     finetune: bool = False, distributed: bool = False) -> DFGANUpdate:
         self._check(cfg, finetune)
-        smooth = cfg.TRAIN.SMOOTH
         return DFGANUpdate(nets, modules, encoders, optimizers, self.version, cfg.GAN.Z_DIM,
                            cfg.TRAIN.MAGP_P, cfg.TRAIN.MAGP_K, distributed, two_way=cfg.DFGAN.OUTPUT == 'two_way',
-                           lambda_da=cfg.TRAIN.LAMBDA_DA,
-                           smooth=dict(gamma1=smooth.GAMMA1, gamma2=smooth.GAMMA2, gamma3=smooth.GAMMA3,
-                                       lam=smooth.LAMBDA))
+                           lambda_da=cfg.TRAIN.LAMBDA_DA, smooth=damsm_smoothing(cfg.TRAIN.SMOOTH))
 
 
 class DFGANv1(DFGAN):

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from models.conv_gradfix import no_weight_gradients
 
-__all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss', 'nearest_mismatch',
+__all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss', 'damsm_smoothing',
+           'nearest_mismatch',
            'discriminator_hinge_loss', 'generator_adversarial_loss', 'matching_aware_gp']
 
 
@@ -116,6 +117,11 @@ def damsm_loss(image_encoder, images: torch.Tensor, words_emb: torch.Tensor, sen
                            gamma1, gamma2, gamma3)
     s0, s1 = sent_loss(cnn_code, sent_emb, labels, class_ids, batch, gamma3=gamma3)
     return (w0 + w1) * lam + (s0 + s1) * lam
+
+
+def damsm_smoothing(smooth) -> dict:
+    """``damsm_loss``'s keyword arguments from a config's ``TRAIN.SMOOTH`` section."""
+    return dict(gamma1=smooth.GAMMA1, gamma2=smooth.GAMMA2, gamma3=smooth.GAMMA3, lam=smooth.LAMBDA)
 
 
 def nearest_mismatch(sent: torch.Tensor, same: float = 0.999) -> torch.Tensor:

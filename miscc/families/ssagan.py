@@ -20,7 +20,8 @@ from models.generator import MASK_MODES
 
 from ..core.config import ConfigError
 from .base import Family, Update, adam_for_g_and_d, autocast, check_image_size, frozen, optimizer_step
-from .losses import damsm_loss, discriminator_hinge_loss, generator_adversarial_loss, matching_aware_gp
+from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss,
+                     matching_aware_gp)
 
 __all__ = ['SSAGAN', 'SSAGANUpdate', 'UpdateOptions', 'make_optimizers', 'd_step_faithful', 'd_step_fused',
            'g_step']
@@ -46,9 +47,8 @@ class UpdateOptions:
         on_gpu = device.type == 'cuda'
         # bfloat16 pays on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); elsewhere it is slower
         bf16_ok = on_gpu or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        smooth = dict(gamma1=train.SMOOTH.GAMMA1, gamma2=train.SMOOTH.GAMMA2, gamma3=train.SMOOTH.GAMMA3,
-                      lam=train.SMOOTH.LAMBDA)
-        return cls(lambda_da=train.FINETUNE.LAMBDA_DA if finetune else train.LAMBDA_DA, smooth=smooth,
+        return cls(lambda_da=train.FINETUNE.LAMBDA_DA if finetune else train.LAMBDA_DA,
+                   smooth=damsm_smoothing(train.SMOOTH),
                    magp_p=train.MAGP_P, magp_k=train.MAGP_K, z_dim=cfg.GAN.Z_DIM,
                    fused_magp=train.FAST and fast.FUSED_MAGP, bf16=train.FAST and fast.BF16 and bf16_ok,
                    channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu, mismatch=cfg.GAN.MISMATCH)
