@@ -94,11 +94,12 @@ ROWS = {
     'ssagan_finetune': dict(cfg='cfg/ablation/bird_ssacn_damsm_finetune.yml', model='ssagan', finetune=True,
                             paper='SSA-GAN ablation: SSACN + DAMSM, encoders fine-tuned',
                             cub={'paper': {'IS': 5.17, 'FID': 16.58}}),
-    # GAN-INT-CLS (Reed et al. 2016, 64 px, its own widths GAN_INT_CLS.NGF/NDF); its official
-    # rates are 2e-4 for G and D (``lr``), scaled by --lr-scale like the others'
-    # Its networks are 64 px only: it trains and is judged at 64 px whatever --size says
+    # GAN-INT-CLS (Reed et al. 2016); its official rates are 2e-4 for G and D (``lr``), scaled by
+    # --lr-scale like the others'; its widths (``widths``: key -> multiple of --nf) keep its official
+    # ratio to the other rows' TRAIN.NF (ngf = ndf = 64 against SSA-GAN's and DF-GAN's NF 32)
     'gan_int_cls': dict(cfg='cfg/bird_gan_int_cls.yml', model='gan_int_cls', finetune=False,
-                        paper='GAN-INT-CLS', lr=(2e-4, 2e-4), cub={}, size=64),
+                        paper='GAN-INT-CLS', lr=(2e-4, 2e-4), cub={},
+                        widths={'GAN_INT_CLS.NGF': 2, 'GAN_INT_CLS.NDF': 2}),
 }
 
 
@@ -186,7 +187,7 @@ def row_config(args, name: str, text_encoder: str, seed: int):
         f'OUTPUT_DIR={os.path.join(args.out, "runs", f"{name}_seed{seed}")}', f'CONFIG_NAME={name}',
         f'TEXT.DAMSM_NAME={text_encoder}',
         f'TEXT.IMAGE_ENCODER_INPUT={args.image_encoder_input}', f'TEXT.IMAGE_ENCODER={args.image_encoder}',
-        f'TREE.BASE_SIZE={row.get("size", args.size)}',
+        f'TREE.BASE_SIZE={args.size}',
         f'TRAIN.NF={args.nf}', f'TRAIN.BATCH_SIZE={args.batch}', f'SEED={seed}', f'DEVICE={args.device}',
         'WORKERS=0', 'DATA.CACHE=True',
         f'TRAIN.GENERATOR_LR={g_lr * args.lr_scale}', f'TRAIN.DISCRIMINATOR_LR={d_lr * args.lr_scale}',
@@ -197,7 +198,7 @@ def row_config(args, name: str, text_encoder: str, seed: int):
         'TRAIN.FAST=True', 'TRAIN.FAST_OPTIONS.BF16=False', 'TRAIN.FAST_OPTIONS.COMPILE=False',
         f'SYNTHETIC.NUM_TRAIN={args.num_train}', f'SYNTHETIC.NUM_TEST={args.num_test}',
         f'SYNTHETIC.IMAGE_SIZE={args.synthetic_size}', f'SYNTHETIC.SEED={args.synthetic_seed}',
-    ]
+    ] + [f'{key}={multiple * args.nf}' for key, multiple in row.get('widths', {}).items()]
     return load_config(os.path.join(ROOT, row['cfg']), overrides).freeze()
 
 
@@ -267,9 +268,6 @@ def save_grid(strips: dict, captions: list, path: str) -> None:
     """One row per model row (its name on the left), one column per caption (numbered on top)."""
     size = next(iter(strips.values())).shape[0]
     label, pad, top = 200, 2, 16
-    # a row of another image size (GAN-INT-CLS: 64 px) is shown at the first row's size
-    strips = {name: np.asarray(Image.fromarray(s).resize((size * len(captions), size), Image.BICUBIC))
-              for name, s in strips.items()}
     canvas = Image.new('RGB', (label + len(captions) * (size + pad), top + len(strips) * (size + pad)), 'white')
     draw = ImageDraw.Draw(canvas)
     for col in range(len(captions)):

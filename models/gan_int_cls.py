@@ -1,5 +1,9 @@
 """GAN-INT-CLS networks (Reed et al. 2016): DCGAN generator and matching-aware discriminator, 64 px.
 
+``image_size`` other than 64 (a power of two >= 32) drops or adds stride-2 stages at the wide
+end of the channel schedule (32 px: G starts at 4ngf, D ends at 4ndf), the usual DCGAN way to
+change the size; at 64 px the layers and keys are the implementation's.
+
 Module and attribute names are those of the widely used PyTorch implementation
 (aelnouby/Text-to-Image-Synthesis, ``models/gan_cls.py``, ``wgan_cls.py``, ``gan.py``,
 ``wgan.py``), so its checkpoints map key for key once the ``module.`` prefix of its
@@ -32,11 +36,17 @@ import torch
 import torch.nn as nn
 
 __all__ = ['Generator', 'Discriminator', 'text_projection', 'ReplicatedProjection', 'MinibatchDiscrimination',
-           'init_dcgan_weights', 'from_reference_state_dict', 'IMAGE_SIZE']
+           'init_dcgan_weights', 'from_reference_state_dict', 'IMAGE_SIZE', 'stage_count']
 
-IMAGE_SIZE = 64
-# Channel multipliers of the three stride-2 stages between 4 x 4 and 32 x 32 px.
-_STAGE_MULTS = (8, 4, 2)
+IMAGE_SIZE = 64   # the paper's and the implementation's
+
+
+def stage_count(image_size: int) -> int:
+    """Stride-2 stages between the 4 x 4 map and image_size / 2 (64 px: 3)."""
+    n = int(image_size).bit_length() - 1
+    if image_size < 32 or 2 ** n != image_size:
+        raise ValueError(f'GAN-INT-CLS image size must be a power of two >= 32, got {image_size}')
+    return n - 3
 
 
 def text_projection(embedding_dim: int, projected_dim: int) -> nn.Sequential:
@@ -92,7 +102,7 @@ class MinibatchDiscrimination(nn.Module):
 
 
 class Generator(nn.Module):
-    """DCGAN generator at 64 x 64.
+    """DCGAN generator at 64 x 64 (``image_size``: see the module docstring).
 
     ``forward(noise B x noise_dim (or B x noise_dim x 1 x 1), embedding B x embedding_dim)
     -> image B x 3 x 64 x 64 in [-1, 1]``. Conditional: the projected embedding (128) and the
@@ -102,9 +112,10 @@ class Generator(nn.Module):
     """
 
     def __init__(self, noise_dim: int = 100, embedding_dim: int = 1024, projected_dim: int = 128,
-                 ngf: int = 64, conditional: bool = True):
+                 ngf: int = 64, conditional: bool = True, image_size: int = IMAGE_SIZE):
         super().__init__()
         self.noise_dim = noise_dim
+        self.image_size = image_size
         self.embedding_dim = embedding_dim if conditional else 0
         self.projected_dim = projected_dim if conditional else 0
         self.ngf = ngf
@@ -112,9 +123,10 @@ class Generator(nn.Module):
         if conditional:
             self.projection = text_projection(embedding_dim, projected_dim)
         latent_dim = noise_dim + self.projected_dim
-        layers = [nn.ConvTranspose2d(latent_dim, ngf * _STAGE_MULTS[0], 4, 1, 0, bias=False),
-                  nn.BatchNorm2d(ngf * _STAGE_MULTS[0]), nn.ReLU(True)]
-        for mult in _STAGE_MULTS:                     # 4 -> 8 -> 16 -> 32 px, halving the width
+        mults = [2 ** k for k in range(stage_count(image_size), 0, -1)]   # 64 px: 8, 4, 2
+        layers = [nn.ConvTranspose2d(latent_dim, ngf * mults[0], 4, 1, 0, bias=False),
+                  nn.BatchNorm2d(ngf * mults[0]), nn.ReLU(True)]
+        for mult in mults:                            # 4 -> 8 -> 16 -> 32 px, halving the width
             layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh()]   # 32 -> 64 px
@@ -138,7 +150,7 @@ class Discriminator(nn.Module):
     """DCGAN discriminator with the matching-aware text input at 4 x 4.
 
     ``forward(image B x 3 x 64 x 64, embedding B x embedding_dim) -> (logits B,
-    features B x 8ndf x 4 x 4)``: the features are the image-only output of the conv stack
+    features B x 8ndf x 4 x 4)`` (``image_size`` 32: B x 3 x 32 x 32 in, B x 4ndf x 4 x 4 features): the features are the image-only output of the conv stack
     (``netD_1``, before the text is concatenated), the ones the implementation's feature
     matching compares. ``conditional=False`` is the unconditional ("vanilla") D of
     ``models/gan.py`` (``forward(image)``). ``batch_norm=False`` drops the BN layers of the
@@ -151,14 +163,16 @@ class Discriminator(nn.Module):
 
     def __init__(self, embedding_dim: int = 1024, projected_dim: int = 128, ndf: int = 64,
                  conditional: bool = True, batch_norm: bool = True, minibatch_kernels: int = 0,
-                 minibatch_kernel_dim: int = 5):
+                 minibatch_kernel_dim: int = 5, image_size: int = IMAGE_SIZE):
         super().__init__()
+        self.image_size = image_size
         self.embedding_dim = embedding_dim if conditional else 0
         self.projected_dim = projected_dim if conditional else 0
         self.ndf = ndf
         self.conditional = conditional
         layers = [nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        for mult in (1, 2, 4):                        # 32 -> 16 -> 8 -> 4 px, doubling the width
+        mults = [2 ** k for k in range(stage_count(image_size))]   # 64 px: 1, 2, 4
+        for mult in mults:                            # 32 -> 16 -> 8 -> 4 px, doubling the width
             layers.append(nn.Conv2d(ndf * mult, ndf * mult * 2, 4, 2, 1, bias=False))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(ndf * mult * 2))
@@ -167,15 +181,16 @@ class Discriminator(nn.Module):
         if conditional:
             self.projector = ReplicatedProjection(embedding_dim, projected_dim)
         self.minibatch_kernels = minibatch_kernels
+        width = ndf * 2 * mults[-1]                   # of the 4 x 4 features (64 px: 8ndf)
         if minibatch_kernels:
-            self.minibatch = MinibatchDiscrimination(ndf * 8 * 4 * 4, minibatch_kernels, minibatch_kernel_dim)
-        joint_channels = ndf * 8 + self.projected_dim + minibatch_kernels
+            self.minibatch = MinibatchDiscrimination(width * 4 * 4, minibatch_kernels, minibatch_kernel_dim)
+        joint_channels = width + self.projected_dim + minibatch_kernels
         self.netD_2 = nn.Sequential(nn.Conv2d(joint_channels, 1, 4, 1, 0, bias=False))
 
     def forward(self, image: torch.Tensor,
                 embedding: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f'the discriminator takes {IMAGE_SIZE} x {IMAGE_SIZE} images, '
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f'the discriminator takes {self.image_size} x {self.image_size} images, '
                              f'got {tuple(image.shape[-2:])}')
         features = self.netD_1(image)
         joint = features

@@ -96,6 +96,17 @@ def test_row_and_seed_selection_errors(capsys):
         script.main(['--rows', 'dfgan', '--seeds', '1,x'])
 
 
+def test_every_row_shares_the_size_and_gan_int_cls_scales_its_widths_with_nf():
+    script = load_script()
+    args = script.parse_args(['--size', '32', '--nf', '8'])
+    configs = {name: script.row_config(args, name, 'te.pth', 100) for name in script.ROWS}
+    assert {cfg.TREE.BASE_SIZE for cfg in configs.values()} == {32}
+    assert {cfg.TRAIN.NF for cfg in configs.values()} == {8}
+    # official GAN-INT-CLS 64 / 64 against NF 32: 2 x --nf
+    assert (configs['gan_int_cls'].GAN_INT_CLS.NGF, configs['gan_int_cls'].GAN_INT_CLS.NDF) == (16, 16)
+    assert configs['gan_int_cls'].TRAIN.GENERATOR_LR == pytest.approx(2e-4 * 4)
+
+
 def test_claims_are_checked_both_ways_with_the_spread():
     script = load_script()
 

@@ -76,6 +76,27 @@ def test_discriminator_outputs_and_features():
     assert not hasattr(d0, 'projector')
 
 
+def test_32_px_drops_the_widest_stage():
+    # 32 px: G 4x4 at 4ngf -> 8 (2ngf) -> 16 (ngf) -> 32 (3); D 16 (ndf) -> 8 (2ndf) -> 4 (4ndf)
+    g = Generator(noise_dim=10, embedding_dim=256, ngf=4, image_size=32)
+    convs = [m for m in g.netG if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(138, 16), (16, 8), (8, 4), (4, 3)]
+    assert g(torch.randn(3, 10), torch.randn(3, 256)).shape == (3, 3, 32, 32)
+    d = Discriminator(embedding_dim=256, ndf=4, minibatch_kernels=3, image_size=32)
+    convs = [m for m in d.netD_1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 4), (4, 8), (8, 16)]
+    assert d.netD_2[0].in_channels == 16 + 128 + 3 and d.minibatch.T_tensor.shape == (16 * 16, 15)
+    logits, feats = d(torch.randn(5, 3, 32, 32), torch.randn(5, 256))
+    assert logits.shape == (5,) and feats.shape == (5, 16, 4, 4)
+    # the default size keeps the implementation's layers
+    convs = [m for m in Generator(noise_dim=10, embedding_dim=256, ngf=4).netG
+             if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(138, 32), (32, 16), (16, 8), (8, 4), (4, 3)]
+    for bad in (16, 48):
+        with pytest.raises(ValueError, match=f'power of two >= 32, got {bad}'):
+            Generator(image_size=bad)
+
+
 def test_unconditional_generator():
     g = Generator(noise_dim=7, ngf=4, conditional=False)
     assert not hasattr(g, 'projection') and g.netG[0].in_channels == 7
@@ -85,6 +106,8 @@ def test_unconditional_generator():
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match='64 x 64'):
         Discriminator(ndf=4)(torch.randn(2, 3, 128, 128), torch.randn(2, 1024))
+    with pytest.raises(ValueError, match='32 x 32 images, got \\(64, 64\\)'):
+        Discriminator(ndf=4, image_size=32)(torch.randn(2, 3, 64, 64), torch.randn(2, 1024))
     with pytest.raises(ValueError, match='needs a text embedding'):
         Discriminator(ndf=4)(torch.randn(2, 3, 64, 64))
     with pytest.raises(ValueError, match='needs a text embedding'):
@@ -518,8 +541,10 @@ def test_family_is_registered_and_builds_from_either_source():
 
 
 def test_family_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match='TREE.BASE_SIZE=64'):
-        FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=256'))
+    with pytest.raises(ConfigError, match='TREE.BASE_SIZE: .*power of two >= 32, got 48'):
+        FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=48'))
+    small = FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=32'))
+    assert small['netG'].image_size == 32 and small['netD'].image_size == 32
     with pytest.raises(ConfigError, match="'GAN_INT_CLS.MISMATCH'"):
         FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.MISMATCH=caption'))
     nets = FAMILIES['gan_int_cls'].build_networks(_cfg())

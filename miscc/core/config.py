@@ -146,7 +146,7 @@ DEFAULTS: dict = {
         'B_ATTENTION': True,
         'B_DCGAN': True,
     },
-    'GAN_INT_CLS': {                # MODEL.NAME 'gan_int_cls' (Reed et al. 2016), 64 px; its update
+    'GAN_INT_CLS': {                # MODEL.NAME 'gan_int_cls' (Reed et al. 2016, 64 px; TREE.BASE_SIZE); update
                                     # is miscc/families/gan_int_cls.py. Adam 2e-4, betas (0.5, 0.999)
                                     # and batch 64 come from TRAIN.* in its cfg files; noise: GAN.Z_DIM.
         'LOSS': 'gan',              # 'gan': BCE on D's logits; 'wgan': critic scores, weight clipping;

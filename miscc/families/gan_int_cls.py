@@ -45,7 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.gan_int_cls import IMAGE_SIZE, Discriminator, Generator, from_reference_state_dict, init_dcgan_weights
+from models.gan_int_cls import (IMAGE_SIZE, Discriminator, Generator, from_reference_state_dict, init_dcgan_weights,
+                                stage_count)
 
 from ..core.checkpoint import CheckpointError, load_file, load_model_state, unwrap_model
 from ..core.config import ConfigError
@@ -478,24 +479,26 @@ class GanIntClsUpdate(Update):
 
 
 class GanIntCls(Family):
-    """Reed et al. 2016 at 64 x 64 (``models/gan_int_cls.py``), conditioned on the DAMSM
+    """Reed et al. 2016 at 64 x 64 (TREE.BASE_SIZE; ``models/gan_int_cls.py``), conditioned on the DAMSM
     sentence code or on an hd5 file's embeddings (DATA.HD5_FILE); its update above."""
     name = 'gan_int_cls'
     precomputed_embeddings = True
     postfix_losses = ('d_loss', 'g_loss')
 
     def build_networks(self, cfg) -> dict:
-        if cfg.TREE.BASE_SIZE != IMAGE_SIZE:
-            raise ConfigError(f'MODEL.NAME=gan_int_cls generates {IMAGE_SIZE} x {IMAGE_SIZE} images: '
-                              f'set TREE.BASE_SIZE={IMAGE_SIZE}, got {cfg.TREE.BASE_SIZE}')
+        try:
+            stage_count(cfg.TREE.BASE_SIZE)
+        except ValueError as e:
+            raise ConfigError(f'TREE.BASE_SIZE: {e} (its networks are the implementation\'s at {IMAGE_SIZE})') from None
         c = cfg.GAN_INT_CLS
         options = options_from_config(cfg)
         check_critic(cfg, options)
         emb = embedding_dim(cfg)
-        netG = Generator(cfg.GAN.Z_DIM, emb, c.PROJECTED_DIM, c.NGF, conditional=options.conditional)
+        size = cfg.TREE.BASE_SIZE
+        netG = Generator(cfg.GAN.Z_DIM, emb, c.PROJECTED_DIM, c.NGF, conditional=options.conditional, image_size=size)
         netD = Discriminator(emb, c.PROJECTED_DIM, c.NDF, conditional=options.conditional,
                              batch_norm=c.D_BATCH_NORM, minibatch_kernels=c.MINIBATCH_KERNELS,
-                             minibatch_kernel_dim=c.MINIBATCH_KERNEL_DIM)
+                             minibatch_kernel_dim=c.MINIBATCH_KERNEL_DIM, image_size=size)
         netG.apply(init_dcgan_weights)
         netD.apply(init_dcgan_weights)
         return {'netG': netG, 'netD': netD}
@@ -509,7 +512,7 @@ class GanIntCls(Family):
         return load_model_state(module, from_reference_state_dict(state, unwrap_model(module)), name=path)
 
     def generate(self, netG: nn.Module, noise: torch.Tensor, sent: torch.Tensor):
-        """``(images B x 3 x 64 x 64 in [-1, 1], [])``: no masks; the unconditional G ignores ``sent``."""
+        """``(images B x 3 x size x size in [-1, 1], [])``: no masks; the unconditional G ignores ``sent``."""
         return (netG(noise, sent) if netG.conditional else netG(noise)), []
 
     def make_optimizers(self, cfg, nets: dict, text_encoder=None, image_encoder=None,
