@@ -30,7 +30,7 @@ from datasets import TextDataset, build_dataset
 
 from .cli import USER_ERRORS
 from .core.checkpoint import BEST_NAME, EMA_NAME, load_file
-from .core.config import default_config, load_config, parse_overrides
+from .core.config import check_values, default_config, load_config, parse_overrides
 from .core.runtime import device_from_config
 from .data.synthetic import caption_attributes, read_attributes
 from .evaluation.generation import CaptionError, GenerationStack, load_generation_stack, to_uint8_image
@@ -61,7 +61,7 @@ def run_config(run: str):
         raise ExplorerError(f"'{run}/models/{STATE_NAME}' holds no config; pass the generator file with --cfg")
     cfg = default_config()
     cfg.merge(yaml.safe_load(state['config']), source=f'{run}/models/{STATE_NAME}')
-    return cfg
+    return check_values(cfg)
 
 
 def newest_generator(models_dir: str) -> str:

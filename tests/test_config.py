@@ -4,7 +4,14 @@ import re
 
 import pytest
 
-from miscc.core.config import ConfigError, default_config, load_config, parse_overrides
+from miscc.core.config import (CHOICES, DEFAULTS, OFFICIAL_UNUSED, ConfigError, default_config, load_config,
+                               parse_overrides)
+from miscc.core.runtime import CPU_ALLOCATOR_MODES
+from miscc.evaluation import scores, upscale
+from miscc.families import FAMILIES
+from miscc.families import gan_int_cls as gan_int_cls_family
+from miscc.training.gan import COMPILE_MODES
+from models.generator import MASK_MODES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,6 +97,45 @@ def test_official_yaml_loads_unchanged(tmp_path):
     cfg = load_config(write(tmp_path, OFFICIAL_BIRD_YML))
     assert cfg.CONFIG_NAME == 'bird_sloss01' and cfg.B_VALIDATION is True
     assert cfg.TREE.BRANCH_NUM == 1 and cfg.WORKERS == 1 and cfg.loss == 'hinge'
+
+
+def test_unused_official_keys_are_apart_from_the_defaults_and_read_nowhere():
+    def flat(tree, prefix=''):
+        for key, value in tree.items():
+            yield from flat(value, f'{prefix}{key}.') if isinstance(value, dict) else [prefix + key]
+    unused, working = set(flat(OFFICIAL_UNUSED)), set(flat(DEFAULTS))
+    assert len(unused) == 11 and not unused & working
+    assert set(flat(default_config().to_dict())) == unused | working
+    sources = [p for p in ROOT.rglob('*.py') if 'tests' not in p.parts and p.name != 'config.py'
+               and 'output' not in p.parts]
+    text = '\n'.join(p.read_text(encoding='utf-8') for p in sources)
+    for key in unused:   # no attribute access (cfg.loss, train.FLAG) or dotted key of an unused key in the code
+        leaf = key.split('.')[-1]
+        access = rf'\.{leaf}\b' if leaf.isupper() else rf'\bcfg(\.|\[\'){leaf}\b'
+        dotted = rf'|[\'"]{re.escape(key)}[=\'"]' if '.' in key else ''
+        assert not re.search(access + dotted, text), key
+
+
+def test_every_choice_key_is_checked_at_load_time_and_matches_the_modules_list():
+    for key, allowed in CHOICES.items():
+        default = load_config(None).get(key)
+        assert default in allowed, key
+        bad = 'no_such_value' if isinstance(default, str) else 7
+        with pytest.raises(ConfigError, match=re.escape(f"{key} must be one of {', '.join(map(repr, allowed))}, "
+                                                        f"got {bad!r}")):
+            load_config(None, [f'{key}={bad}'])
+    # the lists of the modules that act on the values
+    assert CHOICES['CPU_ALLOCATOR'] == CPU_ALLOCATOR_MODES
+    assert CHOICES['MODEL.NAME'] == tuple(FAMILIES)
+    assert CHOICES['TRAIN.FAST_OPTIONS.COMPILE_MODE'] == COMPILE_MODES
+    assert CHOICES['GAN.MASKS'] == MASK_MODES
+    assert CHOICES['GAN_INT_CLS.LOSS'] == gan_int_cls_family.LOSSES
+    assert CHOICES['GAN_INT_CLS.MISMATCH'] == gan_int_cls_family.MISMATCHES
+    assert CHOICES['SAMPLE.UPSCALE_METHOD'] == upscale.UPSCALE_METHODS
+    assert tuple(map(str, CHOICES['EVAL.FID_DIMS'])) == scores.FID_DIMS
+    assert CHOICES['EVAL.EXTRACTOR'] == scores.EXTRACTORS
+    assert CHOICES['EVAL.CLASSIFIER_PROTOCOL'] == scores.CLASSIFIER_PROTOCOLS
+    assert CHOICES['EVAL.R_PRECISION_PROTOCOL'] == scores.R_PRECISION_PROTOCOLS
 
 
 def test_yaml_merges_on_top_of_defaults_and_overrides_on_top_of_yaml(tmp_path):

@@ -97,7 +97,7 @@ def test_config_choice_and_auto():
     assert not netD.conv_img.fast_gradients
     apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=on']), family, nets)
     assert netD.conv_img.fast_gradients
-    with pytest.raises(ConfigError, match="TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got 'yes'"):
+    with pytest.raises(ConfigError, match="TRAIN.CONV_GRADFIX must be one of 'auto', 'on', 'off', got 'yes'"):
         apply_fast_model_options(load_config(None, ['TRAIN.CONV_GRADFIX=yes']), family, nets)
 
 

@@ -224,7 +224,7 @@ def test_small_image_encoder_contract():
 
 
 def test_image_encoder_key_is_checked():
-    with pytest.raises(Exception, match=r"TEXT.IMAGE_ENCODER='resnet': must be one of 'inception', 'small'"):
+    with pytest.raises(Exception, match=r"TEXT.IMAGE_ENCODER must be one of 'inception', 'small', got 'resnet'"):
         load_config(str(ROOT / 'cfg' / 'demo.yml'), ['TEXT.IMAGE_ENCODER=resnet'])
 
 

@@ -545,7 +545,7 @@ def test_family_config_errors_name_the_key():
         FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=48'))
     small = FAMILIES['gan_int_cls'].build_networks(_cfg('TREE.BASE_SIZE=32'))
     assert small['netG'].image_size == 32 and small['netD'].image_size == 32
-    with pytest.raises(ConfigError, match="'GAN_INT_CLS.MISMATCH'"):
+    with pytest.raises(ConfigError, match="GAN_INT_CLS.MISMATCH must be one of 'text', 'image', got 'caption'"):
         FAMILIES['gan_int_cls'].build_networks(_cfg('GAN_INT_CLS.MISMATCH=caption'))
     nets = FAMILIES['gan_int_cls'].build_networks(_cfg())
     with pytest.raises(ConfigError, match='main.py'):

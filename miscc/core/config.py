@@ -5,7 +5,9 @@ Where the official ``miscc/config.py`` default differs from what its scripts use
 (learning rates and lambda_DA are hard-coded in ``main.py``/``main_finetune.py``),
 the value the scripts use is the default here and the official default is noted.
 Keys that the official YAML files carry but no code reads (``TREE.BRANCH_NUM``,
-``GAN.*``, ``loss``, ...) are accepted so that official configs load unchanged.
+``GAN.DF_DIM``, ``loss``, ...) are accepted so that official configs load unchanged; they are
+kept apart, in ``OFFICIAL_UNUSED``. Every key with a fixed set of values is checked against
+``CHOICES`` at load time.
 
 Usage::
 
@@ -25,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'default_config', 'load_config', 'parse_overrides',
+__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'OFFICIAL_UNUSED', 'CHOICES', 'default_config', 'load_config', 'parse_overrides',
            'check_values']
 
 
@@ -50,8 +52,6 @@ DEFAULTS: dict = {
     'RNN_TYPE': 'LSTM',             # 'LSTM' or 'GRU'
     'B_VALIDATION': False,          # True: generate evaluation images instead of training
     'RESTORE': False,               # True: continue from the last training state of TRAIN.NET_G's run
-    'USE_SN': False,                # official key, unused
-    'loss': 'hinge',                # official key; hinge is the only loss
     'MODEL': {
         'NAME': 'ssagan',           # generator family (miscc/families): 'ssagan', 'dfgan' (DF-GAN 2022),
                                     # 'dfgan_v1' (DF-GAN 2020) or 'gan_int_cls' (Reed et al. 2016)
@@ -64,11 +64,9 @@ DEFAULTS: dict = {
         'OUTPUT': 'one_way',
     },
     'TREE': {
-        'BRANCH_NUM': 3,            # official key, unused (single-stage generator)
         'BASE_SIZE': 64,            # image size: 64, 128 or 256 (32 for small runs; 299 for DAMSM pretraining)
     },
     'TRAIN': {
-        'FLAG': True,
         'BATCH_SIZE': 64,
         'MAX_EPOCH': 600,
         'SNAPSHOT_INTERVAL': 2000,
@@ -85,7 +83,6 @@ DEFAULTS: dict = {
         'NET_D': '',
         'FRESH_NET_D': False,       # True: a generator file without its discriminator continues with a
                                     # fresh D after a warning; False: stop with one line naming the file
-        'B_NET_D': True,
         'NF': 32,                   # channel base of NetG/NetD (official configs use 64)
         'WARMUP_EPOCHS': 200,       # no checkpoints before this epoch
         'GSAVE_INTERVAL': 10,
@@ -127,7 +124,7 @@ DEFAULTS: dict = {
             'ENCODERS_TRAIN_MODE': True,
         },
     },
-    'GAN': {                        # official keys (only Z_DIM is read), MASKS and the gate inits
+    'GAN': {                        # noise size, SSA-GAN's masks, gates and mismatched pairs
         'MASKS': 'predicted',       # SSA-GAN's SSCBN masks: 'predicted' (official) or 'ones' (ablation:
                                     # no mask predictors, each SSCBN a sentence-conditioned BN)
         # SSA-GAN's residual gates at the start (official 0): every generator block's gamma
@@ -138,13 +135,7 @@ DEFAULTS: dict = {
         # SSA-GAN's mismatched pairs in D: 'shifted' (official: image i with sentence i+1) or
         # 'nearest' (each image with the batch's most similar other sentence: a hard negative)
         'MISMATCH': 'shifted',
-        'DF_DIM': 64,
-        'GF_DIM': 128,
-        'Z_DIM': 100,
-        'CONDITION_DIM': 100,
-        'R_NUM': 2,
-        'B_ATTENTION': True,
-        'B_DCGAN': True,
+        'Z_DIM': 100,               # noise size
     },
     'GAN_INT_CLS': {                # MODEL.NAME 'gan_int_cls' (Reed et al. 2016, 64 px; TREE.BASE_SIZE); update
                                     # is miscc/families/gan_int_cls.py. Adam 2e-4, betas (0.5, 0.999)
@@ -295,6 +286,29 @@ DEFAULTS: dict = {
         'INCEPTION': '',
     },
 }
+
+
+# Keys the official YAML files carry that no code here reads: accepted (with their types) so that
+# the official configs load unchanged, kept apart so that DEFAULTS lists only what works.
+OFFICIAL_UNUSED: dict = {
+    'USE_SN': False,
+    'loss': 'hinge',                # hinge is the only loss
+    'TREE': {'BRANCH_NUM': 3},      # single-stage generator
+    'TRAIN': {'FLAG': True, 'B_NET_D': True},
+    'GAN': {'DF_DIM': 64, 'GF_DIM': 128, 'CONDITION_DIM': 100, 'R_NUM': 2, 'B_ATTENTION': True, 'B_DCGAN': True},
+}
+
+
+def _merged(base: Mapping, extra: Mapping) -> dict:
+    """``base`` with ``extra``'s keys added (nested dicts merged; extra never replaces a key)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping):
+            out[key] = _merged(out.get(key, {}), value)
+        else:
+            assert key not in out, key
+            out[key] = value
+    return out
 
 
 def _type_name(value: Any) -> str:
@@ -458,7 +472,7 @@ class Config:
 
 def default_config() -> Config:
     """A fresh, unfrozen config holding the defaults."""
-    return Config(DEFAULTS)
+    return Config(_merged(DEFAULTS, OFFICIAL_UNUSED))
 
 
 def _read_yaml(path: str) -> dict:
@@ -537,22 +551,42 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('DEMO.CHECKPOINT_IMAGES', 0, 'test captions each checkpoint is scored on; 0 = those generated'))
 
 
-# keys with a fixed set of values: (dotted key, the values)
-_CHOICES = (('TEXT.IMAGE_ENCODER', ('inception', 'small')), ('DFGAN.OUTPUT', ('one_way', 'two_way')),
-            ('GAN.MISMATCH', ('shifted', 'nearest')))
+# Every key with a fixed set of values, checked at load time (check_values). The modules that
+# act on a value keep their own list of it (MASK_MODES, COMPILE_MODES, ...); tests/test_config.py
+# checks that each list equals its row here. DATASET_NAME is free with DATA.HD5_FILE (its data
+# module checks it).
+CHOICES: dict = {
+    'RNN_TYPE': ('LSTM', 'GRU'),
+    'CPU_ALLOCATOR': ('keep', 'system'),
+    'MODEL.NAME': ('ssagan', 'dfgan', 'dfgan_v1', 'gan_int_cls'),
+    'DFGAN.OUTPUT': ('one_way', 'two_way'),
+    'TRAIN.CONV_GRADFIX': ('auto', 'on', 'off'),
+    'TRAIN.FAST_OPTIONS.COMPILE_MODE': ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'),
+    'GAN.MASKS': ('predicted', 'ones'),
+    'GAN.MISMATCH': ('shifted', 'nearest'),
+    'GAN_INT_CLS.LOSS': ('gan', 'wgan', 'wgan_gp'),
+    'GAN_INT_CLS.MISMATCH': ('text', 'image'),
+    'TEXT.IMAGE_ENCODER': ('inception', 'small'),
+    'SAMPLE.UPSCALE_METHOD': ('bicubic', 'srcnn'),
+    'EVAL.FID_DIMS': (64, 192, 768, 2048),
+    'EVAL.EXTRACTOR': ('inception', 'judge'),
+    'EVAL.R_PRECISION': ('auto', 'on', 'off'),
+    'EVAL.CLASSIFIER_PROTOCOL': ('torchvision', 'stackgan'),
+    'EVAL.R_PRECISION_PROTOCOL': ('pairs', 'dmgan'),
+}
 
 
 def check_values(cfg: Config) -> Config:
     """ConfigError naming the key, its value and the least allowed one for the counts of
     ``_LEAST`` (a zero or negative batch otherwise fails deep inside PyTorch), or the allowed
-    values for the keys of ``_CHOICES``."""
+    values for the keys of ``CHOICES``."""
     for key, least, what in _LEAST:
         value = cfg.get(key)
         if value < least:
             raise ConfigError(f"{key}={value}: must be at least {least} ({what})")
-    for key, allowed in _CHOICES:
+    for key, allowed in CHOICES.items():
         if cfg.get(key) not in allowed:
-            raise ConfigError(f"{key}={cfg.get(key)!r}: must be one of {', '.join(map(repr, allowed))}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {cfg.get(key)!r}")
     return cfg
 
 

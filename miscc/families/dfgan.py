@@ -347,8 +347,6 @@ class DFGAN(Family):
     def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
         """TRAIN.CONV_GRADFIX for the discriminator's convolutions (as for SSA-GAN)."""
         mode = cfg.TRAIN.CONV_GRADFIX
-        if mode not in ('auto', 'on', 'off'):
-            raise ConfigError(f"TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got '{mode}'")
         for net in self._discriminators(nets):
             net.set_conv_gradfix(mode == 'on' or (mode == 'auto' and device.type == 'cuda'))
 

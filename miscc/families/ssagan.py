@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models import NetD, NetG
-from models.generator import MASK_MODES
 
-from ..core.config import ConfigError
 from .base import Family, Update, adam_for_g_and_d, autocast, check_image_size, frozen, optimizer_step
 from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss,
                      matching_aware_gp)
@@ -168,8 +166,6 @@ class SSAGAN(Family):
     name = 'ssagan'
 
     def build_networks(self, cfg) -> dict:
-        if cfg.GAN.MASKS not in MASK_MODES:
-            raise ConfigError(f"GAN.MASKS must be one of {', '.join(map(repr, MASK_MODES))}, got '{cfg.GAN.MASKS}'")
         size = check_image_size(cfg)
         return {'netG': NetG(cfg.TRAIN.NF, cfg.GAN.Z_DIM, size, cfg.TEXT.EMBEDDING_DIM, masks=cfg.GAN.MASKS,
                              gate_init=cfg.GAN.GATE_INIT),
@@ -178,8 +174,6 @@ class SSAGAN(Family):
     def prepare_networks(self, cfg, nets: dict, device: torch.device) -> None:
         """TRAIN.CONV_GRADFIX for D's convolutions; the lean SSCBN with TRAIN.FAST."""
         train = cfg.TRAIN
-        if train.CONV_GRADFIX not in ('auto', 'on', 'off'):
-            raise ConfigError(f"TRAIN.CONV_GRADFIX must be 'auto', 'on' or 'off', got '{train.CONV_GRADFIX}'")
         nets['netD'].set_conv_gradfix(train.CONV_GRADFIX == 'on' or (train.CONV_GRADFIX == 'auto'
                                                                      and device.type == 'cuda'))
         if train.FAST and train.FAST_OPTIONS.LEAN_SSCBN:

@@ -70,9 +70,6 @@ def apply_fast_model_options(cfg, family: Family, nets: dict, wrap=None) -> nn.M
     train, fast = cfg.TRAIN, cfg.TRAIN.FAST_OPTIONS
     netG = nets[family.networks[0]]
     device = next(netG.parameters()).device
-    if fast.COMPILE_MODE not in COMPILE_MODES:
-        raise ConfigError(f"TRAIN.FAST_OPTIONS.COMPILE_MODE must be one of {', '.join(map(repr, COMPILE_MODES))}, "
-                          f"got '{fast.COMPILE_MODE}'")
     family.prepare_networks(cfg, nets, device)
     if train.FAST and device.type == 'cuda' and fast.CHANNELS_LAST:
         for net in nets.values():
