@@ -1,4 +1,4 @@
-"""benchmarks/probe.py: its case listing, --only, and the JSON lines it prints."""
+"""tests/probe (python tests/probe): its case listing, --only, and the JSON lines it prints."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ROOT / 'benchmarks' / 'probe.py'
+PROBE = ROOT / 'tests' / 'probe'
 VERDICTS = {'clear error', 'correct', 'traceback', 'hang', 'wrong result', 'data loss', 'code executed', 'skipped'}
 
 
