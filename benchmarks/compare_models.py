@@ -112,7 +112,7 @@ def parse_args(argv=None):
     p.add_argument('--nf', type=int, default=8, help='TRAIN.NF of every row')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--lr-scale', type=float, default=4.0,
-                   help="x the official rates 1e-4 (G) / 4e-4 (D) for every row (the demo's 4, README: The demo)")
+                   help="x the official rates 1e-4 (G) / 4e-4 (D) for every row (the demo's 4, docs/demo.md)")
     p.add_argument('--seed', type=int, default=100, help='the DAMSM stage\'s seed, and the rows\' when --seeds is empty')
     p.add_argument('--seeds', default='', help='comma-separated TRAIN seeds, each row trained once per seed (e.g. 100,101,102)')
     p.add_argument('--eval-num', type=int, default=500, help='test captions to generate for (>= 100)')

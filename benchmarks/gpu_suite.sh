@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of README "Performance / On a GPU" in one call: environment, the
+# Every GPU measurement of docs/performance.md "On a GPU" in one call: environment, the
 # loss check against the official update, ms/iter, images/s, peak memory and MFU of the
 # official, faithful and fast updates at NF 64 and 32, the fast update at a larger batch and
 # compiled (each of COMPILE_MODES), and a profile of the fast update. Each run is capped by

@@ -1,7 +1,7 @@
 """The command lines of the five scripts: ``main.py`` / ``main_finetune.py`` (train, the demo,
 or generate with B_VALIDATION=True), ``pretrain_DAMSM.py``, ``eval_IS.py`` / ``eval_FID.py``.
 
-Exit codes (``EXIT_*``; the README lists them too):
+Exit codes (``EXIT_*``; docs/training.md lists them too):
 
 - 0: done: trained to TRAIN.MAX_EPOCH, stopped at TRAIN.MAX_STEPS (a requested stop; the state
   is saved), or the run was already finished;

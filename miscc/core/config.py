@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'OFFICIAL_UNUSED', 'CHOICES', 'default_config', 'load_config', 'parse_overrides',
+__all__ = ['Config', 'ConfigError', 'DEFAULTS', 'OFFICIAL_UNUSED', 'CHOICES', 'default_config', 'load_config',
+           'parse_overrides',
            'check_values']
 
 
@@ -93,7 +94,7 @@ DEFAULTS: dict = {
         'CONV_GRADFIX': 'auto',     # D convolutions' double backward (MA-GP) on the ordinary kernels:
                                     # 'on', 'off', or 'auto' (on for CUDA, where it is faster)
         'FAST': False,              # fast training path: turns on the FAST_OPTIONS below
-        'FAST_OPTIONS': {           # each applies only with TRAIN.FAST=True (see README: Performance)
+        'FAST_OPTIONS': {           # each applies only with TRAIN.FAST=True (see docs/performance.md)
             'FUSED_MAGP': True,     # MA-GP on the real pass, summed into one D step (DF-GAN 2022)
             'LEAN_SSCBN': True,     # SSCBN as x + m * (gamma * x + beta): fewer full-size temporaries
             'BF16': True,           # bfloat16 autocast for forward passes (GPU, or CPU with native bf16)
@@ -245,7 +246,7 @@ DEFAULTS: dict = {
         'CLASSIFIER': '',           # optional domain classifier for IS (torchvision Inception-v3 state dict)
         'CLASSIFIER_CLASSES': 200,
         'SEED': 0,
-        # The papers' protocols (README.md: Evaluation):
+        # The papers' protocols (docs/evaluation.md):
         # how EVAL.CLASSIFIER scores: 'torchvision' (a torchvision Inception-v3 of CLASSIFIER_CLASSES
         # outputs, ImageNet normalisation) or 'stackgan' (StackGAN's CUB Inception converted by
         # tools/convert_stackgan_inception.py: PIL bilinear resize to 299, [-1, 1], batches of 64,
@@ -274,7 +275,7 @@ DEFAULTS: dict = {
         'TIME_BUDGET': 0,
         # Seconds of the budget kept for the generate and report stages (the report scores every
         # netG_XXX.pth too, each in about 4 % of its epoch's training time); report.json's
-        # stage_seconds show what they took (README: The demo).
+        # stage_seconds show what they took (docs/demo.md).
         'RESERVE_SECONDS': 90,
         # Test captions the report scores each netG_XXX.pth on; 0: those of the generate stage
         # (NUM_IMAGES), so the last epoch's score repeats body_colour_accuracy.generated.

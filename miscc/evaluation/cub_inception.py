@@ -103,7 +103,7 @@ def load_cub_inception(path: str, device='cpu') -> CUBInception3:
             f"CUB Inception classifier '{path}' not found: convert StackGAN's "
             f"inception_finetuned_models/birds_valid299/model.ckpt-5000 with "
             f"'python tools/convert_stackgan_inception.py <that checkpoint> {path}' "
-            f"(see README.md, Evaluation)")
+            f"(see docs/evaluation.md)")
     return load_model_state(CUBInception3(NUM_LOGITS), path).to(device).eval()
 
 
