@@ -87,10 +87,10 @@ class PhaseTimes:
 
     def __init__(self, update, device):
         self.device, self.totals = device, {'g_forward': 0.0, 'd_step': 0.0, 'g_step': 0.0, 'damsm_forward': 0.0}
-        update.G = self._timed('g_forward', update.G)
+        update.wrapped_G = self._timed('g_forward', update.wrapped_G)
         update.d_step = self._timed('d_step', update.d_step)
-        self._restore = [(ssagan, 'g_step', ssagan.g_step), (ssagan, 'damsm_loss', ssagan.damsm_loss)]
-        ssagan.g_step = self._timed('g_step', ssagan.g_step)
+        update.g_step = self._timed('g_step', update.g_step)
+        self._restore = [(ssagan, 'damsm_loss', ssagan.damsm_loss)]
         ssagan.damsm_loss = self._timed('damsm_forward', ssagan.damsm_loss)
 
     def _timed(self, name, fn):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets import collate_sorted
+from datasets import Batch
 from helpers import make_synthetic_with_encoders
 from miscc.cli import eval_main, gan_main
 from miscc.core.checkpoint import CheckpointError, generator_layout, load_dfgan_checkpoint, read_dfgan_checkpoint
@@ -25,8 +26,8 @@ from miscc.evaluation.generation import load_generation_stack, to_uint8_image
 from miscc.families import FAMILIES, family_of
 from miscc.families.losses import damsm_loss
 from miscc.training.gan import GANTrainer, resolve_resume
-from miscc.families.dfgan import (build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
-                                  generator_loss, sample_noise, train_step, train_step_v1, truncated_normal)
+from miscc.families.dfgan import (DFGANUpdate, build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
+                                  generator_loss, sample_noise, truncated_normal)
 from models import NetG as SSAGAN_NetG
 from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
 
@@ -567,10 +568,21 @@ def test_truncated_noise_distribution():
     assert torch.equal(plain, torch.randn(4, 100, generator=torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize('version', ['2022', '2020'])
-def test_train_step_runs_and_changes_both_networks(version):
+class FixedSentences(torch.nn.Module):
+    """The text encoder's stand-in: the given sentence codes B x E for any captions, one zero word."""
+
+    def __init__(self, sent):
+        super().__init__()
+        self.sent = sent
+
+    def forward(self, captions, cap_lens):
+        return self.sent.new_zeros(self.sent.size(0), self.sent.size(1), 1), self.sent
+
+
+@pytest.mark.parametrize('version', [2022, 2020])
+def test_the_update_runs_and_changes_both_networks(version):
     torch.manual_seed(0)
-    if version == '2022':
+    if version == 2022:
         size = 32
         netG, netD, netC = NetG(2, 16, 32, size, 3), NetD(2, size, 3), NetC(2, 32)
         opt_g, opt_d = build_optimizers(netG, netD, netC)
@@ -581,12 +593,13 @@ def test_train_step_runs_and_changes_both_networks(version):
     before_g = [p.detach().clone() for p in netG.parameters()]
     before_d = [p.detach().clone() for p in netD.parameters()]
     real, sent = torch.rand(3, 3, size, size) * 2 - 1, torch.randn(3, 32)
-    if version == '2022':
-        losses = train_step(netG, netD, netC, opt_g, opt_d, real, sent, z_dim=16)
-    else:
-        losses = train_step_v1(netG, netD, opt_g, opt_d, real, sent, z_dim=16)
+    nets = {'netG': netG, 'netD': netD, **({'netC': netC} if netC is not None else {})}
+    update = DFGANUpdate(nets, dict(nets, text_encoder=FixedSentences(sent)), {'image_encoder': None},
+                         {'optimizerG': opt_g, 'optimizerD': opt_d}, version, z_dim=16, magp_p=6.0, magp_k=2.0)
+    batch = Batch(real, torch.ones(3, 4, dtype=torch.long), torch.full((3,), 4), torch.arange(3), ['a', 'b', 'c'])
+    losses = update(batch)
     assert set(losses) == {'errD', 'errD_real', 'errD_fake', 'errD_mismatch', 'MAGP', 'errG'}
-    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(math.isfinite(v) for v in losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before_g, netG.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, netD.parameters()))
 

@@ -18,8 +18,8 @@ from models.generator import num_stages
 from ..core.checkpoint import load_model_state
 from ..core.config import ConfigError
 
-__all__ = ['Family', 'Update', 'noise_for', 'frozen', 'autocast', 'optimizer_step', 'adam_for_g_and_d',
-           'check_image_size']
+__all__ = ['Family', 'Update', 'noise_for', 'frozen', 'autocast', 'optimizer_step', 'loss_floats',
+           'adam_for_g_and_d', 'check_image_size']
 
 
 def check_image_size(cfg) -> int:
@@ -71,6 +71,14 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def loss_floats(losses: dict) -> dict:
+    """``{name: float}`` of an iteration's loss tensors, read back in one device sync (one
+    ``.item()`` each would wait for the device once per loss)."""
+    names = list(losses)
+    values = torch.stack([losses[k].detach().float() for k in names]).tolist()
+    return dict(zip(names, values))
 
 
 def adam_for_g_and_d(cfg, nets: dict) -> dict:

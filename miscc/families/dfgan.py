@@ -25,6 +25,7 @@ the gradient with respect to the fake images is needed); under DDP pass the bare
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, Mapping
 
@@ -36,14 +37,14 @@ from models.dfgan import NetC, NetD, NetD_v1, NetG, NetG_v1
 from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file, load_model_state, read_dfgan_checkpoint,
                                unwrap_model)
 from ..core.config import ConfigError
-from .base import Family, Update, check_image_size, frozen
-from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss,
-                     matching_aware_gp)
+from .base import Family, Update, check_image_size, frozen, loss_floats
+from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss, hinge_accept,
+                     hinge_reject, matching_aware_gp)
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
-           'build_optimizers', 'mismatched_features', 'hinge_real', 'hinge_fake',
+           'build_optimizers', 'mismatched_features',
            'discriminator_losses', 'd_step', 'generator_loss', 'g_step', 'd_step_v1', 'g_step_v1',
-           'truncated_normal', 'sample_noise', 'train_step', 'train_step_v1', 'DFGANUpdate', 'DFGAN',
+           'truncated_normal', 'sample_noise', 'DFGANUpdate', 'DFGAN',
            'DFGANv1']
 
 GENERATOR_LR = 1e-4        # code/src/train.py: Adam(netG.parameters(), lr=0.0001, betas=(0.0, 0.9))
@@ -70,16 +71,6 @@ def mismatched_features(features: torch.Tensor) -> torch.Tensor:
     return torch.cat((features[1:], features[:1]), dim=0)
 
 
-def hinge_real(logits: torch.Tensor) -> torch.Tensor:
-    """``mean(relu(1 - logits))``: pairs the discriminator should accept."""
-    return torch.relu(1.0 - logits).mean()
-
-
-def hinge_fake(logits: torch.Tensor) -> torch.Tensor:
-    """``mean(relu(1 + logits))``: pairs the discriminator should reject."""
-    return torch.relu(1.0 + logits).mean()
-
-
 def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
                          magp_p: float = MAGP_P, magp_k: float = MAGP_K, two_way: bool = False) -> dict:
     """DF-GAN 2022's D loss terms, with their graphs. real, fake: B x 3 x S x S; sent: B x D.
@@ -95,14 +86,14 @@ def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sen
     real_features = netD(real)
     fake_features = netD(fake.detach())
     real_logits = netC(real_features, sent)
-    err_real = hinge_real(real_logits)
-    err_mis = hinge_fake(netC(mismatched_features(real_features), sent))
-    err_fake = hinge_fake(netC(fake_features, sent))
+    err_real = hinge_accept(real_logits)
+    err_mis = hinge_reject(netC(mismatched_features(real_features), sent))
+    err_fake = hinge_reject(netC(fake_features, sent))
     gp = matching_aware_gp(real_logits, real, sent, p=magp_p, k=magp_k) if magp_k else real_logits.new_zeros(())
     total = err_real + (err_fake + err_mis) / 2.0 + gp
     losses = dict(errD=total, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
     if two_way:
-        losses['errD_uncond'] = hinge_real(netC(real_features)) + hinge_fake(netC(fake_features))
+        losses['errD_uncond'] = hinge_accept(netC(real_features)) + hinge_reject(netC(fake_features))
         losses['errD'] = total + losses['errD_uncond']
     return losses
 
@@ -197,32 +188,6 @@ def sample_noise(batch_size: int, z_dim: int, truncation: bool = False, trunc_ra
     return trunc_rate * truncated_normal((batch_size, z_dim), generator=generator, device=device)
 
 
-def train_step(netG, netD, netC, optimizer_g, optimizer_d, real: torch.Tensor, sent: torch.Tensor,
-               z_dim: int = 100, magp_p: float = MAGP_P, magp_k: float = MAGP_K,
-               generator: torch.Generator | None = None) -> dict:
-    """One DF-GAN 2022 iteration on real images B x 3 x S x S and their sentences B x D:
-    fake = G(randn, sent), the D step, then the G step on the same fake images.
-    Returns the detached losses of both steps."""
-    sent = sent.detach()
-    noise = sample_noise(real.size(0), z_dim, generator=generator, device=real.device)
-    fake = netG(noise, sent)
-    losses = d_step(netD, netC, optimizer_d, real, fake, sent, magp_p, magp_k)
-    losses.update(g_step(netD, netC, optimizer_g, fake, sent))
-    return losses
-
-
-def train_step_v1(netG, netD, optimizer_g, optimizer_d, real: torch.Tensor, sent: torch.Tensor,
-                  z_dim: int = 100, magp_p: float = MAGP_P, magp_k: float = MAGP_K,
-                  generator: torch.Generator | None = None) -> dict:
-    """One DF-GAN 2020 iteration: fake = G(randn, sent), hinge step, MA-GP step, G step."""
-    sent = sent.detach()
-    noise = sample_noise(real.size(0), z_dim, generator=generator, device=real.device)
-    fake = netG(noise, sent)
-    losses = d_step_v1(netD, optimizer_d, real, fake, sent, magp_p, magp_k)
-    losses.update(g_step_v1(netD, optimizer_g, fake, sent))
-    return losses
-
-
 # ---------------------------------------------------------------------------------------------
 # The families
 # ---------------------------------------------------------------------------------------------
@@ -243,12 +208,16 @@ class DFGANUpdate(Update):
         self.version, self.z_dim, self.magp_p, self.magp_k = version, z_dim, magp_p, magp_k
         self.two_way, self.lambda_da, self.smooth = two_way, lambda_da, smooth or {}
         self.netG, self.netD, self.netC = nets['netG'], nets['netD'], nets.get('netC')
-        self.G, self.D, self.C = modules['netG'], modules['netD'], modules.get('netC')
-        self.T, self.image_encoder = modules['text_encoder'], encoders.get('image_encoder')
+        self.wrapped_G, self.wrapped_D, self.wrapped_C = modules['netG'], modules['netD'], modules.get('netC')
+        self.wrapped_T, self.image_encoder = modules['text_encoder'], encoders.get('image_encoder')
         self.optimizers = optimizers
         self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
         self.distributed = distributed
         self.device = next(self.netG.parameters()).device
+
+    def _damsm_term(self, images, words, sent, cap_lens, class_ids) -> torch.Tensor:
+        """lambda_DA x SSA-GAN's DAMSM loss of ``images`` (G's extra term in DF-GAN's ablation row "w/ DAMSM")."""
+        return self.lambda_da * damsm_loss(self.image_encoder, images, words, sent, cap_lens, class_ids, **self.smooth)
 
     def __call__(self, batch) -> dict:
         """``batch``: images B x 3 x S x S in [-1, 1], captions B x T, cap_lens B. Returns the
@@ -256,25 +225,24 @@ class DFGANUpdate(Update):
         with the two-way output, DAMSM with ``lambda_da``."""
         imgs = batch.images.to(self.device, non_blocking=True)
         with torch.no_grad():
-            words, sent = self.T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
+            words, sent = self.wrapped_T(batch.captions.to(self.device, non_blocking=True), batch.cap_lens)
         words, sent = words.detach().float(), sent.detach().float()
-        fake = self.G(torch.randn(imgs.size(0), self.z_dim, device=self.device), sent)
+        fake = self.wrapped_G(torch.randn(imgs.size(0), self.z_dim, device=self.device), sent)
+        # SSA-GAN's DAMSM term in G (DF-GAN's ablation row "w/ DAMSM")
         damsm = None
-        if self.lambda_da:     # SSA-GAN's DAMSM term in G (DF-GAN's ablation row "w/ DAMSM")
-            def damsm(images):
-                return self.lambda_da * damsm_loss(self.image_encoder, images, words, sent, batch.cap_lens,
-                                                   batch.class_ids, **self.smooth)
+        if self.lambda_da:
+            damsm = functools.partial(self._damsm_term, words=words, sent=sent, cap_lens=batch.cap_lens,
+                                      class_ids=batch.class_ids)
         if self.version == 2022:
-            losses = d_step(self.D, self.C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k, self.two_way)
-            d_for_g, c_for_g = (self.netD, self.netC) if self.distributed else (self.D, self.C)
+            losses = d_step(self.wrapped_D, self.wrapped_C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k,
+                            self.two_way)
+            d_for_g, c_for_g = (self.netD, self.netC) if self.distributed else (self.wrapped_D, self.wrapped_C)
             losses.update(g_step(d_for_g, c_for_g, self.optG, fake, sent, self.two_way, damsm))
         else:
-            losses = d_step_v1(self.D, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
-            losses.update(g_step_v1(self.netD if self.distributed else self.D, self.optG, fake, sent, damsm))
-        names = list(losses)
-        values = torch.stack([losses[k].float() for k in names]).tolist()   # one device sync
+            losses = d_step_v1(self.wrapped_D, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
+            losses.update(g_step_v1(self.netD if self.distributed else self.wrapped_D, self.optG, fake, sent, damsm))
         self.last_real, self.last_fake = imgs, fake.detach()
-        return dict(zip(names, values))
+        return loss_floats(losses)
 
 
 class DFGAN(Family):

@@ -51,7 +51,7 @@ from models.gan_int_cls import (IMAGE_SIZE, Discriminator, Generator, from_refer
 from ..core.checkpoint import CheckpointError, load_file, load_model_state, unwrap_model
 from ..core.config import ConfigError
 from ..data.hd5 import Hd5Batch
-from .base import Family, Update, adam_for_g_and_d, frozen
+from .base import Family, Update, adam_for_g_and_d, frozen, loss_floats
 
 __all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_config', 'embedding_dim', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
            'generator_adversarial_loss', 'generator_critic_loss', 'gradient_penalty', 'feature_matching_loss',
@@ -420,8 +420,8 @@ class GanIntClsUpdate(Update):
     def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict,
                  options: GanIntClsOptions, z_dim: int, distributed: bool = False):
         self.netG, self.netD = nets['netG'], nets['netD']
-        self.G, self.D = modules['netG'], modules['netD']
-        self.T = modules.get('text_encoder')
+        self.wrapped_G, self.wrapped_D = modules['netG'], modules['netD']
+        self.wrapped_T = modules.get('text_encoder')
         self.optimizers = optimizers
         self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
         self.options, self.z_dim, self.distributed = options, z_dim, distributed
@@ -441,10 +441,10 @@ class GanIntClsUpdate(Update):
         if isinstance(batch, Hd5Batch):
             return (batch.embeddings.to(self.device), batch.wrong_images.to(self.device),
                     batch.wrong_embeddings.to(self.device))
-        if self.T is None:
+        if self.wrapped_T is None:
             raise ConfigError('GAN-INT-CLS with DAMSM conditioning needs the text encoder (TEXT.DAMSM_NAME)')
         with torch.no_grad():
-            _, sent = self.T(batch.captions.to(self.device), batch.cap_lens)   # B x nef
+            _, sent = self.wrapped_T(batch.captions.to(self.device), batch.cap_lens)   # B x nef
         return sent.detach().float(), shifted_in_batch(images), None
 
     def g_step_due(self) -> bool:
@@ -460,22 +460,20 @@ class GanIntClsUpdate(Update):
         images = batch.images.to(self.device, non_blocking=True)
         emb, wrong_images, wrong_emb = self.conditioning(batch, images)
         o = self.options
-        losses = discriminator_step(self.G, self.D, self.optD, images, emb, o, wrong_images=wrong_images,
+        losses = discriminator_step(self.wrapped_G, self.wrapped_D, self.optD, images, emb, o, wrong_images=wrong_images,
                                     wrong_embeddings=wrong_emb, noise_dim=self.z_dim)
         fake = losses.pop('fake_images')
         self.critic_steps += 1
         if self.g_step_due():
             # Under DDP the G step's pass through D must not take part in D's gradient sync.
-            d_for_g = self.netD if self.distributed else self.D
-            g = generator_step(self.G, d_for_g, self.optG, images, emb, o, noise_dim=self.z_dim)
+            d_for_g = self.netD if self.distributed else self.wrapped_D
+            g = generator_step(self.wrapped_G, d_for_g, self.optG, images, emb, o, noise_dim=self.z_dim)
             fake = g.pop('fake_images')
             losses.update(g)
             self.generator_steps += 1
             self.critic_steps = 0
-        names = list(losses)
-        values = torch.stack([losses[k].float() for k in names]).tolist()   # one device sync
         self.last_real, self.last_fake = images, fake
-        return dict(zip(names, values))
+        return loss_floats(losses)
 
 
 class GanIntCls(Family):

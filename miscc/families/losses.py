@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from models.conv_gradfix import no_weight_gradients
 
 __all__ = ['cosine_similarity', 'same_class_mask', 'sent_loss', 'words_loss', 'damsm_loss', 'damsm_smoothing',
-           'nearest_mismatch',
+           'nearest_mismatch', 'hinge_accept', 'hinge_reject',
            'discriminator_hinge_loss', 'generator_adversarial_loss', 'matching_aware_gp']
 
 
@@ -136,6 +136,16 @@ def nearest_mismatch(sent: torch.Tensor, same: float = 0.999) -> torch.Tensor:
         return torch.where(torch.isfinite(sim.max(dim=1).values), best, fallback)
 
 
+def hinge_accept(logits: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(1 - logits))``: the hinge on pairs the discriminator should accept."""
+    return F.relu(1.0 - logits).mean()
+
+
+def hinge_reject(logits: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(1 + logits))``: the hinge on pairs the discriminator should reject."""
+    return F.relu(1.0 + logits).mean()
+
+
 def discriminator_hinge_loss(cond_logits, real_features: torch.Tensor, fake_features: torch.Tensor,
                              sent: torch.Tensor, mismatch: str = 'shifted'):
     """``relu(1 - D(x, s)) + (relu(1 + D(G(z, s), s)) + relu(1 + D(x, s_mis))) / 2``, means over
@@ -148,12 +158,12 @@ def discriminator_hinge_loss(cond_logits, real_features: torch.Tensor, fake_feat
     Returns ``(errD, errD_real, errD_fake, errD_mismatch)``.
     """
     batch = real_features.size(0)
-    err_real = F.relu(1.0 - cond_logits(real_features, sent)).mean()
+    err_real = hinge_accept(cond_logits(real_features, sent))
     if mismatch == 'nearest':
-        err_mismatch = F.relu(1.0 + cond_logits(real_features, sent[nearest_mismatch(sent)])).mean()
+        err_mismatch = hinge_reject(cond_logits(real_features, sent[nearest_mismatch(sent)]))
     else:
-        err_mismatch = F.relu(1.0 + cond_logits(real_features[:batch - 1], sent[1:batch])).mean()
-    err_fake = F.relu(1.0 + cond_logits(fake_features, sent)).mean()
+        err_mismatch = hinge_reject(cond_logits(real_features[:batch - 1], sent[1:batch]))
+    err_fake = hinge_reject(cond_logits(fake_features, sent))
     return err_real + (err_fake + err_mismatch) / 2.0, err_real, err_fake, err_mismatch
 
 

@@ -3,8 +3,8 @@
 One iteration follows the official update order:
 1. D: hinge loss on real/matching, fake/matching and real/mismatched pairs, one Adam step;
    then a separate step on MA-GP of real images and matching sentences (p = 6, k = 2)
-   (``d_step_faithful``). The fast mode computes MA-GP on the real pass and takes one step
-   for both, as DF-GAN's 2022 code does (``d_step_fused``).
+   (``SSAGANUpdate.d_step_faithful``). The fast mode computes MA-GP on the real pass and takes
+   one step for both, as DF-GAN's 2022 code does (``SSAGANUpdate.d_step_fused``).
 2. G: ``-D(G(z, s), s) + lambda_DA * DAMSM(G(z, s))``, D and the image encoder frozen.
 When fine-tuning (``main_finetune.py``) the encoders first take their own DAMSM step on the
 real images, between generating the fakes and the D step, as the official code does.
@@ -17,12 +17,11 @@ import torch
 
 from models import NetD, NetG
 
-from .base import Family, Update, adam_for_g_and_d, autocast, check_image_size, frozen, optimizer_step
-from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss,
+from .base import Family, Update, adam_for_g_and_d, autocast, check_image_size, frozen, loss_floats, optimizer_step
+from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss, hinge_accept,
                      matching_aware_gp)
 
-__all__ = ['SSAGAN', 'SSAGANUpdate', 'UpdateOptions', 'make_optimizers', 'd_step_faithful', 'd_step_fused',
-           'g_step']
+__all__ = ['SSAGAN', 'SSAGANUpdate', 'UpdateOptions', 'make_optimizers']
 
 
 @dataclass
@@ -52,73 +51,27 @@ class UpdateOptions:
                    channels_last=train.FAST and fast.CHANNELS_LAST and on_gpu, mismatch=cfg.GAN.MISMATCH)
 
 
-def d_step_faithful(u: 'SSAGANUpdate', imgs, fake, sent) -> dict:
-    """The official D update: a hinge step, then an MA-GP step on a fresh real pass."""
-    cond = u.netD.COND_DNET
-    with u.autocast():
-        err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, u.D(imgs), u.D(fake), sent, u.opts.mismatch)
-    optimizer_step(u.optD, err_d)
-    imgs_gp, sent_gp = imgs.detach().requires_grad_(), sent.detach().requires_grad_()
-    with u.autocast():
-        gp = matching_aware_gp(cond(u.D(imgs_gp), sent_gp).float(), imgs_gp, sent_gp, u.opts.magp_p, u.opts.magp_k)
-    optimizer_step(u.optD, gp)
-    return dict(errD=err_d, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
-
-
-def d_step_fused(u: 'SSAGANUpdate', imgs, fake, sent) -> dict:
-    """Hinge + MA-GP in one D step: the penalty differentiates the real/matching logits."""
-    cond = u.netD.COND_DNET
-    imgs_gp, sent_gp = imgs.detach().requires_grad_(), sent.detach().requires_grad_()
-    with u.autocast():
-        real_features = u.D(imgs_gp)
-        real_logits = cond(real_features, sent_gp)
-        _, _, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, u.D(fake), sent, u.opts.mismatch)
-        err_real = torch.relu(1.0 - real_logits).mean()
-        err_d = err_real + (err_fake + err_mis) / 2.0
-        gp = matching_aware_gp(real_logits.float(), imgs_gp, sent_gp, u.opts.magp_p, u.opts.magp_k)
-    optimizer_step(u.optD, err_d + gp)
-    return dict(errD=err_d, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
-
-
-def g_step(u: 'SSAGANUpdate', fake, words, sent, cap_lens, class_ids) -> dict:
-    """Adversarial + lambda_DA x DAMSM loss of the fakes; D and the image encoder frozen.
-
-    With lambda_DA = 0 the image encoder is not run at all (its term would add zeros to G's
-    gradients at the cost of an Inception forward and backward); DAMSM is then reported as 0.
-    """
-    # Under DDP the G step's pass through D must not take part in D's gradient sync.
-    d_for_g = u.netD if u.distributed else u.D
-    with frozen(u.netD, u.image_encoder):
-        with u.autocast():
-            err_g = generator_adversarial_loss(u.netD.COND_DNET(d_for_g(fake), sent).float())
-            if u.opts.lambda_da:
-                damsm = u.opts.lambda_da * damsm_loss(u.image_encoder, fake, words, sent, cap_lens, class_ids,
-                                                      **u.opts.smooth)
-            else:
-                damsm = err_g.new_zeros(())
-        optimizer_step(u.optG, err_g + damsm)
-    return dict(errG=err_g, DAMSM=damsm)
-
-
 class SSAGANUpdate(Update):
-    """The networks, their optimisers and one iteration (``__call__``).
+    """The networks, their optimisers and one iteration (``__call__``, then ``d_step`` and
+    ``g_step``, top to bottom below).
 
-    ``netG``/``netD``/``text_encoder``/``image_encoder`` are the bare modules; ``G``/``D``/``T``/``I``
-    their device-wrapped forms (DataParallel/DDP/compiled) used for forward passes. With an
-    ``optimizerE`` the encoders are fine-tuned; without it they are frozen.
+    ``netG``/``netD``/``text_encoder``/``image_encoder`` are the bare modules (their state dicts,
+    their sub-modules such as ``netD.COND_DNET``); ``wrapped_G``/``wrapped_D``/``wrapped_T``/
+    ``wrapped_I`` their device-wrapped forms (DataParallel/DDP/compiled), used for the forward
+    passes. With an ``optimizerE`` the encoders are fine-tuned; without it they are frozen.
     """
 
     def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict, opts: UpdateOptions,
                  distributed: bool = False):
         self.netG, self.netD = nets['netG'], nets['netD']
         self.text_encoder, self.image_encoder = encoders['text_encoder'], encoders['image_encoder']
-        self.G, self.D = modules['netG'], modules['netD']
-        self.T, self.I = modules['text_encoder'], modules['image_encoder']
+        self.wrapped_G, self.wrapped_D = modules['netG'], modules['netD']
+        self.wrapped_T, self.wrapped_I = modules['text_encoder'], modules['image_encoder']
         self.optimizers = optimizers
         self.optG, self.optD = optimizers['optimizerG'], optimizers['optimizerD']
         self.optE = optimizers.get('optimizerE')
         self.opts, self.distributed = opts, distributed
-        self.d_step = d_step_fused if opts.fused_magp else d_step_faithful
+        self.d_step = self.d_step_fused if opts.fused_magp else self.d_step_faithful
         self.device = next(self.netG.parameters()).device
 
     def autocast(self):
@@ -132,22 +85,67 @@ class SSAGANUpdate(Update):
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         captions, cap_lens, class_ids = batch.captions.to(self.device, non_blocking=True), batch.cap_lens, batch.class_ids
         with self.autocast(), torch.set_grad_enabled(self.optE is not None):
-            words, sent = self.T(captions, cap_lens)           # B x 256 x T, B x 256
+            words, sent = self.wrapped_T(captions, cap_lens)           # B x 256 x T, B x 256
         words_de, sent_de = words.detach(), sent.detach().float()
         with self.autocast():
-            fake, _ = self.G(torch.randn(imgs.size(0), self.opts.z_dim, device=self.device), sent_de)
+            fake, _ = self.wrapped_G(torch.randn(imgs.size(0), self.opts.z_dim, device=self.device), sent_de)
         losses = {}
         if self.optE is not None:   # fine-tuning: the encoders' DAMSM step on the real images
             with self.autocast():
-                damsm_real = damsm_loss(self.I, imgs, words, sent, cap_lens, class_ids, **self.opts.smooth)
+                damsm_real = damsm_loss(self.wrapped_I, imgs, words, sent, cap_lens, class_ids, **self.opts.smooth)
             optimizer_step(self.optE, damsm_real)
             losses['DAMSM_D'] = damsm_real
-        losses.update(self.d_step(self, imgs, fake.detach(), sent_de))
-        losses.update(g_step(self, fake, words_de, sent_de, cap_lens, class_ids))
-        names = list(losses)
-        values = torch.stack([losses[k].detach().float() for k in names]).tolist()   # one device sync
+        losses.update(self.d_step(imgs, fake.detach(), sent_de))
+        losses.update(self.g_step(fake, words_de, sent_de, cap_lens, class_ids))
         self.last_real, self.last_fake = imgs, fake.detach()
-        return dict(zip(names, values))
+        return loss_floats(losses)
+
+    def d_step_faithful(self, imgs, fake, sent) -> dict:
+        """The official D update: a hinge step, then an MA-GP step on a fresh real pass."""
+        cond, D = self.netD.COND_DNET, self.wrapped_D
+        with self.autocast():
+            err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(cond, D(imgs), D(fake), sent,
+                                                                          self.opts.mismatch)
+        optimizer_step(self.optD, err_d)
+        imgs_gp, sent_gp = imgs.detach().requires_grad_(), sent.detach().requires_grad_()
+        with self.autocast():
+            gp = matching_aware_gp(cond(D(imgs_gp), sent_gp).float(), imgs_gp, sent_gp,
+                                   self.opts.magp_p, self.opts.magp_k)
+        optimizer_step(self.optD, gp)
+        return dict(errD=err_d, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
+
+    def d_step_fused(self, imgs, fake, sent) -> dict:
+        """Hinge + MA-GP in one D step: the penalty differentiates the real/matching logits."""
+        cond, D = self.netD.COND_DNET, self.wrapped_D
+        imgs_gp, sent_gp = imgs.detach().requires_grad_(), sent.detach().requires_grad_()
+        with self.autocast():
+            real_features = D(imgs_gp)
+            real_logits = cond(real_features, sent_gp)
+            _, _, err_fake, err_mis = discriminator_hinge_loss(cond, real_features, D(fake), sent, self.opts.mismatch)
+            err_real = hinge_accept(real_logits)
+            err_d = err_real + (err_fake + err_mis) / 2.0
+            gp = matching_aware_gp(real_logits.float(), imgs_gp, sent_gp, self.opts.magp_p, self.opts.magp_k)
+        optimizer_step(self.optD, err_d + gp)
+        return dict(errD=err_d, errD_real=err_real, errD_fake=err_fake, errD_mismatch=err_mis, MAGP=gp)
+
+    def g_step(self, fake, words, sent, cap_lens, class_ids) -> dict:
+        """Adversarial + lambda_DA x DAMSM loss of the fakes; D and the image encoder frozen.
+
+        With lambda_DA = 0 the image encoder is not run at all (its term would add zeros to G's
+        gradients at the cost of an Inception forward and backward); DAMSM is then reported as 0.
+        """
+        # Under DDP the G step's pass through D must not take part in D's gradient sync.
+        d_for_g = self.netD if self.distributed else self.wrapped_D
+        with frozen(self.netD, self.image_encoder):
+            with self.autocast():
+                err_g = generator_adversarial_loss(self.netD.COND_DNET(d_for_g(fake), sent).float())
+                if self.opts.lambda_da:
+                    damsm = self.opts.lambda_da * damsm_loss(self.image_encoder, fake, words, sent, cap_lens,
+                                                             class_ids, **self.opts.smooth)
+                else:
+                    damsm = err_g.new_zeros(())
+            optimizer_step(self.optG, err_g + damsm)
+        return dict(errG=err_g, DAMSM=damsm)
 
 
 def make_optimizers(cfg, nets: dict, text_encoder=None, image_encoder=None, finetune: bool = False) -> dict:
