@@ -67,8 +67,8 @@ from miscc.evaluation.judge import attribute_scores, load_judge  # noqa: E402
 from miscc.evaluation.scores import caption_r_precision  # noqa: E402
 from miscc.families import FAMILIES  # noqa: E402
 from miscc.training.damsm import DAMSMTrainer  # noqa: E402
-from miscc.training.driver import find_latest_state, read_progress  # noqa: E402
 from miscc.training.gan import GANTrainer  # noqa: E402
+from miscc.training.state import find_latest_state, read_progress  # noqa: E402
 
 # name: config, MODEL.NAME, fine-tuning, the paper row, and the CUB numbers the project's
 # sources quote for it (IS, FID; 'report': the CUB report this project follows)

@@ -29,8 +29,8 @@ from .demo import run_demo
 from .evaluation.generation import CaptionError, generate
 from .evaluation.scores import evaluate
 from .training.damsm import DAMSMTrainer
-from .training.driver import TrainingInterrupted
 from .training.gan import GANTrainer
+from .training.signals import TrainingInterrupted
 
 __all__ = ['parse_args', 'config_from_args', 'gan_main', 'damsm_main', 'eval_main', 'USER_ERRORS', 'RUN_ERRORS',
            'EXIT_OK', 'EXIT_BUG', 'EXIT_USER_ERROR', 'EXIT_RUN_FAILED']

@@ -51,8 +51,8 @@ from .evaluation.outputs import other_generator, read_manifest, save_png
 from .evaluation.judge import attribute_scores, load_judge
 from .evaluation.scores import caption_r_precision
 from .training.damsm import DAMSMTrainer
-from .training.driver import STATE_NAME, find_latest_state, read_progress
 from .training.gan import GANTrainer
+from .training.state import STATE_NAME, find_latest_state, read_progress
 
 __all__ = ['STAGES', 'run_demo', 'damsm_config', 'gan_config', 'finished_demo_runs', 'body_colour_accuracy',
            'body_colour_confusion', 'checkpoint_accuracies', 'caption_grid', 'StageClock', 'gan_seconds_allowed']

@@ -35,7 +35,7 @@ from .core.runtime import device_from_config
 from .data.synthetic import caption_attributes, read_attributes
 from .evaluation.generation import CaptionError, GenerationStack, load_generation_stack, to_uint8_image
 from .evaluation.upscale import Upscaler, build_upscaler
-from .training.driver import STATE_NAME
+from .training.state import STATE_NAME
 
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')   # before gradio is imported: no calls home
 import gradio as gr  # noqa: E402

@@ -16,7 +16,7 @@ import sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.run import main as torchrun_main
 
-from .training.driver import signal_exit_code
+from .training.signals import signal_exit_code
 
 __all__ = ['main']
 

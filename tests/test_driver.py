@@ -17,9 +17,10 @@ from helpers import set_driver_clock
 from miscc.core.checkpoint import CheckpointError
 from miscc.core.config import ConfigError
 from miscc.data.errors import DataError
-from miscc.training.driver import (EpochBatchSampler, NonFiniteLossError, SeededSamples, check_finite,
-                          find_latest_state, load_training_state, read_progress, save_training_state)
+from miscc.training.driver import NonFiniteLossError, check_finite
 from miscc.training.parallel import DataParallelBatchNorm2d, convert_batchnorm, link_replicas
+from miscc.training.sampling import EpochBatchSampler, SeededSamples
+from miscc.training.state import find_latest_state, load_training_state, read_progress, save_training_state
 from miscc.evaluation.generation import mask_grid
 from miscc.evaluation.outputs import caption_plan, generator_record, other_generator, resume_point
 from miscc.families import noise_for
@@ -294,7 +295,8 @@ class _ToyTrainer:
 def _toy_run(tmp_path, start=None, **keys):
     from datasets import collate_sorted
     from miscc.core.config import load_config
-    from miscc.training.driver import Driver, StartPoint
+    from miscc.training.driver import Driver
+    from miscc.training.state import StartPoint
     over = {'OUTPUT_DIR': tmp_path, 'DATASET_NAME': 'birds', 'CONFIG_NAME': 'toy', 'TRAIN.MAX_EPOCH': 3,
             'TRAIN.LOG_INTERVAL': 1, 'WORKERS': 0, **keys}
     cfg = load_config(None, [f'{k}={v}' for k, v in over.items()])
@@ -315,7 +317,8 @@ def test_driver_runs_epochs_and_writes_the_state(tmp_path):
 
 
 def test_driver_stop_and_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch):
-    from miscc.training.driver import RunLogger, resolve_start_point
+    from miscc.training.driver import RunLogger
+    from miscc.training.state import resolve_start_point
     from miscc.core.config import load_config
     closed = []
     monkeypatch.setattr(RunLogger, 'close', lambda self: closed.append(True))
@@ -335,7 +338,7 @@ def test_driver_stop_and_resume_equals_the_uninterrupted_run(tmp_path, monkeypat
 
 def test_driver_refuses_a_state_of_another_kind(tmp_path):
     from miscc.core.config import ConfigError
-    from miscc.training.driver import StartPoint
+    from miscc.training.state import StartPoint
     _, _, run = _toy_run(tmp_path)
     state = load_training_state(f'{run}/models/state_last.pth')
     state['kind'] = 'damsm'
@@ -353,7 +356,7 @@ def _config(tmp_path, **keys):
 
 
 def _restore_start(tmp_path):
-    from miscc.training.driver import resolve_start_point
+    from miscc.training.state import resolve_start_point
     return resolve_start_point(_config(tmp_path, RESTORE=True), 'TRAIN.NET_G')
 
 
@@ -375,14 +378,15 @@ class _SignallingTrainer(_ToyTrainer):
 
 def _driver(tmp_path, trainer, start=None, **keys):
     from datasets import collate_sorted
-    from miscc.training.driver import Driver, StartPoint
+    from miscc.training.driver import Driver
+    from miscc.training.state import StartPoint
     torch.manual_seed(0)
     return Driver(_config(tmp_path, **keys), trainer, _Items(), collate_sorted, 4, start or StartPoint(),
                   torch.device('cpu'))
 
 
 def test_sigterm_mid_epoch_saves_says_where_and_resumes_exactly(tmp_path):
-    from miscc.training.driver import TrainingInterrupted
+    from miscc.training.signals import TrainingInterrupted
     full, _, _ = _toy_run(tmp_path / 'full')
     driver = _driver(tmp_path / 'part', _SignallingTrainer(3, [signal.SIGTERM]))
     with pytest.raises(TrainingInterrupted) as caught:
@@ -403,7 +407,7 @@ def test_signals_during_the_end_of_epoch_save_let_it_complete_and_exit_interrupt
     """SIGINT then SIGTERM while state_last.pth is written: the write completes, the run says it was
     interrupted at the end of the epoch (130), and the saved state is that epoch's."""
     import miscc.training.driver as driver_module
-    from miscc.training.driver import TrainingInterrupted
+    from miscc.training.signals import TrainingInterrupted
     real_save = driver_module.save_training_state
     calls = []
 
@@ -426,7 +430,7 @@ def test_signals_during_the_end_of_epoch_save_let_it_complete_and_exit_interrupt
 
 
 def test_a_second_signal_mid_step_stops_at_once_and_keeps_the_saved_state(tmp_path):
-    from miscc.training.driver import TrainingInterrupted
+    from miscc.training.signals import TrainingInterrupted
     _toy_run(tmp_path, **{'TRAIN.MAX_STEPS': 2})           # a state after epoch 1
     before = read_progress(str(find_latest_state(str(tmp_path), 'birds_toy_')))
     driver = _driver(tmp_path, _SignallingTrainer(1, [signal.SIGINT, signal.SIGINT]),
@@ -467,7 +471,8 @@ def test_max_epoch_below_one_is_a_config_error_before_any_folder(tmp_path, value
 
 def test_a_batch_larger_than_the_data_set_is_a_config_error_before_any_folder(tmp_path):
     from datasets import collate_sorted
-    from miscc.training.driver import Driver, StartPoint
+    from miscc.training.driver import Driver
+    from miscc.training.state import StartPoint
     with pytest.raises(ConfigError, match=r'TRAIN.BATCH_SIZE=16: 10 samples make no complete batch of 16 .* '
                                           r'lower TRAIN.BATCH_SIZE'):   # was a ValueError traceback
         Driver(_config(tmp_path / 'out', **{'TRAIN.BATCH_SIZE': 16}), _ToyTrainer(), _Items(), collate_sorted, 16,
@@ -499,7 +504,8 @@ class _BadItem(_Items):
 @pytest.mark.parametrize('workers', [0, 1])
 def test_a_data_error_mid_epoch_keeps_its_one_line_from_a_worker_too(tmp_path, workers):
     from datasets import collate_sorted
-    from miscc.training.driver import Driver, StartPoint
+    from miscc.training.driver import Driver
+    from miscc.training.state import StartPoint
     driver = Driver(_config(tmp_path, WORKERS=workers), _ToyTrainer(), _BadItem(), collate_sorted, 4, StartPoint(),
                     torch.device('cpu'))
     with pytest.raises(DataError) as caught:
@@ -554,7 +560,7 @@ def test_a_run_folder_holding_only_a_temp_file_is_trained_as_new(tmp_path, capsy
     assert 'holds no completed training state' in capsys.readouterr().out
     assert sorted(os.listdir(f'{run}/models')) == ['state_last.json', 'state_last.pth']
     assert torch.equal(trainer.w, full.w) and trainer.epochs[0] == (1, 0)
-    from miscc.training.driver import resolve_start_point
+    from miscc.training.state import resolve_start_point
     assert resolve_start_point(_config(tmp_path / 'x', **{'TRAIN.NET_G': run}), 'TRAIN.NET_G').kind == 'state'
 
 
@@ -582,7 +588,7 @@ def test_the_command_line_exit_codes_of_training(capsys):
     from miscc.cli import _train
     from miscc.core.files import DiskFullError
     from miscc.core.runtime import DistributedError
-    from miscc.training.driver import TrainingInterrupted
+    from miscc.training.signals import TrainingInterrupted
 
     def raising(error):
         def fit():
@@ -604,7 +610,8 @@ def test_each_rank_resumes_with_its_own_generators_and_another_world_size_warns(
     import warnings
     from datasets import collate_sorted
     from miscc.core.runtime import DistEnv, rng_state
-    from miscc.training.driver import Driver, StartPoint
+    from miscc.training.driver import Driver
+    from miscc.training.state import StartPoint
     models = tmp_path / 'run' / 'models'
     per_rank = []
     for seed in (10, 11):
@@ -703,7 +710,9 @@ def _agree_worker(rank, world, store, out):
     import torch.distributed as dist
     from datasets import collate_sorted
     from miscc.core.runtime import DistEnv
-    from miscc.training.driver import Driver, StartPoint, StopFlag
+    from miscc.training.driver import Driver
+    from miscc.training.signals import StopFlag
+    from miscc.training.state import StartPoint
     torch.set_num_threads(1)
     import datetime   # ranks that disagree fail at their next collective within a minute, not hang
     dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world,

@@ -366,7 +366,7 @@ def _ddp_worker(rank, world, port, argv, out):
     from miscc.cli import config_from_args, parse_args
     trainer = GANTrainer(config_from_args(parse_args(argv, 'test')))
     run_dir = trainer.fit()
-    torch.save({'netG': trainer.netG.state_dict(), 'netD': trainer.netD.state_dict(), 'run_dir': run_dir,
+    torch.save({'netG': trainer.netG.state_dict(), 'netD': trainer.nets['netD'].state_dict(), 'run_dir': run_dir,
                 'steps': trainer.global_step}, os.path.join(out, f'rank{rank}.pth'))
     torch.distributed.destroy_process_group()
 

@@ -32,7 +32,9 @@ from ..evaluation.metrics import r_precision
 from ..evaluation.outputs import save_png
 from ..families.encoders import damsm_paths, text_encoder_vocab_size
 from ..families.losses import sent_loss, words_loss
-from .driver import Driver, EpochBatchSampler, EpochSummary, make_loader, resolve_start_point
+from .driver import Driver, EpochSummary
+from .sampling import EpochBatchSampler, make_loader
+from .state import resolve_start_point
 
 __all__ = ['DAMSMTrainer', 'damsm_lr', 'damsm_step_losses', 'attention_grid', 'R_PRECISION_CANDIDATES']
 

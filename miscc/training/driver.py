@@ -3,6 +3,8 @@ starts (run folder, epoch, step), deterministic data order, the epoch loop with 
 and stop signals, full training states with exact resume, and the logger's lifetime.
 
 A trainer supplies only its step, its end-of-epoch work and its state (``Driver``'s protocol).
+The parts it uses live beside it: ``sampling.py`` (the seeded data order), ``state.py``
+(training states and start points), ``signals.py`` (stop signals and exit codes).
 
 How a run ends (the exit codes ``miscc.cli`` turns these into): it finishes TRAIN.MAX_EPOCH,
 or stops at TRAIN.MAX_STEPS or at the first step boundary past ``fit``'s deadline (requested
@@ -13,10 +15,7 @@ or silent peer of a distributed run raises ``DistributedError`` within DIST_TIME
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import random
 import signal
 import time
 import warnings
@@ -25,50 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..core.checkpoint import CheckpointError, load_file, save_atomic
 from ..core.config import ConfigError
-from ..core.files import check_output_dir, read_json, remove_stale_temp_files, write_json
+from ..core.files import check_output_dir, remove_stale_temp_files
 from ..core.runtime import (DistEnv, DistributedError, gather_objects, is_collective_failure, make_run_dir,
-                            rng_state, sample_seeds, set_rng_state)
+                            rng_state, set_rng_state)
 from ..data.errors import DataError
+from .sampling import EpochBatchSampler, make_loader, worker_message
+from .signals import StopFlag, StopNow, TrainingInterrupted
+from .state import StartPoint, load_training_state, save_training_state
 
-__all__ = ['SeededSamples', 'EpochBatchSampler', 'make_loader', 'RunLogger', 'StopFlag',
-           'save_training_state', 'load_training_state', 'find_latest_state', 'restore_state_path',
-           'state_in_folder', 'resolve_start', 'STATE_NAME', 'read_progress', 'NonFiniteLossError',
-           'check_finite', 'StartPoint', 'resolve_start_point', 'EpochSummary', 'Driver',
-           'TrainingInterrupted', 'signal_exit_code']
+__all__ = ['NonFiniteLossError', 'check_finite', 'RunLogger', 'EpochSummary', 'Driver']
 
-STATE_NAME = 'state_last.pth'
 _DEADLINE_PASSED = 'the deadline passed'   # why a run stopped at fit's deadline, as the driver prints it
-
-
-def signal_exit_code(signum: int) -> int:
-    """The shell's convention for a process ended by signal ``signum``: 128 + signum
-    (SIGINT 130, SIGTERM 143)."""
-    return 128 + int(signum)
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM ended a run before TRAIN.MAX_EPOCH. ``message``: one line saying where
-    it stopped, what was saved and how to resume; ``exit_code``: 128 + the signal number.
-    ``show``: whether this process should print it (the main process of a distributed run)."""
-
-    def __init__(self, message: str, signum: int, show: bool = True):
-        super().__init__(message)
-        self.signum, self.show = int(signum), show
-        self.exit_code = signal_exit_code(signum)
-
-
-class _StopNow(BaseException):
-    """A second stop signal outside a save: leave at once (BaseException, like KeyboardInterrupt,
-    so that no ``except Exception`` on the way swallows it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,96 +52,6 @@ def check_finite(losses: dict, epoch: int, step: int, global_step: int) -> None:
     raise NonFiniteLossError(f'non-finite loss at epoch {epoch}, step {step} (global step {global_step}): '
                              f'{values}. Training stopped; no checkpoint was written from this state, '
                              f'the last saved ones are intact.')
-
-
-@contextlib.contextmanager
-def _local_seed(seed: int):
-    """Seed python/numpy/torch for one sample, restoring the caller's generators after."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
-
-
-class SeededSamples(Dataset):
-    """Wraps a data set so item ``(index, seed)`` draws its random augmentation and caption
-    from ``seed``: the data a step sees is then a function of (SEED, epoch, position),
-    whatever the number of workers, and a resumed run sees exactly the same data."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item):
-        index, seed = item
-        with _local_seed(int(seed)):
-            return self.base[int(index)]
-
-
-class EpochBatchSampler(Sampler):
-    """Batches of ``(index, seed)`` for one epoch: a permutation drawn from (seed, epoch),
-    sharded over ``world_size`` ranks, the last incomplete batch dropped (as the official
-    loader does). ``set_epoch(epoch, start_batch)`` skips batches already trained on."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
-        if batch_size < 1:
-            raise ValueError(f'batch size must be positive, got {batch_size}')
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
-        self.epoch = 1
-        self.start_batch = 0
-        if len(self) == 0:
-            raise ValueError(f'{num_samples} samples make no complete batch of {batch_size} '
-                             f'x {world_size} process(es); lower TRAIN.BATCH_SIZE')
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __len__(self) -> int:
-        """Batches per epoch for each rank."""
-        return self.num_samples // (self.batch_size * self.world_size)
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=gen) if self.shuffle else torch.arange(self.num_samples)
-        seeds = sample_seeds(self.seed, self.epoch, self.num_samples)
-        per_step = self.batch_size * self.world_size
-        for b in range(self.start_batch, len(self)):
-            positions = range(b * per_step + self.rank * self.batch_size,
-                              b * per_step + (self.rank + 1) * self.batch_size)
-            yield [(int(order[p]), int(seeds[p])) for p in positions]
-
-
-def _worker_message(error: Exception) -> str:
-    """The message of an error raised in a DataLoader worker: PyTorch raises it again in the
-    main process with the worker's traceback as its text, whose last line is the original."""
-    text = str(error).rstrip()
-    if 'Original Traceback' not in text:
-        return text
-    last = text.splitlines()[-1]
-    prefix = f'{type(error).__module__}.{type(error).__qualname__}: '
-    return last[len(prefix):] if last.startswith(prefix) else last
-
-
-def make_loader(dataset: Dataset, sampler: EpochBatchSampler, collate_fn, workers: int,
-                pin_memory: bool = False) -> DataLoader:
-    """DataLoader over ``SeededSamples(dataset)``; its own generator keeps the global RNG untouched."""
-    return DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate_fn,
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(sampler.seed))
 
 
 class RunLogger:
@@ -204,192 +83,7 @@ class RunLogger:
             self.writer.close()
 
 
-class StopFlag:
-    """Set by SIGINT/SIGTERM (cluster pre-emption, Ctrl-C): the loop finishes its step, saves
-    the training state and stops. A second signal stops at once (``_StopNow``), except inside
-    ``deferring()`` (the state being written), which always completes."""
-
-    def __init__(self):
-        self.signum = 0            # the first signal received, 0 for none
-        self._previous = {}
-        self._deferring = False
-
-    @property
-    def requested(self) -> bool:
-        return bool(self.signum)
-
-    def _handler(self, signum, frame):
-        if not self.signum:
-            self.signum = signum
-        elif not self._deferring:
-            raise _StopNow(signum)
-
-    @contextlib.contextmanager
-    def deferring(self):
-        """A block a second signal does not cut short (the loop stops right after it anyway)."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-    def agreed(self, distributed: bool, device, late: bool = False) -> tuple:
-        """``(signal, late)``: the signal any process received (0 for none) and whether any
-        process's clock is past the deadline (``late`` is this one's). All ranks must stop at
-        the same step, and their clocks pass a deadline at different steps, so both flags are
-        reduced together (one all_reduce)."""
-        if not distributed:
-            return self.signum, late
-        flags = torch.tensor([float(self.signum), float(late)], device=device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return int(flags[0].item()), bool(flags[1].item())
-
-
-def save_training_state(models_dir: str, state: dict, progress: dict, rank_rngs: list | None = None) -> str:
-    """Write ``state_last.pth`` (models, optimisers, RNG, sampler position, config) atomically,
-    then ``state_last.json`` with ``progress`` (epoch, next_epoch, next_step, global_step).
-
-    ``rank_rngs``: the RNG states of every process of a distributed run, in rank order
-    (``rng_state()`` of each), stored as ``rng_ranks`` {rank: state} with ``world_size``;
-    ``rng`` is always this process's (rank 0's)."""
-    state = dict(state, progress=progress, rng=rng_state(), saved_at=time.time())
-    if rank_rngs is not None:
-        state.update(rng_ranks=dict(enumerate(rank_rngs)), world_size=len(rank_rngs))
-    path = os.path.join(models_dir, STATE_NAME)
-    save_atomic(state, path)
-    write_json(path[:-len('.pth')] + '.json', progress)
-    return path
-
-
-def load_training_state(path: str, restore_rng: bool = True) -> dict:
-    """Load a training state (weights_only); with ``restore_rng`` also restore the RNG states
-    it holds (the driver restores them itself, right before the first step)."""
-    state = load_file(path)
-    if not isinstance(state, dict) or 'progress' not in state or 'rng' not in state:
-        raise CheckpointError(f"'{path}' is not a training state written by this code "
-                              f"(expected keys 'progress' and 'rng')")
-    if restore_rng:
-        set_rng_state(state['rng'])
-    return state
-
-
-def read_progress(state_path: str) -> dict | None:
-    """The small JSON beside a training state, or None."""
-    path = state_path[:-len('.pth')] + '.json'
-    return read_json(path) if os.path.isfile(path) else None
-
-
-def find_latest_state(output_dir: str, prefix: str) -> str | None:
-    """Newest ``<output_dir>/<prefix>*/models/state_last.pth``, or None."""
-    found = glob.glob(os.path.join(output_dir, glob.escape(prefix) + '*', 'models', STATE_NAME))
-    return max(found, key=os.path.getmtime) if found else None
-
-
-def restore_state_path(output_dir: str, dataset: str, config_name: str, net_key: str) -> str:
-    """``RESTORE=True`` without a path: the newest training state of this data set and config
-    under ``output_dir``; FileNotFoundError naming the folder and ``net_key`` otherwise."""
-    prefix = f'{dataset}_{config_name or "run"}_'
-    latest = find_latest_state(output_dir, prefix)
-    if latest is None:
-        raise FileNotFoundError(f"RESTORE=True but no training state '{STATE_NAME}' was found under "
-                                f"'{output_dir}/{prefix}*/models/'; set {net_key} to a run folder or a "
-                                f"checkpoint file")
-    return latest
-
-
-def unstarted_run_folder(folder: str) -> bool:
-    """Whether ``folder`` is a run folder (``models/`` and ``log/``) whose first training state
-    was never completed: ``models/`` holds no ``state_last.pth``. A run killed before it saved
-    one may have left temp files of that save and the first epoch's model files (written just
-    before the state); training the folder again from epoch 1 writes those same files again."""
-    models = os.path.join(folder, 'models')
-    return (os.path.isdir(models) and os.path.isdir(os.path.join(folder, 'log'))
-            and not os.path.exists(os.path.join(models, STATE_NAME)))
-
-
-def find_unstarted_run(output_dir: str, prefix: str) -> str | None:
-    """Newest ``<output_dir>/<prefix>*`` run folder that ``unstarted_run_folder`` accepts, or None."""
-    found = [f for f in glob.glob(os.path.join(output_dir, glob.escape(prefix) + '*')) if unstarted_run_folder(f)]
-    return max(found, key=os.path.getmtime) if found else None
-
-
-def state_in_folder(folder: str, key: str) -> str:
-    """The training state of a run folder (``<folder>/models/`` or the folder itself);
-    FileNotFoundError naming the config ``key`` that pointed there otherwise."""
-    for candidate in (os.path.join(folder, 'models', STATE_NAME), os.path.join(folder, STATE_NAME)):
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"{key}='{folder}' is a folder without a training state ({STATE_NAME})")
-
-
-def resolve_start(target: str, restore: bool, cfg, key: str):
-    """Where a run starts: ``(kind, path)`` with kind 'none' (from scratch), 'state' (a
-    training state to resume exactly), 'file' (a model file the caller interprets) or 'new'
-    (from scratch in the run folder ``path``, which a run killed before its first save left).
-
-    ``target`` is the value of config ``key`` (a run folder, a state file or a model file);
-    without it, ``restore`` takes the newest state of ``cfg``'s data set and config name (or,
-    when there is none, the newest run folder of theirs that was killed before its first save)."""
-    if not target:
-        if not restore:
-            return 'none', ''
-        try:
-            return 'state', restore_state_path(cfg.OUTPUT_DIR, cfg.DATASET_NAME, cfg.CONFIG_NAME, key)
-        except FileNotFoundError:
-            unstarted = find_unstarted_run(cfg.OUTPUT_DIR, f'{cfg.DATASET_NAME}_{cfg.CONFIG_NAME or "run"}_')
-            if unstarted is None:
-                raise
-            return 'new', unstarted
-    if os.path.isdir(target):
-        if unstarted_run_folder(target) and not os.path.isfile(os.path.join(target, STATE_NAME)):
-            return 'new', target
-        return 'state', state_in_folder(target, key)
-    if not os.path.isfile(target):
-        raise FileNotFoundError(f"{key}='{target}' not found")
-    if os.path.basename(target).startswith('state'):
-        return 'state', target
-    return 'file', target
-
-
 # ----------------------------------------------------------------------------- the loop
-@dataclass
-class StartPoint:
-    """Where a run starts: ``kind`` 'none' (from scratch), 'state' (a training state at ``path``,
-    continued exactly), 'weights' (model files at ``path``, fresh optimisers: the trainer
-    loads them and sets ``epoch``) or 'new' (from scratch in the existing run folder ``path``).
-    ``step`` batches of ``epoch`` are already done."""
-    kind: str = 'none'
-    path: str = ''
-    epoch: int = 1
-    step: int = 0
-    global_step: int = 0
-
-
-def resolve_start_point(cfg, key: str, state_for_file=None) -> StartPoint:
-    """The start point of config ``key`` (``TRAIN.NET_G`` / ``TRAIN.NET_E``: a run folder, a state
-    file or a model file; empty with ``RESTORE=True``: the newest state of this data set and
-    config). For a model file, ``state_for_file(path)`` may name the training state that
-    continues exactly from it; otherwise the file's weights are the start."""
-    kind, path = resolve_start(cfg.get(key), cfg.RESTORE, cfg, key)
-    if kind == 'file':
-        state = state_for_file(path) if state_for_file is not None else None
-        return StartPoint('state', state) if state else StartPoint('weights', path)
-    return StartPoint(kind, path)
-
-
 @dataclass
 class EpochSummary:
     """What the driver hands a trainer at the end of an epoch."""
@@ -581,7 +275,7 @@ class Driver:
         try:
             with StopFlag() as stop:
                 signum = self._loop(stop, steps_per_epoch)
-        except _StopNow as e:
+        except StopNow as e:
             epoch, step = self.position
             raise TrainingInterrupted(f'interrupted again by {signal.Signals(e.signum).name} at epoch {epoch}, '
                                       f'step {step} of {steps_per_epoch}: stopped at once without saving; '
@@ -653,7 +347,7 @@ class Driver:
                                       f'training state saved in {self.models_dir}; {self._resume_hint()}')
                             return signum
             except DataError as e:   # from a DataLoader worker: its one line, not the worker's traceback
-                raise DataError(_worker_message(e)) from None
+                raise DataError(worker_message(e)) from None
             finally:
                 bar.close()   # also before an error, so that the error's line starts a line of its own
             done = step - first

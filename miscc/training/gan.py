@@ -22,7 +22,8 @@ from ..evaluation.generation import decode_caption, mask_grid, save_grid
 from ..evaluation.in_training import TrainingEvaluator
 from ..families import Family, family_of, require_precomputed_embeddings
 from ..families.encoders import damsm_paths, load_image_encoder, load_text_encoder, text_encoder_vocab_size
-from .driver import STATE_NAME, Driver, EpochSummary, StartPoint, read_progress, resolve_start_point
+from .driver import Driver, EpochSummary
+from .state import STATE_NAME, StartPoint, read_progress, resolve_start_point
 from .ema import GeneratorEMA
 from .parallel import wrap_for_devices
 
@@ -139,18 +140,8 @@ class GANTrainer:
         self.ema = self._make_ema(path if kind == 'weights' else '')
         self.eval_history, self.eval_best = [], None      # in-training scores (EVAL.INTERVAL), resumed
 
-        self._update_state = None   # the update's counters of a resumed state (set by load_state_dict)
-        self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
-                             self.dist)
-        self.evaluator = None
-        if cfg.EVAL.INTERVAL:
-            self.evaluator = TrainingEvaluator(cfg, self.family, self.text_encoder, self.image_encoder,
-                                               self.test_dataset, self.device, cfg.TREE.BASE_SIZE, self.dist)
-            if self.dist.is_main and kind == 'state':
-                # the history as of the resumed state: lines of a later, lost epoch go
-                self._write_metrics()
-
-        # Wrap for several devices last, so states load into the bare modules.
+        # The device-wrapped modules share their parameters with the bare ones (a state loads into
+        # the bare modules below; the wrappers see it), so the update exists before any state.
         modules = {'netG': apply_fast_model_options(
             cfg, self.family, self.nets, wrap=lambda g: wrap_for_devices(g, self.setup, self.dist, sync_bn=True))}
         for k in self.family.networks[1:]:
@@ -163,8 +154,16 @@ class GANTrainer:
             modules.update(encoders)
         self.update = self.family.make_update(cfg, self.nets, modules, encoders, self.optimizers, finetune,
                                               self.dist.distributed)
-        if self._update_state is not None:
-            self.update.load_state_dict(self._update_state)
+
+        self.driver = Driver(cfg, self, self.dataset, self.collate, self.batch_size, self.start, self.device,
+                             self.dist)   # loads a 'state' start through load_state_dict
+        self.evaluator = None
+        if cfg.EVAL.INTERVAL:
+            self.evaluator = TrainingEvaluator(cfg, self.family, self.text_encoder, self.image_encoder,
+                                               self.test_dataset, self.device, cfg.TREE.BASE_SIZE, self.dist)
+            if self.dist.is_main and kind == 'state':
+                # the history as of the resumed state: lines of a later, lost epoch go
+                self._write_metrics()
 
     def _damsm_data(self, finetune: bool, kind: str, path: str) -> None:
         """Captions encoded by the DAMSM encoders: the DAMSM files, or when fine-tuning from an
@@ -194,13 +193,6 @@ class GANTrainer:
         self.test_dataset = build_hd5_dataset(self.cfg, 'test')
         self.text_encoder = self.image_encoder = None
         self.collate = collate_hd5
-
-    def __getattr__(self, name):
-        # the networks by their checkpoint names: trainer.netD, trainer.netC ...
-        nets = self.__dict__.get('nets', {})
-        if name in nets:
-            return nets[name]
-        raise AttributeError(name)
 
     @property
     def global_step(self) -> int:
@@ -276,7 +268,8 @@ class GANTrainer:
                 load_model_state(getattr(self, name), state[name], name=f'{self.start.path} [{name}]')
         if 'fixed_noise' in state:
             self.fixed['noise'] = state['fixed_noise']
-        self._update_state = state.get('update')
+        if state.get('update') is not None:
+            self.update.load_state_dict(state['update'])
         self.eval_history = list(state.get('eval_history', []))
         self.eval_best = state.get('eval_best')
         if self.ema is not None:
