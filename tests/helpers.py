@@ -17,6 +17,7 @@ from PIL import Image
 from datasets import Batch, TextDataset, crop_box
 from miscc.core.config import load_config
 from miscc.data.synthetic import make_synthetic_birds
+from miscc.families.gan_int_cls import GanIntClsUpdate
 from miscc.families.ssagan import SSAGANUpdate, UpdateOptions, make_optimizers
 from miscc.training import driver as driver_module
 from models import CNN_ENCODER, RNN_ENCODER
@@ -112,6 +113,13 @@ def make_synthetic_with_encoders(root, num_train: int, num_test: int, seed: int,
 def as_batch(images, captions, cap_lens, class_ids) -> Batch:
     """A ``datasets.Batch`` of the given tensors (keys left empty)."""
     return Batch(images, captions, torch.as_tensor(cap_lens), torch.as_tensor(class_ids), [''] * len(images))
+
+
+def gan_int_cls_update(g, d, options, opt_d=None, opt_g=None, noise_dim: int = 100) -> GanIntClsUpdate:
+    """The GAN-INT-CLS update around the modules ``g`` / ``d`` (bare and wrapped alike), for its
+    ``d_step`` / ``g_step``; the optimisers given, noise of ``noise_dim``."""
+    nets = {'netG': g, 'netD': d}
+    return GanIntClsUpdate(nets, dict(nets), {}, {'optimizerG': opt_g, 'optimizerD': opt_d}, options, noise_dim)
 
 
 def ssagan_update(netG, netD, text_encoder, image_encoder, G=None, cfg=None, **options) -> SSAGANUpdate:

@@ -26,8 +26,8 @@ from miscc.evaluation.generation import load_generation_stack, to_uint8_image
 from miscc.families import FAMILIES, family_of
 from miscc.families.losses import damsm_loss
 from miscc.training.gan import GANTrainer, resolve_resume
-from miscc.families.dfgan import (DFGANUpdate, build_optimizers, d_step, d_step_v1, discriminator_losses, g_step,
-                                  generator_loss, sample_noise, truncated_normal)
+from miscc.families.dfgan import (DFGANUpdate, build_optimizers, discriminator_losses, generator_loss, sample_noise,
+                                  truncated_normal)
 from models import NetG as SSAGAN_NetG
 from models.dfgan import Affine, NetC, NetD, NetD_v1, NetG, NetG_v1, dfgan_channels
 
@@ -401,6 +401,14 @@ def hand_case():
     return torch.tensor(REAL), torch.tensor(FAKE), torch.tensor(SENT)
 
 
+def update_of(netD, netC=None, opt_d=None, opt_g=None, version=2022, two_way=False, magp_k=2.0):
+    """DFGANUpdate around stand-in networks, for its d_step / d_step_v1 / g_step (G and the text
+    encoder are not used by them)."""
+    nets = {'netG': torch.nn.Linear(1, 1), 'netD': netD, **({'netC': netC} if netC is not None else {})}
+    return DFGANUpdate(nets, dict(nets, text_encoder=None), {}, {'optimizerG': opt_g, 'optimizerD': opt_d}, version,
+                       z_dim=1, magp_p=6.0, magp_k=magp_k, two_way=two_way)
+
+
 def test_d_loss_terms_on_a_hand_computed_case():
     real, fake, sent = hand_case()
     losses = discriminator_losses(PassThrough(), ProductHead(), real, fake, sent)
@@ -415,7 +423,7 @@ def test_d_step_takes_one_step_on_hinge_plus_magp_and_leaves_g_alone():
     g_weight = torch.nn.Parameter(torch.ones(1))
     fake = fake * g_weight          # fake images with a generator graph
     lr = 1e-3
-    losses = d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=lr), real, fake, sent)
+    losses = update_of(PassThrough(), head, opt_d=torch.optim.SGD(head.parameters(), lr=lr)).d_step(real, fake, sent)
     grad_w = -0.5 + (1.375 + 1.0625) / 2 + 6 * MAGP_VALUE
     assert head.w.item() == pytest.approx(1 - lr * grad_w, rel=1e-6)
     assert g_weight.grad is None    # the fake images are detached for D
@@ -427,7 +435,7 @@ def test_g_loss_and_step_on_a_hand_computed_case():
     head = ProductHead()
     scale = torch.nn.Parameter(torch.ones(1))     # stand-in generator: fake = scale * FAKE
     assert generator_loss(PassThrough(), head, fake, sent).item() == pytest.approx(-1.375)
-    losses = g_step(PassThrough(), head, torch.optim.SGD([scale], lr=0.1), scale * fake, sent)
+    losses = update_of(PassThrough(), head, opt_g=torch.optim.SGD([scale], lr=0.1)).g_step(scale * fake, sent)
     assert losses['errG'].item() == pytest.approx(-1.375)
     # d/dscale -mean(w * scale * f * s) = -mean(f s) = -1.375
     assert scale.item() == pytest.approx(1 + 0.1 * 1.375)
@@ -438,7 +446,7 @@ def test_2020_d_step_hinge_then_magp_step():
     real, fake, sent = hand_case()
     net = PassThroughWithHead()
     lr = 1e-3
-    losses = d_step_v1(net, torch.optim.SGD(net.parameters(), lr=lr), real, fake, sent)
+    losses = update_of(net, opt_d=torch.optim.SGD(net.parameters(), lr=lr), version=2020).d_step_v1(real, fake, sent)
     # mismatch: features 0..B-2 with sentences 1..B-1 -> one pair 2 * 1 -> relu(3) = 3
     assert losses['errD_mismatch'].item() == pytest.approx(3.0)
     assert losses['errD'].item() == pytest.approx(0.5 + (2.375 + 3.0) / 2)
@@ -468,13 +476,15 @@ def test_two_way_output_adds_the_unconditional_terms_by_hand():
     assert losses['errD_uncond'].item() == pytest.approx(2.25)
     assert losses['errD'].item() == pytest.approx(0.5 + (2.375 + 2.0625) / 2 + MAGP_VALUE + 2.25, rel=1e-6)
     head = TwoWayProductHead()
-    d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=0.01), real, fake, sent, two_way=True)
+    two_way = update_of(PassThrough(), head, opt_d=torch.optim.SGD(head.parameters(), lr=0.01), two_way=True)
+    two_way.d_step(real, fake, sent)
     # d errD_uncond / du = mean(-f_real where 1 - u f_real > 0) + mean(f_fake where 1 + u f_fake > 0)
     #                    = (0 - 0.5) / 2 + (0 + 3) / 2 = 1.25
     assert head.u.item() == pytest.approx(1 - 0.01 * 1.25)
     assert generator_loss(PassThrough(), TwoWayProductHead(), fake, sent, two_way=True).item() == pytest.approx(-2.375)
     scale = torch.nn.Parameter(torch.ones(1))
-    g_step(PassThrough(), TwoWayProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent, two_way=True)
+    update_of(PassThrough(), TwoWayProductHead(), opt_g=torch.optim.SGD([scale], lr=0.1), two_way=True).g_step(
+        scale * fake, sent)
     # d/dscale (-mean(scale f s) - mean(scale f)) = -1.375 - 1
     assert scale.item() == pytest.approx(1 + 0.1 * 2.375)
 
@@ -493,10 +503,12 @@ def test_magp_off_is_not_computed_and_leaves_the_hinge_step():
     losses = discriminator_losses(PassThrough(), ProductHead(), real, fake, sent, magp_k=0.0)
     assert losses['MAGP'].item() == 0.0 and losses['errD'].item() == pytest.approx(0.5 + (2.375 + 2.0625) / 2)
     head = ProductHead()
-    d_step(PassThrough(), head, torch.optim.SGD(head.parameters(), lr=1e-3), real, fake, sent, magp_k=0.0)
+    update_of(PassThrough(), head, opt_d=torch.optim.SGD(head.parameters(), lr=1e-3), magp_k=0.0).d_step(
+        real, fake, sent)
     assert head.w.item() == pytest.approx(1 - 1e-3 * (-0.5 + (1.375 + 1.0625) / 2))
     net = PassThroughWithHead()
-    losses = d_step_v1(net, torch.optim.SGD(net.parameters(), lr=1e-3), real, fake, sent, magp_k=0.0)
+    update = update_of(net, opt_d=torch.optim.SGD(net.parameters(), lr=1e-3), version=2020, magp_k=0.0)
+    losses = update.d_step_v1(real, fake, sent)
     # the 2020 update takes its hinge step only
     assert net.COND_DNET.w.item() == pytest.approx(1 - 1e-3 * (-0.5 + 1.375 / 2 + 2.0 / 2))
     assert losses['MAGP'].item() == 0.0
@@ -505,12 +517,12 @@ def test_magp_off_is_not_computed_and_leaves_the_hinge_step():
 def test_damsm_term_joins_the_g_step_by_hand():
     real, fake, sent = hand_case()
     scale = torch.nn.Parameter(torch.ones(1))
-    losses = g_step(PassThrough(), ProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent,
-                    damsm=lambda images: 0.5 * (images ** 2).mean())
+    update = update_of(PassThrough(), ProductHead(), opt_g=torch.optim.SGD([scale], lr=0.1))
+    losses = update.g_step(scale * fake, sent, damsm=lambda images: 0.5 * (images ** 2).mean())
     assert losses['DAMSM'].item() == pytest.approx(0.5 * (1 + 9) / 2)
     # d/dscale = -1.375 + 0.5 * 2 * scale * mean(f^2) = -1.375 + 5
     assert scale.item() == pytest.approx(1 - 0.1 * (5 - 1.375))
-    assert 'DAMSM' not in g_step(PassThrough(), ProductHead(), torch.optim.SGD([scale], lr=0.1), scale * fake, sent)
+    assert 'DAMSM' not in update.g_step(scale * fake, sent)
 
 
 def test_magp_equals_per_sample_autograd_on_the_real_networks():

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets import Batch
+from helpers import gan_int_cls_update
 from miscc.core.config import ConfigError, load_config
 from miscc.data.hd5 import Hd5Batch
 from miscc.families import FAMILIES, family_of
@@ -395,8 +396,8 @@ def test_discriminator_step_scores_the_three_pairs(mismatch):
     opt_g, opt_d = fam.make_optimizers(g, d)
     g_before, d_before = _params(g), _params(d)
     opts = fam.GanIntClsOptions(mismatch=mismatch)
-    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, wrong_images=wrong_images,
-                                 noise=z, noise_dim=6)
+    out = gan_int_cls_update(g, d, opts, opt_d=opt_d, noise_dim=6).d_step(images, emb, wrong_images=wrong_images,
+                                                                        noise=z)
     (g_in, fake), = g.calls
     assert torch.equal(g_in[0], z) and torch.equal(g_in[1], emb)
     (real_in, real_out), (wrong_in, wrong_out), (fake_in, fake_out) = d.calls
@@ -420,8 +421,8 @@ def test_discriminator_step_takes_given_wrong_texts():
     images, emb, _, z = _batch()
     wrong = torch.randn_like(emb)
     _, opt_d = fam.make_optimizers(g, d)
-    fam.discriminator_step(g, d, opt_d, images, emb, fam.GanIntClsOptions(), wrong_embeddings=wrong,
-                           noise_dim=6)
+    gan_int_cls_update(g, d, fam.GanIntClsOptions(), opt_d=opt_d, noise_dim=6).d_step(images, emb,
+                                                                                       wrong_embeddings=wrong)
     assert torch.equal(d.calls[1][0][1], wrong)
 
 
@@ -430,8 +431,7 @@ def test_image_mismatch_needs_wrong_images():
     images, emb, _, _ = _batch()
     _, opt_d = fam.make_optimizers(g, d)
     with pytest.raises(ValueError, match='wrong images'):
-        fam.discriminator_step(g, d, opt_d, images, emb, fam.GanIntClsOptions(mismatch='image'),
-                               noise_dim=6)
+        gan_int_cls_update(g, d, fam.GanIntClsOptions(mismatch='image'), opt_d=opt_d, noise_dim=6).d_step(images, emb)
 
 
 def test_generator_step_with_interpolation_and_stabilisers():
@@ -440,8 +440,8 @@ def test_generator_step_with_interpolation_and_stabilisers():
     z_int = torch.randn(4, 6)
     opt_g, opt_d = fam.make_optimizers(g, d)
     g_before, d_before = _params(g), _params(d)
-    out = fam.generator_step(g, d, opt_g, images, emb, fam.GanIntClsOptions(), noise=z,
-                             interp_noise=z_int, noise_dim=6)
+    out = gan_int_cls_update(g, d, fam.GanIntClsOptions(), opt_g=opt_g, noise_dim=6).g_step(images, emb, noise=z,
+                                                                                             interp_noise=z_int)
     (g1_in, fake), (g2_in, fake_mixed) = g.calls
     midpoint = 0.5 * emb + 0.5 * emb.roll(1, 0)
     assert torch.equal(g1_in[0], z) and torch.equal(g1_in[1], emb)
@@ -467,7 +467,7 @@ def test_generator_step_switches_off():
     images, emb, _, z = _batch()
     opt_g, _ = fam.make_optimizers(g, d)
     opts = fam.GanIntClsOptions(interpolation=False, feature_matching=0.0, l1=0.0)
-    out = fam.generator_step(g, d, opt_g, images, emb, opts, noise=z, noise_dim=6)
+    out = gan_int_cls_update(g, d, opts, opt_g=opt_g, noise_dim=6).g_step(images, emb, noise=z)
     assert len(g.calls) == 1 and len(d.calls) == 1
     assert set(out) == {'g_loss', 'g_adv', 'fake_images'}
     assert out['g_loss'].item() == out['g_adv'].item()
@@ -479,12 +479,12 @@ def test_wgan_critic_step_clips_and_generator_uses_scores():
     opt_g, opt_d = fam.make_optimizers(g, d)
     opts = fam.GanIntClsOptions(loss='wgan', mismatch='image', mismatch_weight=1.0,
                                 interpolation=False, feature_matching=0.0, l1=0.0)
-    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, wrong_images=wrong_images, noise=z)
+    out = gan_int_cls_update(g, d, opts, opt_d=opt_d).d_step(images, emb, wrong_images=wrong_images, noise=z)
     r, w, f = (c[1][0].detach() for c in d.calls)
     assert out['d_loss'].item() == pytest.approx((w.mean() + f.mean() - r.mean()).item(), rel=1e-5)
     assert all(p.abs().max().item() <= 0.01 for p in d.parameters())
     d.calls.clear()
-    out = fam.generator_step(g, d, opt_g, images, emb, opts, noise=z)
+    out = gan_int_cls_update(g, d, opts, opt_g=opt_g).g_step(images, emb, noise=z)
     assert out['g_loss'].item() == pytest.approx(-d.calls[0][1][0].mean().item(), rel=1e-6)
 
 
@@ -496,7 +496,7 @@ def test_wgan_gp_critic_step_adds_the_penalty_and_does_not_clip():
     torch.manual_seed(7)
     alpha = torch.rand(4)            # the step draws the same alpha after the same seed
     torch.manual_seed(7)
-    out = fam.discriminator_step(g, d, opt_d, images, emb, opts, noise=z)
+    out = gan_int_cls_update(g, d, opts, opt_d=opt_d).d_step(images, emb, noise=z)
     (_, r), (_, w), (fake_in, f) = [(c[0], c[1][0].detach()) for c in d.calls[:3]]
     mixed_in, _ = d.calls[3]                                     # the interpolates, right text
     fake = fake_in[0]
@@ -513,10 +513,10 @@ def test_unconditional_steps_ignore_text():
     images, _, _, z = _batch()
     opt_g, opt_d = fam.make_optimizers(g, d)
     opts = fam.GanIntClsOptions(conditional=False)       # CLS and INT switched on, but no text
-    out_d = fam.discriminator_step(g, d, opt_d, images, None, opts, noise=z)
+    out_d = gan_int_cls_update(g, d, opts, opt_d=opt_d).d_step(images, None, noise=z)
     assert [len(c[0]) for c in d.calls] == [1, 1] and 'd_wrong' not in out_d
     d.calls.clear()
-    out_g = fam.generator_step(g, d, opt_g, images, None, opts, noise=z)
+    out_g = gan_int_cls_update(g, d, opts, opt_g=opt_g).g_step(images, None, noise=z)
     assert len(g.calls) == 2 and 'g_int' not in out_g      # one fake per step, no interpolation
 
 
@@ -581,7 +581,7 @@ def test_family_optimisers_are_the_papers_adam():
 
 
 def _update(cfg, monkeypatch, text_encoder=None):
-    """The family's update on tiny networks; records the calls of the two step functions."""
+    """The family's update on tiny networks; records the calls of its two steps."""
     family = FAMILIES['gan_int_cls']
     torch.manual_seed(0)
     nets = family.build_networks(cfg)
@@ -589,13 +589,13 @@ def _update(cfg, monkeypatch, text_encoder=None):
     update = family.make_update(cfg, nets, modules, {'text_encoder': text_encoder, 'image_encoder': None},
                                 family.make_optimizers(cfg, nets))
     calls = []
-    for name in ('discriminator_step', 'generator_step'):
-        real = getattr(fam, name)
+    for name in ('d_step', 'g_step'):
+        real = getattr(update, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
             calls.append((_name, args, kwargs))
             return _real(*args, **kwargs)
-        monkeypatch.setattr(fam, name, spy)
+        monkeypatch.setattr(update, name, spy)
     return update, calls
 
 
@@ -617,7 +617,7 @@ def test_wgan_update_takes_a_g_step_after_its_critic_steps(monkeypatch):
         steps.append('g_loss' in losses)
         assert all(isinstance(v, float) for v in losses.values()) and 'fake_images' not in losses
     assert steps == [False, False, True, False, False, True, False]
-    assert [c[0] for c in calls].count('generator_step') == 2
+    assert [c[0] for c in calls].count('g_step') == 2
     assert update.state_dict() == {'generator_steps': 2, 'critic_steps': 1}
     assert update.last_fake.shape == (3, 3, 64, 64)
     # the counters come back from a state
@@ -641,7 +641,7 @@ def test_hd5_update_uses_the_batchs_mismatches(monkeypatch):
         losses = update(batch)
         assert 'g_loss' in losses and 'd_wrong' in losses
         (_, d_args, d_kwargs), (_, g_args, _) = calls
-        assert torch.equal(d_args[4], batch.embeddings) and torch.equal(g_args[4], batch.embeddings)
+        assert torch.equal(d_args[1], batch.embeddings) and torch.equal(g_args[1], batch.embeddings)
         assert torch.equal(d_kwargs['wrong_images'], batch.wrong_images)
         assert torch.equal(d_kwargs['wrong_embeddings'], batch.wrong_embeddings)
 
@@ -661,5 +661,5 @@ def test_damsm_update_encodes_captions_and_rolls_the_batch(monkeypatch):
                   torch.arange(3), ['a', 'b', 'c'])
     update(batch)
     (_, d_args, d_kwargs), _ = calls
-    assert d_args[4][:, 0].tolist() == [1.0, 3.0, 5.0]                 # the encoder's sentence codes
+    assert d_args[1][:, 0].tolist() == [1.0, 3.0, 5.0]                 # the encoder's sentence codes
     assert torch.equal(d_kwargs['wrong_images'], images.roll(1, 0)) and d_kwargs['wrong_embeddings'] is None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets import DataError
-from helpers import HD5_EMB, hd5_jpeg as _jpeg, write_hd5, write_hd5_example as _example
+from helpers import HD5_EMB, gan_int_cls_update, hd5_jpeg as _jpeg, write_hd5, write_hd5_example as _example
 from miscc.core.config import load_config
 from miscc.data.hd5 import Hd5Dataset, Hd5Error
 from miscc.families import gan_int_cls as fam
@@ -119,10 +119,10 @@ def test_config_keys():
 
 
 def _train_step(batch, g, d, opt_g, opt_d, opts):
-    d_out = fam.discriminator_step(g, d, opt_d, batch['image'], batch['embedding'], opts,
-                                   wrong_images=batch['wrong_image'],
-                                   wrong_embeddings=batch['wrong_embedding'], noise_dim=8)
-    g_out = fam.generator_step(g, d, opt_g, batch['image'], batch['embedding'], opts, noise_dim=8)
+    update = gan_int_cls_update(g, d, opts, opt_d=opt_d, opt_g=opt_g, noise_dim=8)
+    d_out = update.d_step(batch['image'], batch['embedding'], wrong_images=batch['wrong_image'],
+                          wrong_embeddings=batch['wrong_embedding'])
+    g_out = update.g_step(batch['image'], batch['embedding'])
     return d_out['d_loss'].item(), g_out['g_loss'].item()
 
 

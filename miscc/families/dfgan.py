@@ -37,13 +37,13 @@ from models.dfgan import NetC, NetD, NetD_v1, NetG, NetG_v1
 from ..core.checkpoint import (CheckpointError, load_dfgan_checkpoint, load_file, load_model_state, read_dfgan_checkpoint,
                                unwrap_model)
 from ..core.config import ConfigError
-from .base import Family, Update, check_image_size, frozen, loss_floats
+from .base import Family, Update, check_image_size, frozen, loss_floats, optimizer_step
 from .losses import (damsm_loss, damsm_smoothing, discriminator_hinge_loss, generator_adversarial_loss, hinge_accept,
                      hinge_reject, matching_aware_gp)
 
 __all__ = ['GENERATOR_LR', 'DISCRIMINATOR_LR', 'BETAS', 'MAGP_P', 'MAGP_K', 'TRUNCATION_BOUND',
            'build_optimizers', 'mismatched_features',
-           'discriminator_losses', 'd_step', 'generator_loss', 'g_step', 'd_step_v1', 'g_step_v1',
+           'discriminator_losses', 'generator_loss',
            'truncated_normal', 'sample_noise', 'DFGANUpdate', 'DFGAN',
            'DFGANv1']
 
@@ -98,69 +98,12 @@ def discriminator_losses(netD, netC, real: torch.Tensor, fake: torch.Tensor, sen
     return losses
 
 
-def d_step(netD, netC, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
-           magp_p: float = MAGP_P, magp_k: float = MAGP_K, two_way: bool = False) -> dict:
-    """One DF-GAN 2022 D update (hinge terms + MA-GP, one optimiser step).
-    Returns the detached loss terms of :func:`discriminator_losses`."""
-    losses = discriminator_losses(netD, netC, real, fake, sent, magp_p, magp_k, two_way)
-    optimizer_d.zero_grad(set_to_none=True)
-    losses['errD'].backward()
-    optimizer_d.step()
-    return {k: v.detach() for k, v in losses.items()}
-
-
 def generator_loss(netD, netC, fake: torch.Tensor, sent: torch.Tensor, two_way: bool = False) -> torch.Tensor:
     """``-mean(C(D(fake), sent))``, with ``two_way`` ``- mean(U(D(fake)))`` too; fake B x 3 x S x S
     with G's graph, sent B x D."""
     features = netD(fake)
     loss = generator_adversarial_loss(netC(features, sent))
     return loss + generator_adversarial_loss(netC(features)) if two_way else loss
-
-
-def g_step(netD, netC, optimizer_g, fake: torch.Tensor, sent: torch.Tensor, two_way: bool = False,
-           damsm=None) -> dict:
-    """One DF-GAN G update on the fake images of this iteration (made before the D step).
-    D and C get no gradients. ``damsm``: None, or a function of the fakes giving the weighted
-    DAMSM loss added to G's (``TRAIN.LAMBDA_DA``; its image encoder must be frozen).
-    Returns ``{'errG'}`` detached, with ``'DAMSM'`` when ``damsm`` is given."""
-    with frozen(netD, netC):
-        err_g = generator_loss(netD, netC, fake, sent.detach(), two_way)
-        extra = damsm(fake) if damsm is not None else None
-        optimizer_g.zero_grad(set_to_none=True)
-        (err_g if extra is None else err_g + extra).backward()
-    optimizer_g.step()
-    return dict(errG=err_g.detach()) if extra is None else dict(errG=err_g.detach(), DAMSM=extra.detach())
-
-
-def d_step_v1(netD, optimizer_d, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor,
-              magp_p: float = MAGP_P, magp_k: float = MAGP_K) -> dict:
-    """DF-GAN 2020's D update: a hinge step (mismatch: features 0..B-2 with sentences 1..B-1),
-    then an MA-GP step on a new real pass. ``netD.COND_DNET`` is the matching head (reached
-    through a DataParallel/DDP wrapper's ``module``)."""
-    head = getattr(netD, 'module', netD).COND_DNET
-    sent = sent.detach()
-    err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(head, netD(real.detach()),
-                                                                  netD(fake.detach()), sent)
-    optimizer_d.zero_grad(set_to_none=True)
-    err_d.backward()
-    optimizer_d.step()
-    if not magp_k:          # MA-GP off: no second step
-        gp = err_d.new_zeros(())
-    else:
-        real_gp = real.detach().requires_grad_(True)
-        sent_gp = sent.requires_grad_(True)
-        gp = matching_aware_gp(head(netD(real_gp), sent_gp), real_gp, sent_gp, p=magp_p, k=magp_k)
-        optimizer_d.zero_grad(set_to_none=True)
-        gp.backward()
-        optimizer_d.step()
-    return dict(errD=err_d.detach(), errD_real=err_real.detach(), errD_fake=err_fake.detach(),
-                errD_mismatch=err_mis.detach(), MAGP=gp.detach())
-
-
-def g_step_v1(netD, optimizer_g, fake: torch.Tensor, sent: torch.Tensor, damsm=None) -> dict:
-    """DF-GAN 2020's G update: ``-mean(COND_DNET(D(fake), sent))`` (+ ``damsm``, as :func:`g_step`)."""
-    bare = getattr(netD, 'module', netD)
-    return g_step(netD, bare.COND_DNET, optimizer_g, fake, sent, damsm=damsm)
 
 
 def truncated_normal(shape, bound: float = TRUNCATION_BOUND, generator: torch.Generator | None = None,
@@ -195,7 +138,7 @@ def sample_noise(batch_size: int, z_dim: int, truncation: bool = False, trunc_ra
 class DFGANUpdate(Update):
     """One DF-GAN iteration on a ``datasets.Batch`` with the frozen DAMSM text encoder:
     sentence codes (no gradient), fake = G(randn, sent), the D step, the G step on the same
-    fakes (2022: :func:`d_step` / :func:`g_step`; 2020: :func:`d_step_v1` / :func:`g_step_v1`).
+    fakes (2022: ``d_step``; 2020: ``d_step_v1``; both ``g_step``), top to bottom below.
 
     ``nets`` are the bare networks, ``modules`` their device-wrapped forms (DDP...), used for
     the forward passes of G and of the D step; the G step runs through the bare D (and C)
@@ -233,16 +176,51 @@ class DFGANUpdate(Update):
         if self.lambda_da:
             damsm = functools.partial(self._damsm_term, words=words, sent=sent, cap_lens=batch.cap_lens,
                                       class_ids=batch.class_ids)
-        if self.version == 2022:
-            losses = d_step(self.wrapped_D, self.wrapped_C, self.optD, imgs, fake, sent, self.magp_p, self.magp_k,
-                            self.two_way)
-            d_for_g, c_for_g = (self.netD, self.netC) if self.distributed else (self.wrapped_D, self.wrapped_C)
-            losses.update(g_step(d_for_g, c_for_g, self.optG, fake, sent, self.two_way, damsm))
-        else:
-            losses = d_step_v1(self.wrapped_D, self.optD, imgs, fake, sent, self.magp_p, self.magp_k)
-            losses.update(g_step_v1(self.netD if self.distributed else self.wrapped_D, self.optG, fake, sent, damsm))
+        d_step = self.d_step if self.version == 2022 else self.d_step_v1
+        losses = d_step(imgs, fake, sent)
+        losses.update(self.g_step(fake, sent, damsm))
         self.last_real, self.last_fake = imgs, fake.detach()
         return loss_floats(losses)
+
+    def d_step(self, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor) -> dict:
+        """DF-GAN 2022's D update: the hinge terms + MA-GP (:func:`discriminator_losses`), one
+        optimiser step. Returns the detached loss terms."""
+        losses = discriminator_losses(self.wrapped_D, self.wrapped_C, real, fake, sent, self.magp_p, self.magp_k,
+                                      self.two_way)
+        optimizer_step(self.optD, losses['errD'])
+        return {k: v.detach() for k, v in losses.items()}
+
+    def d_step_v1(self, real: torch.Tensor, fake: torch.Tensor, sent: torch.Tensor) -> dict:
+        """DF-GAN 2020's D update: a hinge step (mismatch: features 0..B-2 with sentences 1..B-1),
+        then an MA-GP step on a new real pass (none with MA-GP off). The matching head is the bare
+        D's ``COND_DNET``."""
+        D, head = self.wrapped_D, self.netD.COND_DNET
+        sent = sent.detach()
+        err_d, err_real, err_fake, err_mis = discriminator_hinge_loss(head, D(real.detach()), D(fake.detach()), sent)
+        optimizer_step(self.optD, err_d)
+        if not self.magp_k:          # MA-GP off: no second step
+            gp = err_d.new_zeros(())
+        else:
+            real_gp, sent_gp = real.detach().requires_grad_(True), sent.requires_grad_(True)
+            gp = matching_aware_gp(head(D(real_gp), sent_gp), real_gp, sent_gp, p=self.magp_p, k=self.magp_k)
+            optimizer_step(self.optD, gp)
+        return dict(errD=err_d.detach(), errD_real=err_real.detach(), errD_fake=err_fake.detach(),
+                    errD_mismatch=err_mis.detach(), MAGP=gp.detach())
+
+    def g_step(self, fake: torch.Tensor, sent: torch.Tensor, damsm=None) -> dict:
+        """One G update on the fake images of this iteration (made before the D step):
+        ``-mean(C(D(fake), sent))`` (2020: the bare D's ``COND_DNET`` as C; with the two-way
+        output also ``- mean(U(D(fake)))``), + ``damsm(fake)`` when given (the weighted DAMSM
+        loss, ``TRAIN.LAMBDA_DA``). D and C get no gradients; under DDP the pass runs through the
+        bare D, so that it takes no part in D's gradient synchronisation. Returns ``{'errG'}``
+        detached, with ``'DAMSM'`` when ``damsm`` is given."""
+        head = self.netC if self.version == 2022 else self.netD.COND_DNET
+        D, C = (self.netD, head) if self.distributed else (self.wrapped_D, self.wrapped_C or head)
+        with frozen(self.netD, head):
+            err_g = generator_loss(D, C, fake, sent.detach(), self.two_way)
+            extra = damsm(fake) if damsm is not None else None
+            optimizer_step(self.optG, err_g if extra is None else err_g + extra)
+        return dict(errG=err_g.detach()) if extra is None else dict(errG=err_g.detach(), DAMSM=extra.detach())
 
 
 class DFGAN(Family):

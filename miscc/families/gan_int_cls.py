@@ -56,7 +56,7 @@ from .base import Family, Update, adam_for_g_and_d, frozen, loss_floats
 __all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_config', 'embedding_dim', 'bce_with_logits', 'discriminator_loss', 'critic_loss',
            'generator_adversarial_loss', 'generator_critic_loss', 'gradient_penalty', 'feature_matching_loss',
            'l1_distance', 'interpolate_embeddings', 'shifted_in_batch', 'clip_weights_',
-           'critic_iterations', 'make_optimizers', 'discriminator_step', 'generator_step',
+           'critic_iterations', 'make_optimizers',
            'LOSSES', 'CRITIC_LOSSES', 'MISMATCHES', 'check_critic']
 
 LOSSES = ('gan', 'wgan', 'wgan_gp')
@@ -266,111 +266,6 @@ def _score(discriminator: nn.Module, images: torch.Tensor, embeddings: Optional[
     return discriminator(images, embeddings) if conditional else discriminator(images)
 
 
-def discriminator_step(generator: nn.Module, discriminator: nn.Module,
-                       optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                       embeddings: Optional[torch.Tensor], options: GanIntClsOptions, *,
-                       wrong_images: Optional[torch.Tensor] = None,
-                       wrong_embeddings: Optional[torch.Tensor] = None,
-                       noise: Optional[torch.Tensor] = None,
-                       noise_dim: int = 100) -> Dict[str, torch.Tensor]:
-    """One D (or critic) update on a batch; returns the loss, its terms and the fakes it
-    scored (``fake_images`` B x 3 x 64 x 64), detached.
-
-    images B x 3 x 64 x 64 in [-1, 1]; embeddings B x E (ignored when unconditional);
-    wrong_images B x 3 x 64 x 64 (``mismatch='image'``, required) or wrong_embeddings B x E
-    (``mismatch='text'``; default: the batch's embeddings shifted by one); noise B x noise_dim
-    (default: drawn from N(0, 1)). D scores real/right, then the mismatching pair, then
-    fake/right, each as its own batch (BN statistics per pass), as the implementation does.
-    The WGAN variant clips D's weights after the step; WGAN-GP adds ``GP_WEIGHT`` x
-    ``gradient_penalty`` on real/fake interpolates with the right text (term ``d_gp``).
-    """
-    conditional = options.conditional
-    cond = embeddings if conditional else None
-    with torch.no_grad():
-        fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
-    optimizer.zero_grad(set_to_none=True)
-    real_logits, _ = _score(discriminator, images, cond, conditional)
-    wrong_logits = None
-    if options.uses_cls:
-        if options.mismatch == 'image':
-            if wrong_images is None:
-                raise ValueError("GAN_INT_CLS.MISMATCH 'image' needs the batch's wrong images "
-                                 "(images that do not match the texts)")
-            wrong_logits, _ = discriminator(wrong_images, embeddings)
-        else:
-            wrong_text = shifted_in_batch(embeddings) if wrong_embeddings is None else wrong_embeddings
-            wrong_logits, _ = discriminator(images, wrong_text)
-    fake_logits, _ = _score(discriminator, fake, cond, conditional)
-    if options.uses_critic:
-        loss, terms = critic_loss(real_logits, fake_logits, wrong_logits, options.mismatch_weight)
-        if options.loss == 'wgan_gp':
-            terms['d_gp'] = gradient_penalty(discriminator, images, fake, cond, conditional)
-            loss = loss + options.gp_weight * terms['d_gp']
-    else:
-        loss, terms = discriminator_loss(real_logits, fake_logits, wrong_logits,
-                                         1.0 - options.label_smoothing, options.mismatch_weight)
-    loss.backward()
-    optimizer.step()
-    if options.loss == 'wgan':
-        clip_weights_(discriminator, options.clip)
-    out = {'d_loss': loss.detach(), 'fake_images': fake}
-    out.update({k: v.detach() for k, v in terms.items()})
-    return out
-
-
-def generator_step(generator: nn.Module, discriminator: nn.Module,
-                   optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                   embeddings: Optional[torch.Tensor], options: GanIntClsOptions, *,
-                   noise: Optional[torch.Tensor] = None,
-                   interp_noise: Optional[torch.Tensor] = None,
-                   interp_partners: Optional[torch.Tensor] = None,
-                   noise_dim: int = 100) -> Dict[str, torch.Tensor]:
-    """One G update; returns the loss, its terms and the fakes (B x 3 x 64 x 64), detached.
-
-    ``g_loss = adv(D(G(z, h), h)) + FEATURE_MATCHING * fm + L1 * |G(z, h) - x|
-    + INT_WEIGHT * adv(D(G(z', h_i), h_i))`` with ``h_i = beta h + (1 - beta) h2``, h2 =
-    ``interp_partners`` (B x E; default: the batch's embeddings shifted by one), ``adv`` the
-    BCE or the WGAN G loss. Feature matching compares the batch means of D's image features
-    for the fakes and for the real images (a second D pass on them, no gradient). D's
-    parameters get no gradients here; its BN layers run as they are (train mode updates
-    their statistics, as in the implementation).
-    """
-    conditional = options.conditional
-    cond = embeddings if conditional else None
-    adversarial = generator_critic_loss if options.uses_critic else generator_adversarial_loss
-    optimizer.zero_grad(set_to_none=True)
-    with frozen(discriminator):
-        fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
-        fake_logits, fake_features = _score(discriminator, fake, cond, conditional)
-        g_adv = adversarial(fake_logits)
-        loss = g_adv
-        terms = {'g_adv': g_adv}
-        if options.feature_matching > 0:
-            with torch.no_grad():
-                _, real_features = _score(discriminator, images, cond, conditional)
-            fm = feature_matching_loss(fake_features, real_features)
-            loss = loss + options.feature_matching * fm
-            terms['g_feature_matching'] = fm
-        if options.l1 > 0:
-            l1 = l1_distance(fake, images)
-            loss = loss + options.l1 * l1
-            terms['g_l1'] = l1
-        if options.uses_interpolation:
-            partners = shifted_in_batch(embeddings) if interp_partners is None else interp_partners
-            mixed = interpolate_embeddings(embeddings, partners, options.int_beta)
-            fake_mixed = generator(_noise(interp_noise, images, noise_dim), mixed)
-            mixed_logits, _ = discriminator(fake_mixed, mixed)
-            g_int = adversarial(mixed_logits)
-            loss = loss + options.int_weight * g_int
-            terms['g_int'] = g_int
-        loss.backward()
-    optimizer.step()
-    out = {'g_loss': loss.detach(), 'fake_images': fake.detach()}
-    out.update({k: v.detach() for k, v in terms.items()})
-    return out
-
-
-# --------------------------------------------------------------------------- the family
 def options_from_config(cfg) -> GanIntClsOptions:
     """The update's options of the ``GAN_INT_CLS`` section; a bad value is a ConfigError naming its key."""
     try:
@@ -414,7 +309,9 @@ class GanIntClsUpdate(Update):
     image for ``MISMATCH='image'``, its embedding for 'text'); a ``datasets.Batch`` is
     encoded by the frozen DAMSM text encoder and its mismatches are the batch rolled by
     one (as SSA-GAN's). ``state_dict`` holds the step counters, so a resumed run continues
-    in the middle of a critic phase exactly.
+    in the middle of a critic phase exactly. ``__call__``, ``d_step`` and ``g_step`` read top to
+    bottom below; ``wrapped_G`` / ``wrapped_D`` are the device-wrapped modules, ``netG`` / ``netD``
+    the bare ones.
     """
 
     def __init__(self, nets: dict, modules: dict, encoders: dict, optimizers: dict,
@@ -459,21 +356,121 @@ class GanIntClsUpdate(Update):
         as floats: ``d_loss`` and its terms; ``g_loss`` and its terms on G-step iterations."""
         images = batch.images.to(self.device, non_blocking=True)
         emb, wrong_images, wrong_emb = self.conditioning(batch, images)
-        o = self.options
-        losses = discriminator_step(self.wrapped_G, self.wrapped_D, self.optD, images, emb, o, wrong_images=wrong_images,
-                                    wrong_embeddings=wrong_emb, noise_dim=self.z_dim)
+        losses = self.d_step(images, emb, wrong_images=wrong_images, wrong_embeddings=wrong_emb)
         fake = losses.pop('fake_images')
         self.critic_steps += 1
         if self.g_step_due():
-            # Under DDP the G step's pass through D must not take part in D's gradient sync.
-            d_for_g = self.netD if self.distributed else self.wrapped_D
-            g = generator_step(self.wrapped_G, d_for_g, self.optG, images, emb, o, noise_dim=self.z_dim)
+            g = self.g_step(images, emb)
             fake = g.pop('fake_images')
             losses.update(g)
             self.generator_steps += 1
             self.critic_steps = 0
         self.last_real, self.last_fake = images, fake
         return loss_floats(losses)
+
+    def d_step(self, images: torch.Tensor, embeddings: Optional[torch.Tensor], *,
+               wrong_images: Optional[torch.Tensor] = None,
+               wrong_embeddings: Optional[torch.Tensor] = None,
+               noise: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """One D (or critic) update on a batch; returns the loss, its terms and the fakes it
+        scored (``fake_images`` B x 3 x 64 x 64), detached.
+
+        images B x 3 x 64 x 64 in [-1, 1]; embeddings B x E (ignored when unconditional);
+        wrong_images B x 3 x 64 x 64 (``mismatch='image'``, required) or wrong_embeddings B x E
+        (``mismatch='text'``; default: the batch's embeddings shifted by one); noise B x noise_dim
+        (default: drawn from N(0, 1)). D scores real/right, then the mismatching pair, then
+        fake/right, each as its own batch (BN statistics per pass), as the implementation does.
+        The WGAN variant clips D's weights after the step; WGAN-GP adds ``GP_WEIGHT`` x
+        ``gradient_penalty`` on real/fake interpolates with the right text (term ``d_gp``).
+        """
+        generator, discriminator, optimizer = self.wrapped_G, self.wrapped_D, self.optD
+        options, noise_dim = self.options, self.z_dim
+        conditional = options.conditional
+        cond = embeddings if conditional else None
+        with torch.no_grad():
+            fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
+        optimizer.zero_grad(set_to_none=True)
+        real_logits, _ = _score(discriminator, images, cond, conditional)
+        wrong_logits = None
+        if options.uses_cls:
+            if options.mismatch == 'image':
+                if wrong_images is None:
+                    raise ValueError("GAN_INT_CLS.MISMATCH 'image' needs the batch's wrong images "
+                                     "(images that do not match the texts)")
+                wrong_logits, _ = discriminator(wrong_images, embeddings)
+            else:
+                wrong_text = shifted_in_batch(embeddings) if wrong_embeddings is None else wrong_embeddings
+                wrong_logits, _ = discriminator(images, wrong_text)
+        fake_logits, _ = _score(discriminator, fake, cond, conditional)
+        if options.uses_critic:
+            loss, terms = critic_loss(real_logits, fake_logits, wrong_logits, options.mismatch_weight)
+            if options.loss == 'wgan_gp':
+                terms['d_gp'] = gradient_penalty(discriminator, images, fake, cond, conditional)
+                loss = loss + options.gp_weight * terms['d_gp']
+        else:
+            loss, terms = discriminator_loss(real_logits, fake_logits, wrong_logits,
+                                             1.0 - options.label_smoothing, options.mismatch_weight)
+        loss.backward()
+        optimizer.step()
+        if options.loss == 'wgan':
+            clip_weights_(discriminator, options.clip)
+        out = {'d_loss': loss.detach(), 'fake_images': fake}
+        out.update({k: v.detach() for k, v in terms.items()})
+        return out
+
+    def g_step(self, images: torch.Tensor, embeddings: Optional[torch.Tensor], *,
+               noise: Optional[torch.Tensor] = None,
+               interp_noise: Optional[torch.Tensor] = None,
+               interp_partners: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """One G update; returns the loss, its terms and the fakes (B x 3 x 64 x 64), detached.
+
+        ``g_loss = adv(D(G(z, h), h)) + FEATURE_MATCHING * fm + L1 * |G(z, h) - x|
+        + INT_WEIGHT * adv(D(G(z', h_i), h_i))`` with ``h_i = beta h + (1 - beta) h2``, h2 =
+        ``interp_partners`` (B x E; default: the batch's embeddings shifted by one), ``adv`` the
+        BCE or the WGAN G loss. Feature matching compares the batch means of D's image features
+        for the fakes and for the real images (a second D pass on them, no gradient). D's
+        parameters get no gradients here; its BN layers run as they are (train mode updates
+        their statistics, as in the implementation). Under DDP the pass runs through the bare D, so
+        that it takes no part in D's gradient synchronisation.
+        """
+        discriminator = self.netD if self.distributed else self.wrapped_D
+        generator, optimizer, options, noise_dim = self.wrapped_G, self.optG, self.options, self.z_dim
+        conditional = options.conditional
+        cond = embeddings if conditional else None
+        adversarial = generator_critic_loss if options.uses_critic else generator_adversarial_loss
+        optimizer.zero_grad(set_to_none=True)
+        with frozen(discriminator):
+            fake = _generate(generator, _noise(noise, images, noise_dim), cond, conditional)
+            fake_logits, fake_features = _score(discriminator, fake, cond, conditional)
+            g_adv = adversarial(fake_logits)
+            loss = g_adv
+            terms = {'g_adv': g_adv}
+            if options.feature_matching > 0:
+                with torch.no_grad():
+                    _, real_features = _score(discriminator, images, cond, conditional)
+                fm = feature_matching_loss(fake_features, real_features)
+                loss = loss + options.feature_matching * fm
+                terms['g_feature_matching'] = fm
+            if options.l1 > 0:
+                l1 = l1_distance(fake, images)
+                loss = loss + options.l1 * l1
+                terms['g_l1'] = l1
+            if options.uses_interpolation:
+                partners = shifted_in_batch(embeddings) if interp_partners is None else interp_partners
+                mixed = interpolate_embeddings(embeddings, partners, options.int_beta)
+                fake_mixed = generator(_noise(interp_noise, images, noise_dim), mixed)
+                mixed_logits, _ = discriminator(fake_mixed, mixed)
+                g_int = adversarial(mixed_logits)
+                loss = loss + options.int_weight * g_int
+                terms['g_int'] = g_int
+            loss.backward()
+        optimizer.step()
+        out = {'g_loss': loss.detach(), 'fake_images': fake.detach()}
+        out.update({k: v.detach() for k, v in terms.items()})
+        return out
+
+
+    # --------------------------------------------------------------------------- the family
 
 
 class GanIntCls(Family):
