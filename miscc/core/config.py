@@ -28,8 +28,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 __all__ = ['Config', 'ConfigError', 'DEFAULTS', 'OFFICIAL_UNUSED', 'CHOICES', 'default_config', 'load_config',
-           'parse_overrides',
-           'check_values']
+           'parse_overrides', 'check_values']
 
 
 class ConfigError(ValueError):
@@ -312,6 +311,9 @@ def _merged(base: Mapping, extra: Mapping) -> dict:
     return out
 
 
+_ACCEPTED = _merged(DEFAULTS, OFFICIAL_UNUSED)   # every key a config holds (Config copies it)
+
+
 def _type_name(value: Any) -> str:
     return type(value).__name__
 
@@ -473,7 +475,7 @@ class Config:
 
 def default_config() -> Config:
     """A fresh, unfrozen config holding the defaults."""
-    return Config(_merged(DEFAULTS, OFFICIAL_UNUSED))
+    return Config(_ACCEPTED)
 
 
 def _read_yaml(path: str) -> dict:
@@ -552,10 +554,11 @@ _LEAST = (('TRAIN.BATCH_SIZE', 1, 'the images of one step, over all processes'),
           ('DEMO.CHECKPOINT_IMAGES', 0, 'test captions each checkpoint is scored on; 0 = those generated'))
 
 
-# Every key with a fixed set of values, checked at load time (check_values). The modules that
-# act on a value keep their own list of it (MASK_MODES, COMPILE_MODES, ...); tests/test_config.py
-# checks that each list equals its row here. DATASET_NAME is free with DATA.HD5_FILE (its data
-# module checks it).
+# Every key with a fixed set of values, checked at load time (check_values): the one list of
+# them; modules that also check a value passed in code take theirs from here (runtime's
+# CPU_ALLOCATOR_MODES, GAN-INT-CLS's LOSSES and MISMATCHES). The lists of layers that cannot
+# import the config (models' MASK_MODES) and the family registry are tied to their rows by
+# tests/test_config.py. DATASET_NAME is free with DATA.HD5_FILE (its data module checks it).
 CHOICES: dict = {
     'RNN_TYPE': ('LSTM', 'GRU'),
     'CPU_ALLOCATOR': ('keep', 'system'),

@@ -20,7 +20,7 @@ import torch.distributed as dist
 # Gloo's threads.
 import torch.distributed.nn.functional  # noqa: F401
 
-from .config import ConfigError
+from .config import CHOICES, ConfigError
 
 __all__ = ['DeviceSetup', 'select_device', 'device_from_config', 'configure_cpu_allocator', 'DistEnv',
            'init_distributed', 'close_distributed', 'DistributedError', 'is_collective_failure', 'gather_objects',
@@ -95,7 +95,7 @@ def device_from_config(cfg, local_rank: int | None = None) -> DeviceSetup:
     return select_device(cfg.DEVICE, cfg.GPU_ID, cfg.CUDA, local_rank=local_rank)
 
 
-CPU_ALLOCATOR_MODES = ('keep', 'system')
+CPU_ALLOCATOR_MODES = CHOICES['CPU_ALLOCATOR']
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
 
 

@@ -43,9 +43,8 @@ from .outputs import read_manifest
 
 __all__ = ['FID_WEIGHTS_NAME', 'FID_WEIGHTS_URL', 'ImageSource', 'fid_weights_path', 'inception_extractor',
            'extract', 'folder_source', 'generator_source', 'reference_statistics', 'damsm_codes',
-           'caption_r_precision', 'evaluate', 'TooFewCaptions', 'STACKGAN_CLASSIFIER', 'CLASSIFIER_PROTOCOLS',
-           'R_PRECISION_PROTOCOLS', 'sentence_codes', 'fid_and_kid', 'r_precision_of_codes',
-           'FID_DIMS', 'fid_dims']
+           'caption_r_precision', 'evaluate', 'TooFewCaptions', 'STACKGAN_CLASSIFIER', 'sentence_codes',
+           'fid_and_kid', 'r_precision_of_codes', 'fid_dims']
 
 FID_WEIGHTS_NAME = 'weights-inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + FID_WEIGHTS_NAME)
@@ -53,16 +52,11 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 RANDOM_NOTE = 'random Inception weights: scores are NOT comparable with published numbers'
 # where tools/convert_stackgan_inception.py's output is looked for when EVAL.CLASSIFIER is empty
 STACKGAN_CLASSIFIER = os.path.join('models', 'stackgan_cub_inception.pth')
-CLASSIFIER_PROTOCOLS = ('torchvision', 'stackgan')
-R_PRECISION_PROTOCOLS = ('pairs', 'dmgan')
-EXTRACTORS = ('inception', 'judge')     # EVAL.EXTRACTOR: the features of FID/KID and the classes of IS
-
-
-FID_DIMS = ('64', '192', '768', '2048')
 
 
 def fid_dims(cfg) -> str:
-    """EVAL.FID_DIMS as torch-fidelity's feature name (one of FID_DIMS: load_config checks the key)."""
+    """EVAL.FID_DIMS as torch-fidelity's feature name ('64', '192', '768', '2048': the values
+    ``CHOICES`` of miscc/core/config.py lets through)."""
     return str(cfg.EVAL.FID_DIMS)
 
 
@@ -228,7 +222,7 @@ def reference_statistics(cfg, extractor, tag: dict, device, image_size: int, spl
     (CUB bounding-box crop), resized to ``image_size``: read from the cache when its key
     matches, else computed and cached. Returns a dict with 'mu', 'sigma', 'features',
     'count', 'cached' (whether it came from the cache) and 'path'."""
-    dims = str(cfg.EVAL.FID_DIMS)
+    dims = fid_dims(cfg)
     cache_dir = cfg.EVAL.CACHE_DIR or os.path.join(cfg.DATA_DIR, 'fid_cache')
     key = f'{cfg.DATASET_NAME}_{split}_{image_size}px_pool{dims}_{tag["sha256"][:16]}'
     path = os.path.join(cache_dir, key + '.npz')

@@ -15,10 +15,7 @@ from models.srcnn import SRCNN
 
 from ..core.checkpoint import CheckpointError, load_file, strip_prefixes
 
-__all__ = ['UPSCALE_METHODS', 'Upscaler', 'build_upscaler', 'srcnn_weights_path', 'rgb_to_ycbcr', 'ycbcr_to_rgb',
-           'bicubic']
-
-UPSCALE_METHODS = ('bicubic', 'srcnn')
+__all__ = ['Upscaler', 'build_upscaler', 'srcnn_weights_path', 'rgb_to_ycbcr', 'ycbcr_to_rgb', 'bicubic']
 
 
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from models.gan_int_cls import (IMAGE_SIZE, Discriminator, Generator, from_refer
                                 stage_count)
 
 from ..core.checkpoint import CheckpointError, load_file, load_model_state, unwrap_model
-from ..core.config import ConfigError
+from ..core.config import CHOICES, ConfigError
 from ..data.hd5 import Hd5Batch
 from .base import Family, Update, adam_for_g_and_d, frozen, loss_floats
 
@@ -59,9 +59,9 @@ __all__ = ['GanIntCls', 'GanIntClsUpdate', 'GanIntClsOptions', 'options_from_con
            'critic_iterations', 'make_optimizers',
            'LOSSES', 'CRITIC_LOSSES', 'MISMATCHES', 'check_critic']
 
-LOSSES = ('gan', 'wgan', 'wgan_gp')
+LOSSES = CHOICES['GAN_INT_CLS.LOSS']
 CRITIC_LOSSES = ('wgan', 'wgan_gp')     # a critic (raw scores) and several critic steps per G step
-MISMATCHES = ('text', 'image')
+MISMATCHES = CHOICES['GAN_INT_CLS.MISMATCH']
 # WGAN's schedule, as the implementation has it: many critic steps while the critic is far
 # from optimal (the first G steps) and now and then afterwards.
 BURST_CRITIC_STEPS = 100

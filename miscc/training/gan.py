@@ -27,11 +27,9 @@ from .state import STATE_NAME, StartPoint, read_progress, resolve_start_point
 from .ema import GeneratorEMA
 from .parallel import wrap_for_devices
 
-__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'COMPILE_MODES', 'METRICS_NAME']
+__all__ = ['GANTrainer', 'apply_fast_model_options', 'resolve_resume', 'METRICS_NAME']
 
 METRICS_NAME = 'metrics.jsonl'   # <run>/metrics.jsonl: the in-training scores (EVAL.INTERVAL)
-
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 def resolve_resume(cfg, finetune: bool) -> tuple:
