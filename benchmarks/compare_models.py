@@ -55,13 +55,12 @@ from PIL import Image, ImageDraw  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from miscc.core.config import load_config  # noqa: E402
+from miscc.core.config import CHOICES, load_config  # noqa: E402
 from miscc.core.files import read_jsonl  # noqa: E402
 from miscc.data.synthetic import ensure_synthetic_birds, judge_body_colour  # noqa: E402
 from miscc.data.synthetic import read_attributes  # noqa: E402
-from miscc.demo import epoch_checkpoints, real_test_images  # noqa: E402
-from miscc.evaluation.generation import (GenerationStack, generate_test_images, load_generation_stack,  # noqa: E402
-                                        to_uint8_image)
+from miscc.demo import checkpoint_accuracies, real_test_images  # noqa: E402
+from miscc.evaluation.generation import GenerationStack, generate_test_images, to_uint8_image  # noqa: E402
 from miscc.evaluation.outputs import save_png  # noqa: E402
 from miscc.evaluation.judge import attribute_scores, load_judge  # noqa: E402
 from miscc.evaluation.scores import caption_r_precision  # noqa: E402
@@ -124,7 +123,7 @@ def parse_args(argv=None):
     p.add_argument('--text-encoder', default='', help='pretrained DAMSM text encoder to use (image_encoder beside it)')
     p.add_argument('--damsm-epochs', type=int, default=0, help="DAMSM pretraining epochs (0: the demo's 4)")
     demo = load_config(os.path.join(ROOT, 'cfg', 'demo.yml'))
-    p.add_argument('--image-encoder', default=demo.TEXT.IMAGE_ENCODER, choices=('inception', 'small'),
+    p.add_argument('--image-encoder', default=demo.TEXT.IMAGE_ENCODER, choices=CHOICES['TEXT.IMAGE_ENCODER'],
                    help=f"TEXT.IMAGE_ENCODER (the demo's '{demo.TEXT.IMAGE_ENCODER}')")
     p.add_argument('--image-encoder-input', type=int, default=demo.TEXT.IMAGE_ENCODER_INPUT,
                    help=f"TEXT.IMAGE_ENCODER_INPUT (the demo's {demo.TEXT.IMAGE_ENCODER_INPUT})")
@@ -243,15 +242,13 @@ def score_stack(cfg, stack, ref: Reference, judge_text_encoder: str | None, num:
 
 
 def curve(cfg, ref: Reference, run_dir: str, steps_per_epoch: int, num: int) -> list:
-    """The scores of every ``netG_XXX.pth`` of ``run_dir`` (its own text encoder when fine-tuned)."""
-    points = []
-    for path in epoch_checkpoints(run_dir):
-        stack = load_generation_stack(cfg, path, 'cpu')
-        epoch = int(os.path.basename(path)[len('netG_'):-len('.pth')])
-        scores = score_stack(cfg, stack, ref, None, num)
-        points.append({'epoch': epoch, 'step': min(epoch * steps_per_epoch, cfg.TRAIN.MAX_STEPS),
-                       **{k: v for k, v in scores.items() if k != 'images'}})
-    return points
+    """The scores of every ``netG_XXX.pth`` of ``run_dir`` (its own text encoder when fine-tuned):
+    the demo's ``checkpoint_accuracies`` with this script's field names."""
+    return [{'epoch': row['epoch'], 'step': min(row['epoch'] * steps_per_epoch, cfg.TRAIN.MAX_STEPS),
+             'body_colour_accuracy': row['body_colour_accuracy'], 'attributes': row['attributes'],
+             'every_named_right': row['every_named_right'], 'judge_frechet_distance': row['frechet_distance'],
+             'judge_species_score': row['species_score']}
+            for row in checkpoint_accuracies(cfg, '', run_dir, num, ref.judge)]
 
 
 @torch.no_grad()

@@ -45,8 +45,8 @@ from .core.checkpoint import step_checkpoint
 from .core.config import ConfigError, load_config
 from .core.files import read_json, write_json
 from .data.synthetic import ensure_synthetic_birds, judge_body_colour, read_attributes
-from .evaluation.generation import (generate, generate_test_images, load_generation_stack, sampling_checkpoint,
-                                    to_uint8_image)
+from .evaluation.generation import (generate, generate_test_images, generator_text_encoder, load_generation_stack,
+                                    sampling_checkpoint, to_uint8_image)
 from .evaluation.outputs import other_generator, read_manifest, save_png
 from .evaluation.judge import attribute_scores, load_judge
 from .evaluation.scores import caption_r_precision
@@ -307,17 +307,23 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
     """Yield ``{'epoch', 'checkpoint', 'body_colour_accuracy'}`` for every ``netG_XXX.pth`` in
     ``run_dir/models``, in epoch order, on the images the generate stage would make from it
     (the first ``num`` test captions, default all, with the ``SAMPLE.SEED`` noise), on the CPU;
-    given the attribute ``judge``, also each attribute's accuracy and every-named-right."""
+    given the attribute ``judge``, also each attribute's accuracy, every-named-right, the judge's
+    Frechet distance and species score. ``text_encoder_path`` '': each checkpoint's own text
+    encoder (``generator_text_encoder``: a fine-tuning run's ``text_encoder_XXX.pth``)."""
     checkpoints = epoch_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"no netG_XXX.pth in '{os.path.join(run_dir, 'models')}': pass a GAN run folder")
-    stack = load_generation_stack(cfg, checkpoints[0], 'cpu', text_encoder_path=text_encoder_path)
     attrs = read_attributes(cfg.DATA_DIR)
     body = {k: a['body'] for k, a in attrs.items()}
-    num = num or len(stack.dataset.filenames)
-    real = real_test_images(cfg) if judge is not None else None
+    real = torch.stack(list(real_test_images(cfg).values())) if judge is not None else None
+    stack = None
     for path in checkpoints:
-        stack = stack.with_generator(path)
+        text_path = text_encoder_path or generator_text_encoder(cfg, path)
+        if stack is None or text_path != stack.text_encoder_path:   # the test captions and encoder, once each
+            stack = load_generation_stack(cfg, path, 'cpu', text_encoder_path=text_path)
+        else:
+            stack = stack.with_generator(path)
+        num = num or len(stack.dataset.filenames)
         images, keys, captions = [], [], []
         for batch in generate_test_images(stack, num, cfg.SAMPLE.BATCH_SIZE or 50, seed=cfg.SAMPLE.SEED):
             images.append(batch.images.permute(0, 2, 3, 1).numpy())
@@ -328,10 +334,10 @@ def checkpoint_accuracies(cfg, text_encoder_path: str, run_dir: str, num: int | 
         row = {'epoch': int(re.search(r'netG_(\d+)\.pth$', path).group(1)), 'checkpoint': stack.netg_path,
                'body_colour_accuracy': round(body_colour_accuracy(images, keys, body), 4)}
         if judge is not None:
-            scores = attribute_scores(judge, torch.from_numpy(images).permute(0, 3, 1, 2), captions, keys, attrs,
-                                      torch.stack(list(real.values())))
+            scores = attribute_scores(judge, torch.from_numpy(images).permute(0, 3, 1, 2), captions, keys, attrs, real)
             row.update(attributes={a: s['accuracy'] for a, s in scores['attributes'].items()},
-                       every_named_right=scores['every_named_right'], frechet_distance=scores['frechet_distance'])
+                       every_named_right=scores['every_named_right'], frechet_distance=scores['frechet_distance'],
+                       species_score=scores['species_score']['generated']['mean'])
         yield row
 
 
