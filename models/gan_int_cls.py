@@ -150,7 +150,8 @@ class Discriminator(nn.Module):
     """DCGAN discriminator with the matching-aware text input at 4 x 4.
 
     ``forward(image B x 3 x 64 x 64, embedding B x embedding_dim) -> (logits B,
-    features B x 8ndf x 4 x 4)`` (``image_size`` 32: B x 3 x 32 x 32 in, B x 4ndf x 4 x 4 features): the features are the image-only output of the conv stack
+    features B x 8ndf x 4 x 4)`` (``image_size`` 32: B x 3 x 32 x 32 in, B x 4ndf x 4 x 4
+    features): the features are the image-only output of the conv stack
     (``netD_1``, before the text is concatenated), the ones the implementation's feature
     matching compares. ``conditional=False`` is the unconditional ("vanilla") D of
     ``models/gan.py`` (``forward(image)``). ``batch_norm=False`` drops the BN layers of the

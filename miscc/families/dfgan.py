@@ -215,7 +215,10 @@ class DFGANUpdate(Update):
         bare D, so that it takes no part in D's gradient synchronisation. Returns ``{'errG'}``
         detached, with ``'DAMSM'`` when ``damsm`` is given."""
         head = self.netC if self.version == 2022 else self.netD.COND_DNET
-        D, C = (self.netD, head) if self.distributed else (self.wrapped_D, self.wrapped_C or head)
+        if self.distributed:
+            D, C = self.netD, head
+        else:   # 2020: no NetC, the head is part of D
+            D, C = self.wrapped_D, self.wrapped_C if self.wrapped_C is not None else head
         with frozen(self.netD, head):
             err_g = generator_loss(D, C, fake, sent.detach(), self.two_way)
             extra = damsm(fake) if damsm is not None else None
